@@ -1,0 +1,143 @@
+"""create_app(config) -> the ASGI application. Wiring only: routes, middleware, error rendering."""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from sqlalchemy import text
+from starlette.exceptions import HTTPException
+
+from imagegate import __version__
+from imagegate.config import Config
+from imagegate.dialects import openai
+from imagegate.errors import BadRequest, ImagegateError, NotFound, PayloadTooLarge
+from imagegate.runtime import open_runtime, runtime_of
+
+log = logging.getLogger("imagegate")
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+_FILE_NAME = re.compile(r"^([A-Za-z0-9_-]{16,64})\.(png|jpeg|webp)$")
+_STATUS_ERRORS: dict[int, type[ImagegateError]] = {404: NotFound, 413: PayloadTooLarge}
+
+
+class EdgeMiddleware:
+    """Adds `x-request-id` and a default `x-imagegate-engine` to every response and bounds bodies."""
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = "req_" + secrets.token_hex(12)
+        scope.setdefault("state", {})["request_id"] = request_id
+        received = 0
+
+        async def bounded_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:
+                    raise PayloadTooLarge(f"The request body exceeds {self.max_body_bytes:,} bytes.")
+            return message
+
+        async def tagged_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                names = {name.lower() for name, _ in headers}
+                headers.append((b"x-request-id", request_id.encode()))
+                if b"x-imagegate-engine" not in names:
+                    headers.append((b"x-imagegate-engine", b"none"))
+                message["headers"] = headers
+            await send(message)
+
+        await self.app(scope, bounded_receive, tagged_send)
+
+
+def _error_response(exc: ImagegateError) -> Response:
+    return Response(
+        orjson.dumps(openai.error_body(exc)),
+        status_code=exc.status,
+        media_type="application/json",
+        headers=exc.headers,
+    )
+
+
+async def _on_domain_error(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ImagegateError)
+    return _error_response(exc)
+
+
+async def _on_http_error(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    kind = _STATUS_ERRORS.get(exc.status_code, BadRequest)
+    error = kind(str(exc.detail))
+    error.status = exc.status_code
+    if exc.status_code == 405:
+        error.code = "method_not_allowed"
+    return _error_response(error)
+
+
+async def _on_validation_error(_request: Request, exc: Exception) -> Response:
+    return _error_response(BadRequest(f"Invalid request: {exc}"))
+
+
+async def _on_unexpected(request: Request, exc: Exception) -> Response:
+    request_id = getattr(request.state, "request_id", "")
+    log.exception("unhandled error in %s %s (%s)", request.method, request.url.path, request_id)
+    response = _error_response(ImagegateError(f"The server had an error processing your request ({request_id})."))
+    response.headers["x-request-id"] = request_id
+    response.headers["x-imagegate-engine"] = "none"
+    return response
+
+
+def create_app(config: Config) -> FastAPI:
+    """The imagegate ASGI application for `config`; stores and engines open in its lifespan."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            app.state.runtime = await open_runtime(config, stack)
+            yield
+
+    app = FastAPI(title="imagegate", version=__version__, lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    app.add_exception_handler(ImagegateError, _on_domain_error)
+    app.add_exception_handler(HTTPException, _on_http_error)
+    app.add_exception_handler(RequestValidationError, _on_validation_error)
+    app.add_exception_handler(Exception, _on_unexpected)
+    app.include_router(openai.router())
+
+    @app.get("/healthz")
+    async def healthz(request: Request) -> JSONResponse:
+        """Liveness and database reachability."""
+        async with runtime_of(request).db.session() as session:
+            await session.execute(text("SELECT 1"))
+        return JSONResponse({"status": "ok", "version": __version__})
+
+    @app.get("/files/{name}")
+    async def files(name: str, request: Request) -> Response:
+        """A stored result under its unguessable id, cacheable forever."""
+        match = _FILE_NAME.match(name)
+        path = runtime_of(request).blobs.local_path(name) if match else None
+        if match is None or path is None:
+            raise NotFound("No such file.")
+        headers = {"cache-control": "public, max-age=31536000, immutable"}
+        return FileResponse(path, media_type=f"image/{match.group(2)}", headers=headers)
+
+    app.add_middleware(EdgeMiddleware, max_body_bytes=config.limits.max_body_bytes)
+    return app

@@ -1,0 +1,118 @@
+"""One typed configuration, read once by the CLI or a test and passed down.
+
+Sources, later wins: defaults, the TOML file (`--config` / `IMAGEGATE_CONFIG`), `IMAGEGATE_*` variables.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class Limits(BaseModel):
+    """Bounds on what a request may make the server hold or do."""
+
+    model_config = {"extra": "forbid"}
+
+    max_body_bytes: int = 1024 * 1024 * 1024
+    max_image_bytes: int = 50 * 1024 * 1024
+    max_image_pixels: int = 50_000_000
+    max_images: int = 16
+    max_form_fields: int = 200
+    fetch_timeout_s: float = 20.0
+    fetch_connect_timeout_s: float = 5.0
+    fetch_max_redirects: int = 5
+
+
+class ImagingSettings(BaseModel):
+    """Encoder settings; they trade file size against CPU time."""
+
+    model_config = {"extra": "forbid"}
+
+    png_compress_level: int = Field(default=1, ge=0, le=9)
+    default_jpeg_webp_quality: int = Field(default=90, ge=0, le=100)
+    webp_method: int = Field(default=0, ge=0, le=6)
+    font_path: str | None = None
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the bad key."""
+
+
+class Config(BaseSettings):
+    """Everything the server needs to know, validated at start-up."""
+
+    model_config = SettingsConfigDict(env_prefix="IMAGEGATE_", extra="forbid", env_nested_delimiter="__")
+
+    data_dir: Path = Path("imagegate-data")
+    database_url: str | None = None
+    public_url: str | None = None
+    fetch_allow: Annotated[list[IpNetwork], NoDecode] = Field(default_factory=list)
+    limits: Limits = Field(default_factory=Limits)
+    imaging: ImagingSettings = Field(default_factory=ImagingSettings)
+    models: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    first_key_credits: int = 1000
+
+    @field_validator("fetch_allow", mode="before")
+    @classmethod
+    def _split_cidrs(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The SQLAlchemy async URL: the explicit one, or the SQLite file in the data dir."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'imagegate.db').resolve()}"
+
+    @property
+    def files_dir(self) -> Path:
+        return self.data_dir / "files"
+
+
+def load_config(config_file: Path | None = None, **overrides: Any) -> Config:
+    """Build the Config: explicit overrides (CLI flags) > `IMAGEGATE_*` variables > TOML file > defaults.
+
+    Raises ConfigError naming the offending key when anything is invalid.
+    """
+
+    class _Layered(Config):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+            if config_file is not None:
+                sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+            return tuple(sources)
+
+    if config_file is not None and not config_file.is_file():
+        raise ConfigError(f"config file {config_file} does not exist")
+    try:
+        return _Layered(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = ".".join(str(part) for part in first["loc"])
+        raise ConfigError(f"invalid configuration key '{key}': {first['msg']}") from exc
+    except (tomllib.TOMLDecodeError, ValueError) as exc:
+        raise ConfigError(f"cannot read configuration: {exc}") from exc

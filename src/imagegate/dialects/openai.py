@@ -1,0 +1,320 @@
+"""The OpenAI Images dialect (SPEC §2.1): `/v1/images/edits|generations` and aliases, `/v1/models`.
+
+Parses multipart and JSON bodies into EditRequest, renders Outcome as OpenAI's (superset) response
+or as SSE events, and owns the OpenAI error shape (`error_body`).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import orjson
+import pybase64
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.datastructures import FormData, UploadFile
+from starlette.formparsers import MultiPartException
+
+from imagegate.config import Limits
+from imagegate.core.request import Background, Delivery, EditRequest, ImageRef, OutputFormat, Quality
+from imagegate.dialects.fields import as_bool, as_enum, as_int, as_str, ref_from_json, ref_from_text
+from imagegate.errors import BadRequest, ImagegateError, MissingParameter
+from imagegate.runtime import Runtime, runtime_of
+from imagegate.service.tasks import Outcome, Prepared, file_name
+
+PREFIXES = ("/v1", "/v1/openai", "/v1/v1")
+_IMAGE_FIELD = re.compile(r"^image(\[\d*\])?$")
+_NESTED = re.compile(r"^(\w+)\[(\w+)\]$")
+_SCALARS = {
+    "prompt",
+    "model",
+    "n",
+    "size",
+    "quality",
+    "background",
+    "output_format",
+    "output_compression",
+    "response_format",
+    "stream",
+    "partial_images",
+    "callback_url",
+    "user",
+}
+
+
+def error_body(exc: ImagegateError) -> dict[str, Any]:
+    """OpenAI's error object; the official SDKs map the HTTP status and read `message`/`param`/`code`."""
+    return {"error": {"message": exc.message, "type": exc.type, "param": exc.param, "code": exc.code}}
+
+
+def _apply_fields(req: EditRequest, values: dict[str, Any]) -> None:
+    for name, value in values.items():
+        if value is None:
+            continue
+        if name == "prompt":
+            req.prompt = as_str(value, name)
+        elif name == "model":
+            req.model = as_str(value, name).strip()
+        elif name == "n":
+            req.n = as_int(value, name)
+        elif name == "size":
+            req.size = as_str(value, name).strip().lower() or "auto"
+        elif name == "quality":
+            req.quality = as_enum(Quality, value, name)
+        elif name == "background":
+            req.background = as_enum(Background, value, name)
+        elif name == "output_format":
+            text = as_str(value, name).strip().lower()
+            req.output_format = as_enum(OutputFormat, "jpeg" if text == "jpg" else text, name)
+        elif name == "output_compression":
+            req.output_compression = as_int(value, name)
+        elif name == "response_format":
+            delivery = as_str(value, name).strip().lower()
+            if delivery not in ("url", "b64_json"):
+                raise BadRequest(
+                    f"Invalid value for 'response_format': '{delivery}'. Supported values are: 'url', 'b64_json'.",
+                    param="response_format",
+                )
+            req.delivery = Delivery(delivery)
+        elif name == "stream":
+            req.stream = as_bool(value, name)
+        elif name == "partial_images":
+            req.partial_images = as_int(value, name)
+        elif name == "callback_url":
+            req.callback_url = as_str(value, name)
+        elif name == "user":
+            req.user = as_str(value, name)
+
+
+def _reject_aspect_ratio(values: dict[str, Any]) -> None:
+    if "aspect_ratio" in values:
+        raise BadRequest(
+            "Unknown parameter 'aspect_ratio': this API sets shape and resolution through 'size' "
+            "(for example 1536x1024 or auto).",
+            param="size",
+        )
+
+
+def _from_form(form: FormData) -> EditRequest:
+    req = EditRequest(prompt="")
+    scalars: dict[str, Any] = {}
+    for name, value in form.multi_items():
+        if _IMAGE_FIELD.match(name):
+            param = f"image[{len(req.images)}]"
+            req.images.append(_form_ref(value, param))
+        elif name == "mask":
+            req.mask = _form_ref(value, "mask")
+        elif isinstance(value, UploadFile):
+            req.extra[name] = f"<file {value.filename}>"
+        elif name in _SCALARS:
+            scalars[name] = value
+        elif nested := _NESTED.match(name):
+            req.extra.setdefault(nested.group(1), {})[nested.group(2)] = value
+        else:
+            req.extra[name] = value
+    _reject_aspect_ratio(req.extra)
+    _apply_fields(req, scalars)
+    return req
+
+
+def _form_ref(value: UploadFile | str, param: str) -> ImageRef:
+    if isinstance(value, UploadFile):
+        return ImageRef(param=param, upload=value.file, filename=value.filename)
+    return ref_from_text(value, param)
+
+
+def _from_json(body: dict[str, Any]) -> EditRequest:
+    _reject_aspect_ratio(body)
+    req = EditRequest(prompt="")
+    image = body.get("image")
+    items: list[Any] = image if isinstance(image, list) else ([] if image is None else [image])
+    images = body.get("images")
+    if images is not None:
+        if not isinstance(images, list):
+            raise BadRequest("Invalid 'images': expected an array.", param="images")
+        items += images
+    req.images = [ref_from_json(item, f"image[{index}]") for index, item in enumerate(items)]
+    if body.get("mask") is not None:
+        req.mask = ref_from_json(body["mask"], "mask")
+    _apply_fields(req, {k: v for k, v in body.items() if k in _SCALARS})
+    req.extra = {k: v for k, v in body.items() if k not in _SCALARS and k not in ("image", "images", "mask")}
+    return req
+
+
+async def parse_request(request: Request, limits: Limits) -> EditRequest:
+    """The canonical request from a multipart or JSON body. Raises BadRequest for malformed bodies."""
+    content_type = request.headers.get("content-type", "").lower()
+    if content_type.startswith("multipart/form-data"):
+        try:
+            form = await request.form(
+                max_files=limits.max_images + 2,
+                max_fields=limits.max_form_fields,
+                max_part_size=limits.max_image_bytes * 4 // 3 + 1024,
+            )
+        except MultiPartException as exc:
+            raise BadRequest(f"Invalid multipart body: {exc.message}") from exc
+        return _from_form(form)
+    if content_type.startswith("application/x-www-form-urlencoded"):
+        return _from_form(await request.form(max_fields=limits.max_form_fields))
+    raw = await request.body()
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest("We could not parse the JSON body of your request. Send JSON or multipart/form-data.") from exc
+    if not isinstance(body, dict):
+        raise BadRequest("The JSON body must be an object.")
+    return _from_json(body)
+
+
+def public_base(rt: Runtime, request: Request) -> str:
+    """Base of result URLs: IMAGEGATE_PUBLIC_URL, or the URL the client used to reach us."""
+    return (rt.config.public_url or str(request.base_url)).rstrip("/")
+
+
+def _image_item(outcome: Outcome, index: int, base: str, quirk_data_url: bool) -> dict[str, Any]:
+    image = outcome.images[index]
+    item: dict[str, Any] = {"revised_prompt": image.revised_prompt}
+    if outcome.delivery is Delivery.URL:
+        item["url"] = f"{base}/files/{file_name(image.file_id, outcome.output_format)}"
+    else:
+        encoded = pybase64.b64encode(image.data).decode("ascii")
+        if quirk_data_url:
+            encoded = f"data:{outcome.output_format.content_type};base64,{encoded}"
+        item["b64_json"] = encoded
+    return item
+
+
+def render(outcome: Outcome, base: str, quirk_data_url: bool) -> dict[str, Any]:
+    """OpenAI's ImagesResponse with the resolved values (never `auto`) and our task id."""
+    return {
+        "created": outcome.created,
+        "data": [_image_item(outcome, i, base, quirk_data_url) for i in range(len(outcome.images))],
+        "size": str(outcome.size),
+        "quality": outcome.quality.value,
+        "output_format": outcome.output_format.value,
+        "background": outcome.background.value,
+        "usage": outcome.usage,
+        "task_id": outcome.task_id,
+    }
+
+
+def _sse(event: str, data: dict[str, Any]) -> bytes:
+    return b"event: " + event.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+
+
+async def _stream(rt: Runtime, prepared: Prepared, kind: str) -> AsyncIterator[bytes]:
+    prefix = "image_edit" if kind == "edit" else "image_generation"
+    req = prepared.request
+    common = {
+        "size": str(prepared.size),
+        "quality": req.quality.value if req.quality is not Quality.AUTO else "medium",
+        "background": req.background.value,
+        "output_format": req.output_format.value,
+    }
+    send, receive = anyio.create_memory_object_stream[bytes](max_buffer_size=8)
+
+    async def on_partial(index: int, data: bytes) -> None:
+        payload = {
+            "type": f"{prefix}.partial_image",
+            "b64_json": pybase64.b64encode(data).decode("ascii"),
+            "created_at": int(time.time()),
+            "partial_image_index": index,
+            **common,
+        }
+        await send.send(_sse(f"{prefix}.partial_image", payload))
+
+    async def produce() -> None:
+        async with send:
+            try:
+                outcome = await rt.tasks.execute(prepared, on_partial)
+            except ImagegateError as exc:
+                await send.send(_sse("error", {"type": "error", **error_body(exc)}))
+                return
+            for image in outcome.images:
+                payload = {
+                    "type": f"{prefix}.completed",
+                    "b64_json": pybase64.b64encode(image.data).decode("ascii"),
+                    "created_at": int(time.time()),
+                    **common,
+                    "background": outcome.background.value,
+                    "quality": outcome.quality.value,
+                    "usage": outcome.usage,
+                }
+                await send.send(_sse(f"{prefix}.completed", payload))
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(produce)
+        async with receive:
+            async for chunk in receive:
+                yield chunk
+
+
+async def _images(request: Request, kind: str) -> Response:
+    rt = runtime_of(request)
+    key = await rt.authenticate(request)
+    req = await parse_request(request, rt.config.limits)
+    if kind == "edit" and not req.images:
+        raise MissingParameter("Missing required parameter: 'image'.", param="image")
+    if kind == "generate" and req.images:
+        raise BadRequest("Generations take no 'image'; send reference images to /v1/images/edits.", param="image")
+    prepared = await rt.tasks.prepare(key.id, req, dialect="openai", kind=kind)
+    headers = {"x-imagegate-engine": prepared.engine.name, "x-imagegate-task": prepared.task_id}
+    if req.stream:
+        return StreamingResponse(
+            _stream(rt, prepared, kind),
+            media_type="text/event-stream",
+            headers={**headers, "cache-control": "no-store"},
+        )
+    outcome = await rt.tasks.execute(prepared)
+    body = render(outcome, public_base(rt, request), prepared.spec.url_b64_as_data_url)
+    return Response(orjson.dumps(body), media_type="application/json", headers=headers)
+
+
+async def images_edits(request: Request) -> Response:
+    """POST .../images/edits"""
+    return await _images(request, "edit")
+
+
+async def images_generations(request: Request) -> Response:
+    """POST .../images/generations"""
+    return await _images(request, "generate")
+
+
+async def list_models(request: Request) -> JSONResponse:
+    """GET /v1/models: the catalog, with the engine that serves each model."""
+    rt = runtime_of(request)
+    await rt.authenticate(request)
+    data = [
+        {
+            "id": spec.id,
+            "object": "model",
+            "created": 0,
+            "owned_by": "imagegate",
+            "engine": rt.tasks.engine_for(spec).name,
+            "description": spec.description,
+        }
+        for spec in rt.catalog
+    ]
+    return JSONResponse({"object": "list", "data": data})
+
+
+def router() -> APIRouter:
+    """The dialect's routes under every prefix clients use (`/v1`, `/v1/openai`, `/v1/v1`)."""
+    api = APIRouter()
+    for prefix in PREFIXES:
+        api.add_api_route(f"{prefix}/images/edits", images_edits, methods=["POST"], include_in_schema=prefix == "/v1")
+        api.add_api_route(
+            f"{prefix}/images/generations",
+            images_generations,
+            methods=["POST"],
+            include_in_schema=prefix == "/v1",
+        )
+        api.add_api_route(f"{prefix}/models", list_models, methods=["GET"], include_in_schema=prefix == "/v1")
+    return api
+
+
+__all__ = ["error_body", "parse_request", "router"]

@@ -1,0 +1,153 @@
+"""The classic engine: built in, CPU only, offline and deterministic (SPEC §5)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import anyio
+from PIL import Image, ImageChops
+
+from imagegate.config import Config, ImagingSettings
+from imagegate.core.request import Background, Size
+from imagegate.engines.base import ImageOut, Job
+from imagegate.engines.classic import compose
+from imagegate.engines.classic.operations import GEOMETRIC, OPERATIONS, TextRenderer, remove_background
+from imagegate.engines.classic.vocabulary import Plan, describe, plan
+from imagegate.errors import BadRequest, ModelNotSupported
+from imagegate.imaging import SourceImage, encode, fit_cover
+
+PREVIEW_SCALES = {1: (8,), 2: (16, 4), 3: (16, 8, 4)}
+
+
+@dataclass
+class Rendered:
+    image: Image.Image
+    notes: list[str]
+    plan: Plan
+
+
+class ClassicEngine:
+    """Edits by a documented vocabulary of instructions; refuses generation (it has nothing to draw from)."""
+
+    name = "classic"
+    images_per_call = 10
+    can_generate = False
+
+    def __init__(self, imaging: ImagingSettings, threads: int | None = None) -> None:
+        self.imaging = imaging
+        self.text = TextRenderer(imaging.font_path)
+        self._limiter = anyio.CapacityLimiter(threads or os.cpu_count() or 1)
+
+    @classmethod
+    def from_config(cls, config: Config) -> ClassicEngine:
+        return cls(config.imaging)
+
+    async def aclose(self) -> None:
+        return None
+
+    async def run(self, job: Job) -> list[ImageOut]:
+        """Render once and return `n` copies (the engine is deterministic); previews go to `on_partial`."""
+        if not job.images:
+            raise ModelNotSupported(
+                "The classic engine edits images and cannot generate from a prompt alone; configure an "
+                "upstream (OpenAI-compatible) or local-model channel for generations, or send an image.",
+                param="model",
+            )
+        data, previews, transparent, revised = await anyio.to_thread.run_sync(
+            self._render_encoded, job, limiter=self._limiter
+        )
+        if job.on_partial is not None:
+            for index, preview in enumerate(previews):
+                await job.on_partial(index, preview)
+        out = ImageOut(data, job.request.output_format, job.size, transparent, revised)
+        return [out] * job.request.n
+
+    def _render_encoded(self, job: Job) -> tuple[bytes, list[bytes], bool, str]:
+        rendered = self.render(job)
+        img = rendered.image
+        if img.mode == "RGBA" and img.getchannel("A").getextrema()[0] == 255:
+            img = img.convert("RGB")
+        req = job.request
+        data = encode(img, req.output_format, self.imaging, req.output_compression)
+        previews = []
+        if job.on_partial is not None:
+            for factor in PREVIEW_SCALES.get(req.partial_images, ()):
+                small = img.resize((max(1, img.width // factor), max(1, img.height // factor)), Image.Resampling.BOX)
+                coarse = small.resize(img.size, Image.Resampling.NEAREST)
+                previews.append(encode(coarse, req.output_format, self.imaging, req.output_compression))
+        return data, previews, img.mode == "RGBA", describe(rendered.plan, rendered.notes)
+
+    def render(self, job: Job) -> Rendered:
+        """The edited image at exactly `job.size`, with notes for `revised_prompt`."""
+        the_plan = plan(job.request.prompt, len(job.images))
+        notes: list[str] = []
+        base = self._compose(job, the_plan, notes)
+        for op in the_plan.ops:
+            if op.name in GEOMETRIC:
+                base = OPERATIONS[op.name](base, op.arg)
+        fitted = fit_cover(base, job.size)
+        del base
+        edited = fitted
+        applied = [op for op in the_plan.ops if op.name in GEOMETRIC]
+        for op in the_plan.ops:
+            if op.name in GEOMETRIC:
+                continue
+            if op.name == "text":
+                missing = self.text.missing_glyphs(op.arg)
+                if missing:
+                    the_plan.unperformed.append(f"{op.label} (the font has no glyphs for {missing})")
+                    continue
+                edited = self.text(edited, op.arg)
+            else:
+                edited = OPERATIONS[op.name](edited, op.arg)
+            applied.append(op)
+        the_plan.ops = applied
+        if job.mask is not None:
+            edited = self._apply_mask(fitted, edited, job.mask, job.size)
+            notes.append("edits confined to the mask's transparent area")
+        return Rendered(self._background(edited, job.request.background, notes), notes, the_plan)
+
+    def _compose(self, job: Job, the_plan: Plan, notes: list[str]) -> Image.Image:
+        images = job.images
+        if len(images) == 1:
+            return images[0].decode(at_least=job.size)
+        labels = ", ".join(f"图{i + 1}" for i in the_plan.order)
+        if the_plan.compose == "onto":
+            fg, bg = the_plan.order[0], the_plan.order[1]
+            notes.append(f"composed 图{fg + 1} onto 图{bg + 1}")
+            unused = [f"图{i + 1}" for i in the_plan.order[2:]]
+            if unused:
+                the_plan.unperformed.append(f"use of {', '.join(unused)} beyond placing 图{fg + 1} onto 图{bg + 1}")
+            return compose.onto(images[fg].decode(at_least=job.size), images[bg].decode(at_least=job.size), job.size)
+        notes.append(f"composed {len(images)} images side by side in the order {labels}")
+        decoded = (images[i].decode(at_least=job.size) for i in the_plan.order)
+        return compose.side_by_side(decoded, len(images), job.size)
+
+    @staticmethod
+    def _apply_mask(original: Image.Image, edited: Image.Image, mask: SourceImage, size: Size) -> Image.Image:
+        raw = mask.image
+        if raw.mode not in ("RGBA", "LA", "L", "PA", "P") and "transparency" not in raw.info:
+            raise BadRequest(
+                "Invalid 'mask': it needs an alpha channel (fully transparent where the image should be edited).",
+                param="mask",
+            )
+        decoded = mask.decode()
+        alpha = decoded.getchannel("A") if decoded.mode == "RGBA" else decoded.convert("L")
+        region = ImageChops.invert(fit_cover(alpha, size))
+        if edited.mode != original.mode:
+            original = original.convert(edited.mode)
+        return Image.composite(edited, original, region)
+
+    @staticmethod
+    def _background(img: Image.Image, background: Background, notes: list[str]) -> Image.Image:
+        if background is Background.TRANSPARENT:
+            if img.mode != "RGBA" or img.getchannel("A").getextrema()[0] == 255:
+                notes.append("background made transparent by keying out the border colour")
+                return remove_background(img)
+            return img
+        if background is Background.OPAQUE and img.mode == "RGBA":
+            flat = Image.new("RGB", img.size, (255, 255, 255))
+            flat.paste(img, mask=img.getchannel("A"))
+            return flat
+        return img

@@ -1,0 +1,125 @@
+"""Decode (bounded), resample and encode images. Formats are sniffed from bytes, never trusted."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import IO
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from imagegate.config import ImagingSettings
+from imagegate.core.request import OutputFormat, Size
+from imagegate.errors import ImageTooLarge, InvalidImage, UnsupportedMimetype
+
+_PIL_FORMAT = {OutputFormat.PNG: "PNG", OutputFormat.JPEG: "JPEG", OutputFormat.WEBP: "WEBP"}
+_TRANSPOSING_ORIENTATIONS = {5, 6, 7, 8}
+_EXIF_ORIENTATION = 0x0112
+
+
+def sniff(head: bytes) -> OutputFormat | None:
+    """The format announced by the first bytes (png, jpeg or webp), or None."""
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return OutputFormat.PNG
+    if head.startswith(b"\xff\xd8\xff"):
+        return OutputFormat.JPEG
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return OutputFormat.WEBP
+    return None
+
+
+@dataclass
+class SourceImage:
+    """An opened but not yet decoded input: its sniffed format and oriented dimensions."""
+
+    image: Image.Image
+    format: OutputFormat
+    width: int
+    height: int
+    param: str
+
+    def decode(self, at_least: Size | None = None) -> Image.Image:
+        """Decode, apply EXIF orientation, and convert to RGB or RGBA.
+
+        With `at_least`, JPEGs are shrunk on load while staying at least that large.
+        """
+        img = self.image
+        try:
+            if at_least is not None and self.format is OutputFormat.JPEG:
+                w, h = (at_least.height, at_least.width) if self._swapped() else (at_least.width, at_least.height)
+                img.draft("RGB", (w, h))
+            img.load()
+            img = ImageOps.exif_transpose(img)
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            raise InvalidImage(f"Invalid image in '{self.param}': it could not be decoded.", param=self.param) from exc
+        if img.mode in ("RGBA", "RGB"):
+            return img
+        has_alpha = img.mode in ("LA", "PA") or (img.mode == "P" and "transparency" in img.info)
+        return img.convert("RGBA" if has_alpha else "RGB")
+
+    def _swapped(self) -> bool:
+        return self.image.getexif().get(_EXIF_ORIENTATION) in _TRANSPOSING_ORIENTATIONS
+
+
+def open_image(fp: IO[bytes], *, max_pixels: int, param: str) -> SourceImage:
+    """Open an input without decoding its pixels, enforcing format and pixel bounds.
+
+    Raises UnsupportedMimetype (not png/jpeg/webp), InvalidImage (corrupt header) or
+    ImageTooLarge (more than `max_pixels`: decompression bombs stop here, before decoding).
+    """
+    head = fp.read(16)
+    fp.seek(0)
+    fmt = sniff(head)
+    if fmt is None:
+        raise UnsupportedMimetype(
+            f"Invalid file in '{param}': unsupported image format; use png, jpeg or webp.", param=param
+        )
+    try:
+        img = Image.open(fp, formats=[_PIL_FORMAT[fmt]])
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLarge(_too_many_pixels(param, None, max_pixels), param=param) from exc
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise InvalidImage(f"Invalid image in '{param}': its {fmt.value} header is corrupt.", param=param) from exc
+    width, height = img.size
+    if width * height > max_pixels:
+        raise ImageTooLarge(_too_many_pixels(param, (width, height), max_pixels), param=param)
+    if img.getexif().get(_EXIF_ORIENTATION) in _TRANSPOSING_ORIENTATIONS:
+        width, height = height, width
+    return SourceImage(img, fmt, width, height, param)
+
+
+def _too_many_pixels(param: str, dims: tuple[int, int] | None, max_pixels: int) -> str:
+    shown = f"{dims[0]}x{dims[1]} " if dims else ""
+    return f"Image in '{param}' is too large: {shown}exceeds the limit of {max_pixels:,} pixels."
+
+
+def fit_cover(img: Image.Image, size: Size) -> Image.Image:
+    """Crop `img` centrally to `size`'s aspect ratio, then resample to exactly `size`."""
+    if img.size == (size.width, size.height):
+        return img
+    w, h = img.size
+    target = size.width / size.height
+    if w / h > target:
+        new_w = max(1, round(h * target))
+        box = ((w - new_w) // 2, 0, (w - new_w) // 2 + new_w, h)
+    else:
+        new_h = max(1, round(w / target))
+        box = (0, (h - new_h) // 2, w, (h - new_h) // 2 + new_h)
+    return img.resize((size.width, size.height), Image.Resampling.LANCZOS, box=box, reducing_gap=3.0)
+
+
+def encode(img: Image.Image, fmt: OutputFormat, settings: ImagingSettings, compression: int | None = None) -> bytes:
+    """Encode to `fmt`. `compression` (0–100) is the jpeg/webp quality; jpeg drops alpha onto white."""
+    buf = io.BytesIO()
+    quality = settings.default_jpeg_webp_quality if compression is None else compression
+    if fmt is OutputFormat.PNG:
+        img.save(buf, "PNG", compress_level=settings.png_compress_level)
+    elif fmt is OutputFormat.JPEG:
+        if img.mode != "RGB":
+            flat = Image.new("RGB", img.size, (255, 255, 255))
+            flat.paste(img, mask=img.getchannel("A") if "A" in img.getbands() else None)
+            img = flat
+        img.save(buf, "JPEG", quality=quality)
+    else:
+        img.save(buf, "WEBP", quality=quality, method=settings.webp_method)
+    return buf.getvalue()

@@ -1,0 +1,246 @@
+"""Safe fetching of client-supplied URLs (SPEC §8) and decoding of inline (data URL / base64) images.
+
+Every address a host resolves to, at every redirect hop, is checked before connecting, and the
+connection is pinned to the checked address (the original host goes in `Host` and TLS SNI), so a
+DNS answer that changes between check and connect cannot redirect us. Size and time limits apply
+while the body streams in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+import tempfile
+from dataclasses import dataclass, field
+from typing import IO
+from urllib.parse import urljoin, urlsplit
+
+import anyio
+import httpx
+import pybase64
+
+from imagegate.errors import ImageTooLarge, InvalidImage, InvalidImageUrl
+
+IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+SPOOL_IN_MEMORY = 1024 * 1024
+_REDIRECTS = {301, 302, 303, 307, 308}
+
+
+@dataclass(frozen=True)
+class FetchPolicy:
+    """Where fetches may go and how much they may take."""
+
+    allow: tuple[IpNetwork, ...] = ()
+    max_bytes: int = 50 * 1024 * 1024
+    timeout_s: float = 20.0
+    connect_timeout_s: float = 5.0
+    max_redirects: int = 5
+    schemes: frozenset[str] = field(default_factory=lambda: frozenset({"http", "https"}))
+
+
+def _embedded_ipv4(ip: IpAddress) -> ipaddress.IPv4Address | None:
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return ip.ipv4_mapped
+        if ip.sixtofour is not None:
+            return ip.sixtofour
+        if ip.teredo is not None:
+            return ip.teredo[1]
+    return None
+
+
+def address_refusal(ip: IpAddress, allow: tuple[IpNetwork, ...]) -> str | None:
+    """Why `ip` may not be contacted (loopback, private, ...), or None when it may.
+
+    IPv4 addresses embedded in IPv6 (mapped, 6to4, Teredo) are judged as the IPv4 address.
+    An address inside an `allow` network is always permitted.
+    """
+    if any(ip in net for net in allow if net.version == ip.version):
+        return None
+    inner = _embedded_ipv4(ip)
+    if inner is not None:
+        return address_refusal(inner, allow)
+    for attr in (
+        "is_loopback",
+        "is_private",
+        "is_link_local",
+        "is_multicast",
+        "is_reserved",
+        "is_unspecified",
+    ):
+        if getattr(ip, attr):
+            return attr.removeprefix("is_").replace("_", "-")
+    if not ip.is_global:
+        return "non-global"
+    return None
+
+
+async def resolve(host: str, port: int) -> list[IpAddress]:
+    """All addresses `host` resolves to (numeric spellings such as 2130706433 included)."""
+    try:
+        literal = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        pass
+    else:
+        return [literal]
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    found: list[IpAddress] = []
+    for info in infos:
+        ip = ipaddress.ip_address(str(info[4][0]).split("%")[0])
+        if ip not in found:
+            found.append(ip)
+    return found
+
+
+class SafeFetcher:
+    """Fetches client URLs into spooled temporary files under a FetchPolicy."""
+
+    def __init__(self, policy: FetchPolicy, client: httpx.AsyncClient | None = None) -> None:
+        self.policy = policy
+        self._client = client or httpx.AsyncClient(
+            follow_redirects=False,
+            trust_env=False,
+            timeout=httpx.Timeout(policy.timeout_s, connect=policy.connect_timeout_s),
+            headers={"user-agent": "imagegate-fetch/1"},
+        )
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def check_url(self, url: str, param: str) -> tuple[httpx.URL, IpAddress]:
+        """Validate scheme and host of `url` and return it with the address to connect to.
+
+        Raises InvalidImageUrl naming `param` when any resolved address is refused.
+        """
+        try:
+            parsed = urlsplit(url)
+            port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        except ValueError as exc:
+            raise InvalidImageUrl(f"Invalid URL in '{param}': {exc}.", param=param) from exc
+        if parsed.scheme not in self.policy.schemes or not parsed.hostname:
+            raise InvalidImageUrl(f"Invalid URL in '{param}': only http and https URLs are fetched.", param=param)
+        host = parsed.hostname
+        try:
+            addresses = await resolve(host, port)
+        except (OSError, UnicodeError) as exc:
+            raise InvalidImageUrl(f"Invalid URL in '{param}': host '{host}' does not resolve.", param=param) from exc
+        if not addresses:
+            raise InvalidImageUrl(f"Invalid URL in '{param}': host '{host}' does not resolve.", param=param)
+        for ip in addresses:
+            reason = address_refusal(ip, self.policy.allow)
+            if reason is not None:
+                raise InvalidImageUrl(
+                    f"Refused URL in '{param}': host '{host}' resolves to a {reason} address; "
+                    "only public addresses are fetched.",
+                    param=param,
+                )
+        try:
+            return httpx.URL(url), addresses[0]
+        except httpx.InvalidURL as exc:
+            raise InvalidImageUrl(f"Invalid URL in '{param}': {exc}.", param=param) from exc
+
+    async def fetch(self, url: str, param: str) -> IO[bytes]:
+        """Download `url` into a spooled temporary file (rewound), obeying the policy at every hop.
+
+        Raises InvalidImageUrl on refusal, failure, timeout or an oversized body; the caller owns
+        (and closes) the returned file.
+        """
+        try:
+            with anyio.fail_after(self.policy.timeout_s):
+                return await self._fetch_following(url, param)
+        except TimeoutError as exc:
+            raise InvalidImageUrl(
+                f"Failed to fetch '{param}': no complete answer within {self.policy.timeout_s:g} s.",
+                param=param,
+            ) from exc
+
+    async def _fetch_following(self, url: str, param: str) -> IO[bytes]:
+        for _ in range(self.policy.max_redirects + 1):
+            target, ip = await self.check_url(url, param)
+            location = await self._fetch_once(target, ip, param)
+            if isinstance(location, str):
+                url = urljoin(str(target), location)
+                continue
+            return location
+        raise InvalidImageUrl(
+            f"Failed to fetch '{param}': more than {self.policy.max_redirects} redirects.", param=param
+        )
+
+    async def _fetch_once(self, target: httpx.URL, ip: IpAddress, param: str) -> IO[bytes] | str:
+        host_header = target.netloc.decode("ascii")
+        pinned = target.copy_with(host=str(ip))
+        extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
+        request = self._client.build_request("GET", pinned, headers={"host": host_header}, extensions=extensions)
+        try:
+            response = await self._client.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            raise InvalidImageUrl(
+                f"Failed to fetch '{param}': {type(exc).__name__} while connecting to {target.host}.",
+                param=param,
+            ) from exc
+        try:
+            if response.status_code in _REDIRECTS and "location" in response.headers:
+                return response.headers["location"]
+            if response.status_code != 200:
+                raise InvalidImageUrl(
+                    f"Failed to fetch '{param}': the server answered HTTP {response.status_code}.",
+                    param=param,
+                )
+            declared = response.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > self.policy.max_bytes:
+                raise self._too_large(param)
+            return await self._spool(response, param)
+        finally:
+            await response.aclose()
+
+    async def _spool(self, response: httpx.Response, param: str) -> IO[bytes]:
+        spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)  # noqa: SIM115 - returned to caller
+        total = 0
+        try:
+            async for chunk in response.aiter_bytes():
+                total += len(chunk)
+                if total > self.policy.max_bytes:
+                    raise self._too_large(param)
+                spool.write(chunk)
+        except httpx.HTTPError as exc:
+            spool.close()
+            raise InvalidImageUrl(f"Failed to fetch '{param}': the transfer broke off.", param=param) from exc
+        except BaseException:
+            spool.close()
+            raise
+        spool.seek(0)
+        return spool
+
+    def _too_large(self, param: str) -> InvalidImageUrl:
+        return InvalidImageUrl(
+            f"Failed to fetch '{param}': the image is larger than {self.policy.max_bytes:,} bytes.",
+            param=param,
+        )
+
+
+def decode_inline(text: str, *, param: str, max_bytes: int) -> IO[bytes]:
+    """Decode a `data:image/...;base64,` URL or raw base64 into a spooled file (rewound).
+
+    Raises InvalidImage for malformed input and ImageTooLarge beyond `max_bytes`.
+    """
+    payload = text
+    if text.startswith("data:"):
+        header, sep, payload = text.partition(",")
+        if not sep or ";base64" not in header:
+            raise InvalidImage(f"Invalid data URL in '{param}': expected data:image/...;base64,...", param=param)
+    if len(payload) * 3 // 4 > max_bytes + 3:
+        raise ImageTooLarge(f"Image in '{param}' is larger than {max_bytes:,} bytes.", param=param)
+    try:
+        raw = pybase64.b64decode(payload, validate=True)
+    except ValueError:
+        try:
+            raw = pybase64.b64decode("".join(payload.split()), validate=True)
+        except ValueError as exc:
+            raise InvalidImage(f"Invalid image in '{param}': not a URL, data URL or base64.", param=param) from exc
+    spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)  # noqa: SIM115 - returned to caller
+    spool.write(raw)
+    spool.seek(0)
+    return spool

@@ -1,0 +1,76 @@
+"""The live parts of a running server, built from a Config and closed on shutdown."""
+
+from __future__ import annotations
+
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+
+import anyio
+from fastapi import Request
+
+from imagegate.config import Config
+from imagegate.core.catalog import Catalog
+from imagegate.engines import registry
+from imagegate.engines.base import Engine
+from imagegate.net.fetch import FetchPolicy, SafeFetcher
+from imagegate.service.tasks import TaskService
+from imagegate.stores import keys
+from imagegate.stores.blobs import BlobStore, LocalBlobStore
+from imagegate.stores.db import ApiKey, Database, migrate
+
+
+@dataclass
+class Runtime:
+    """Everything request handlers use; one per application."""
+
+    config: Config
+    db: Database
+    blobs: BlobStore
+    fetcher: SafeFetcher
+    catalog: Catalog
+    engines: dict[str, Engine]
+    tasks: TaskService
+
+    async def authenticate(self, request: Request) -> ApiKey:
+        """The key named by `Authorization: Bearer ...`; raises AuthenticationFailed."""
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        raw = token.strip() if scheme.lower() == "bearer" else ""
+        async with self.db.session() as session:
+            row = await keys.authenticate(session, raw)
+        request.state.key_id = row.id
+        return row
+
+
+def fetch_policy(config: Config) -> FetchPolicy:
+    limits = config.limits
+    return FetchPolicy(
+        allow=tuple(config.fetch_allow),
+        max_bytes=limits.max_image_bytes,
+        timeout_s=limits.fetch_timeout_s,
+        connect_timeout_s=limits.fetch_connect_timeout_s,
+        max_redirects=limits.fetch_max_redirects,
+    )
+
+
+async def open_runtime(config: Config, stack: AsyncExitStack) -> Runtime:
+    """Migrate the database and open every store and engine; `stack` closes them."""
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    url = config.resolved_database_url
+    await anyio.to_thread.run_sync(migrate, url)
+    db = Database(url)
+    stack.push_async_callback(db.aclose)
+    fetcher = SafeFetcher(fetch_policy(config))
+    stack.push_async_callback(fetcher.aclose)
+    engines = {"classic": registry.create("classic", config)}
+    for engine in engines.values():
+        stack.push_async_callback(engine.aclose)
+    catalog = Catalog.from_config(config.models)
+    blobs = LocalBlobStore(config.files_dir)
+    tasks = TaskService(db, blobs, fetcher, catalog, engines, config.limits)
+    return Runtime(config, db, blobs, fetcher, catalog, engines, tasks)
+
+
+def runtime_of(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime

@@ -1,0 +1,35 @@
+"""The `usage` object of OpenAI image responses, counted the way OpenAI counts image tokens."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from imagegate.core.request import Quality, Size
+
+_OUTPUT_TOKENS_1024 = {Quality.LOW: 272, Quality.MEDIUM: 1056, Quality.HIGH: 4160}
+_TILE = 512
+
+
+def image_input_tokens(width: int, height: int) -> int:
+    """Tokens for one input image: 85 base plus 170 per 512-px tile after fitting into 2048/768."""
+    scale = min(1.0, 2048 / max(width, height))
+    w, h = width * scale, height * scale
+    scale = min(1.0, 768 / min(w, h))
+    w, h = w * scale, h * scale
+    return 85 + 170 * math.ceil(w / _TILE) * math.ceil(h / _TILE)
+
+
+def usage(prompt: str, inputs: list[tuple[int, int]], size: Size, quality: Quality, images: int) -> dict[str, Any]:
+    """A usage object for `images` outputs of `size` at `quality` from `prompt` and `inputs`."""
+    text_tokens = math.ceil(len(prompt) / 4)
+    image_tokens = sum(image_input_tokens(w, h) for w, h in inputs)
+    per_image = _OUTPUT_TOKENS_1024.get(quality, _OUTPUT_TOKENS_1024[Quality.HIGH])
+    output = images * math.ceil(per_image * size.pixels / (1024 * 1024))
+    return {
+        "input_tokens": text_tokens + image_tokens,
+        "input_tokens_details": {"image_tokens": image_tokens, "text_tokens": text_tokens},
+        "output_tokens": output,
+        "output_tokens_details": {"image_tokens": output, "text_tokens": 0},
+        "total_tokens": text_tokens + image_tokens + output,
+    }
