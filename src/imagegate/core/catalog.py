@@ -5,6 +5,7 @@ Built-in defaults; the `[models.<id>]` tables of the configuration override any 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field, fields, replace
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
@@ -149,5 +150,10 @@ class Catalog:
                 param="model",
             ) from None
 
-    def __iter__(self) -> Any:
+    def basic_fields_only(self, model_id: str) -> bool:
+        """True for known models that honour only model, prompt and image."""
+        spec = self._specs.get(model_id)
+        return spec is not None and spec.basic_fields_only
+
+    def __iter__(self) -> Iterator[ModelSpec]:
         return iter(self._specs.values())

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import anyio
@@ -99,7 +99,18 @@ def _reject_aspect_ratio(values: dict[str, Any]) -> None:
         )
 
 
-def _from_form(form: FormData) -> EditRequest:
+BasicOnly = Callable[[str], bool]
+"""Whether a model id honours only model, prompt and image (its other fields are ignored unparsed)."""
+
+
+def _apply_scalars(req: EditRequest, scalars: dict[str, Any], basic_only: BasicOnly) -> None:
+    model = scalars.get("model")
+    if isinstance(model, str) and basic_only(model.strip()):
+        scalars = {k: v for k, v in scalars.items() if k in ("model", "prompt")}
+    _apply_fields(req, scalars)
+
+
+def _from_form(form: FormData, basic_only: BasicOnly) -> EditRequest:
     req = EditRequest(prompt="")
     scalars: dict[str, Any] = {}
     for name, value in form.multi_items():
@@ -117,7 +128,7 @@ def _from_form(form: FormData) -> EditRequest:
         else:
             req.extra[name] = value
     _reject_aspect_ratio(req.extra)
-    _apply_fields(req, scalars)
+    _apply_scalars(req, scalars, basic_only)
     return req
 
 
@@ -127,7 +138,7 @@ def _form_ref(value: UploadFile | str, param: str) -> ImageRef:
     return ref_from_text(value, param)
 
 
-def _from_json(body: dict[str, Any]) -> EditRequest:
+def _from_json(body: dict[str, Any], basic_only: BasicOnly) -> EditRequest:
     _reject_aspect_ratio(body)
     req = EditRequest(prompt="")
     image = body.get("image")
@@ -140,12 +151,12 @@ def _from_json(body: dict[str, Any]) -> EditRequest:
     req.images = [ref_from_json(item, f"image[{index}]") for index, item in enumerate(items)]
     if body.get("mask") is not None:
         req.mask = ref_from_json(body["mask"], "mask")
-    _apply_fields(req, {k: v for k, v in body.items() if k in _SCALARS})
+    _apply_scalars(req, {k: v for k, v in body.items() if k in _SCALARS}, basic_only)
     req.extra = {k: v for k, v in body.items() if k not in _SCALARS and k not in ("image", "images", "mask")}
     return req
 
 
-async def parse_request(request: Request, limits: Limits) -> EditRequest:
+async def parse_request(request: Request, limits: Limits, basic_only: BasicOnly) -> EditRequest:
     """The canonical request from a multipart or JSON body. Raises BadRequest for malformed bodies."""
     content_type = request.headers.get("content-type", "").lower()
     if content_type.startswith("multipart/form-data"):
@@ -157,9 +168,9 @@ async def parse_request(request: Request, limits: Limits) -> EditRequest:
             )
         except MultiPartException as exc:
             raise BadRequest(f"Invalid multipart body: {exc.message}") from exc
-        return _from_form(form)
+        return _from_form(form, basic_only)
     if content_type.startswith("application/x-www-form-urlencoded"):
-        return _from_form(await request.form(max_fields=limits.max_form_fields))
+        return _from_form(await request.form(max_fields=limits.max_form_fields), basic_only)
     raw = await request.body()
     try:
         body = orjson.loads(raw)
@@ -167,7 +178,7 @@ async def parse_request(request: Request, limits: Limits) -> EditRequest:
         raise BadRequest("We could not parse the JSON body of your request. Send JSON or multipart/form-data.") from exc
     if not isinstance(body, dict):
         raise BadRequest("The JSON body must be an object.")
-    return _from_json(body)
+    return _from_json(body, basic_only)
 
 
 def public_base(rt: Runtime, request: Request) -> str:
@@ -206,7 +217,16 @@ def _sse(event: str, data: dict[str, Any]) -> bytes:
     return b"event: " + event.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
 
 
-async def _stream(rt: Runtime, prepared: Prepared, kind: str) -> AsyncIterator[bytes]:
+async def _stream(rt: Runtime, prepared: Prepared, kind: str, request: Request) -> AsyncIterator[bytes]:
+    """SSE events for one streamed request; the request's uploads are closed when it ends."""
+    try:
+        async for chunk in _events(rt, prepared, kind):
+            yield chunk
+    finally:
+        await request.close()
+
+
+async def _events(rt: Runtime, prepared: Prepared, kind: str) -> AsyncIterator[bytes]:
     prefix = "image_edit" if kind == "edit" else "image_generation"
     req = prepared.request
     common = {
@@ -254,24 +274,30 @@ async def _stream(rt: Runtime, prepared: Prepared, kind: str) -> AsyncIterator[b
 
 
 async def _images(request: Request, kind: str) -> Response:
-    rt = runtime_of(request)
-    key = await rt.authenticate(request)
-    req = await parse_request(request, rt.config.limits)
-    if kind == "edit" and not req.images:
-        raise MissingParameter("Missing required parameter: 'image'.", param="image")
-    if kind == "generate" and req.images:
-        raise BadRequest("Generations take no 'image'; send reference images to /v1/images/edits.", param="image")
-    prepared = await rt.tasks.prepare(key.id, req, dialect="openai", kind=kind)
-    headers = {"x-imagegate-engine": prepared.engine.name, "x-imagegate-task": prepared.task_id}
-    if req.stream:
-        return StreamingResponse(
-            _stream(rt, prepared, kind),
-            media_type="text/event-stream",
-            headers={**headers, "cache-control": "no-store"},
-        )
-    outcome = await rt.tasks.execute(prepared)
-    body = render(outcome, public_base(rt, request), prepared.spec.url_b64_as_data_url)
-    return Response(orjson.dumps(body), media_type="application/json", headers=headers)
+    streaming = False
+    try:
+        rt = runtime_of(request)
+        key = await rt.authenticate(request)
+        req = await parse_request(request, rt.config.limits, rt.catalog.basic_fields_only)
+        if kind == "edit" and not req.images:
+            raise MissingParameter("Missing required parameter: 'image'.", param="image")
+        if kind == "generate" and req.images:
+            raise BadRequest("Generations take no 'image'; send reference images to /v1/images/edits.", param="image")
+        prepared = await rt.tasks.prepare(key.id, req, dialect="openai", kind=kind)
+        headers = {"x-imagegate-engine": prepared.engine.name, "x-imagegate-task": prepared.task_id}
+        if req.stream:
+            streaming = True
+            return StreamingResponse(
+                _stream(rt, prepared, kind, request),
+                media_type="text/event-stream",
+                headers={**headers, "cache-control": "no-store"},
+            )
+        outcome = await rt.tasks.execute(prepared)
+        body = render(outcome, public_base(rt, request), prepared.spec.url_b64_as_data_url)
+        return Response(orjson.dumps(body), media_type="application/json", headers=headers)
+    finally:
+        if not streaming:
+            await request.close()
 
 
 async def images_edits(request: Request) -> Response:

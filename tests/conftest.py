@@ -1,0 +1,167 @@
+"""Shared fixtures: in-process app with a real SQLite database, loopback HTTP servers, the live server."""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+
+from imagegate.app import create_app
+from imagegate.config import Config, load_config
+from imagegate.stores import keys
+from imagegate.stores.db import Database, migrate
+
+LOOPBACK_ALLOW = "127.0.0.0/8,::1/128"
+
+
+def make_image(width: int = 640, height: int = 480, fmt: str = "PNG", mode: str = "RGB") -> bytes:
+    """A deterministic test picture (a Mandelbrot render, so operations visibly change it)."""
+    img = Image.effect_mandelbrot((width, height), (-2.0, -1.2, 1.0, 1.2), 60).convert(mode)
+    buf = io.BytesIO()
+    img.save(buf, fmt)
+    return buf.getvalue()
+
+
+def decode(data: bytes) -> Image.Image:
+    img = Image.open(io.BytesIO(data))
+    img.load()
+    return img
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Config:
+    return load_config(data_dir=tmp_path / "data", fetch_allow=LOOPBACK_ALLOW)
+
+
+async def create_key(cfg: Config, credits: int = 1000) -> str:
+    migrate(cfg.resolved_database_url)
+    db = Database(cfg.resolved_database_url)
+    try:
+        async with db.session() as session, session.begin():
+            new = await keys.create_key(session, name="test", credits=keys.Decimal(credits))
+    finally:
+        await db.aclose()
+    return new.raw
+
+
+@dataclass
+class Api:
+    client: httpx.AsyncClient
+    key: str
+    config: Config
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
+
+
+@pytest.fixture
+async def api(config: Config) -> AsyncIterator[Api]:
+    """The ASGI app in-process (lifespan run), a key with 1000 credits, and an httpx client on it."""
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    key = await create_key(config)
+    app = create_app(config)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver", timeout=30) as client:
+            yield Api(client, key, config)
+
+
+class _QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        return None
+
+
+@dataclass
+class FileServer:
+    root: Path
+    base: str
+
+    def put(self, name: str, data: bytes) -> str:
+        (self.root / name).write_bytes(data)
+        return f"{self.base}/{name}"
+
+
+@pytest.fixture
+def file_server(tmp_path: Path) -> Iterator[FileServer]:
+    """A static HTTP server on 127.0.0.1 serving a temporary directory."""
+    root = tmp_path / "www"
+    root.mkdir()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(_QuietHandler, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield FileServer(root, f"http://127.0.0.1:{server.server_address[1]}")
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class LiveServer:
+    base: str
+    key: str
+    data_dir: Path
+    env: dict[str, str]
+
+
+def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "imagegate", *args], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+@pytest.fixture(scope="session")
+def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """`imagegate serve` as a real process on a loopback port; its first-start key is read from stdout."""
+    data_dir = tmp_path_factory.mktemp("live")
+    port = free_port()
+    env = {**os.environ, "IMAGEGATE_FETCH_ALLOW": LOOPBACK_ALLOW, "IMAGEGATE_DATA_DIR": str(data_dir)}
+    log = (data_dir / "serve.log").open("w+")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "imagegate", "serve", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        else:
+            log.seek(0)
+            raise RuntimeError("server did not start:\n" + log.read())
+        log.seek(0)
+        lines = log.read().splitlines()
+        key = next(line for line in lines if line.startswith(keys.KEY_PREFIX))
+        yield LiveServer(base, key, data_dir, env)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        log.close()
