@@ -152,7 +152,7 @@ async def test_redirect_into_a_refused_address_is_refused(origin: str) -> None:
     fetcher = SafeFetcher(FetchPolicy(allow=only_origin))
     try:
         assert drain(await fetcher.fetch(f"{origin}/redirect-to/{origin}/ok.png", "image")) == _Handler.body
-        with pytest.raises(InvalidImageUrl, match="private|non-global"):
+        with pytest.raises(InvalidImageUrl, match=r"private|non-global"):
             await fetcher.fetch(f"{origin}/redirect-to/http://10.0.0.1/x.png", "image")
         with pytest.raises(InvalidImageUrl, match="loopback"):
             await fetcher.fetch(f"{origin}/redirect-to/http://127.0.0.2:1/x.png", "image")
