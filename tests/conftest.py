@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from decimal import Decimal
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -28,8 +29,11 @@ LOOPBACK_ALLOW = "127.0.0.0/8,::1/128"
 
 
 def make_image(width: int = 640, height: int = 480, fmt: str = "PNG", mode: str = "RGB") -> bytes:
-    """A deterministic test picture (a Mandelbrot render, so operations visibly change it)."""
-    img = Image.effect_mandelbrot((width, height), (-2.0, -1.2, 1.0, 1.2), 60).convert(mode)
+    """A deterministic colour test picture (a Mandelbrot render over gradients)."""
+    fractal = Image.effect_mandelbrot((width, height), (-2.0, -1.2, 1.0, 1.2), 60)
+    ramp = Image.linear_gradient("L")
+    across = ramp.transpose(Image.Transpose.ROTATE_90).resize((width, height))
+    img = Image.merge("RGB", (fractal, ramp.resize((width, height)), across)).convert(mode)
     buf = io.BytesIO()
     img.save(buf, fmt)
     return buf.getvalue()
@@ -51,7 +55,7 @@ async def create_key(cfg: Config, credits: int = 1000) -> str:
     db = Database(cfg.resolved_database_url)
     try:
         async with db.session() as session, session.begin():
-            new = await keys.create_key(session, name="test", credits=keys.Decimal(credits))
+            new = await keys.create_key(session, name="test", credits=Decimal(credits))
     finally:
         await db.aclose()
     return new.raw

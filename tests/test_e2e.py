@@ -65,9 +65,9 @@ def test_sdk_b64_decodes_to_the_requested_size_and_format(
     client: openai.OpenAI, work: Path, fmt: str, size: str
 ) -> None:
     with (work / "photo.png").open("rb") as f:
-        result = client.images.edit(
+        result = client.images.edit(  # type: ignore[call-overload]
             model="gpt-image-2", image=f, prompt="cartoon", size=size, output_format=fmt, response_format="b64_json"
-        )  # type: ignore[arg-type]
+        )
     assert result.data and result.data[0].b64_json
     img = open_png(base64.b64decode(result.data[0].b64_json))
     assert (img.format, f"{img.width}x{img.height}") == (fmt.upper(), size)

@@ -147,7 +147,7 @@ def credits_grant(key_id: str, amount: str, data_dir: DataDir = None, config_fil
     """Add AMOUNT credits to key ID."""
     value = _decimal(amount)
     row = _with_session(_config(data_dir, config_file), lambda s: keys.grant_credits(s, key_id, value))
-    print(f"{row.id} now has {row.credits} credits")
+    print(f"{row.id} now has {row.credits.normalize():f} credits")
 
 
 def main() -> None:

@@ -72,6 +72,7 @@ VOCABULARY: list[tuple[str, re.Pattern[str]]] = [
 ]
 _KEEP = _rx(r"\b(keep|preserve|retain|maintain|unchanged|identical|intact|same)\b|保持|不变|保留|不要改")
 _QUOTES = re.compile(r"“([^”]{1,200})”|「([^」]{1,200})」|\"([^\"]{1,200})\"|(?<![A-Za-z])'([^']{1,200})'(?![A-Za-z])")
+_BLACK_AND_WHITE = _rx(r"black and white")
 _SENTENCES = re.compile(r"[.;!?。；！？\n]+")
 _CLAUSES = re.compile(r"[,:，：、]+|\s+(?:and then|then|and|but)\s+|然后|并且|同时|再")
 _TEXT_WORDS = _rx(
@@ -104,7 +105,7 @@ def plan(prompt: str, image_count: int) -> Plan:
     """Read `prompt` into a Plan for `image_count` inputs (composition order and mode included)."""
     result = Plan()
     texts = [next(g for g in m.groups() if g) for m in _QUOTES.finditer(prompt)]
-    remainder = _QUOTES.sub(" ", prompt)
+    remainder = _BLACK_AND_WHITE.sub("black-and-white", _QUOTES.sub(" ", prompt))
     seen: set[Op] = set()
     for sentence in (x.strip() for x in _SENTENCES.split(remainder)):
         if _is_noise(sentence):
