@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from typing import IO
 
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -30,28 +31,41 @@ def sniff(head: bytes) -> OutputFormat | None:
 
 @dataclass
 class SourceImage:
-    """An opened but not yet decoded input: its sniffed format and oriented dimensions."""
+    """An opened but not yet decoded input: its sniffed format and oriented dimensions.
+
+    `image` stays header-only; every `decode` reads a fresh copy from `fp` that the caller owns,
+    so pixels of inputs not in use are never held (16 large inputs cost one decode at a time).
+    """
 
     image: Image.Image
     format: OutputFormat
     width: int
     height: int
     param: str
+    fp: IO[bytes]
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def decode(self, at_least: Size | None = None) -> Image.Image:
         """Decode, apply EXIF orientation, and convert to RGB or RGBA.
 
         With `at_least`, JPEGs are shrunk on load while staying at least that large.
         """
-        img = self.image
-        try:
-            if at_least is not None and self.format is OutputFormat.JPEG:
-                w, h = (at_least.height, at_least.width) if self._swapped() else (at_least.width, at_least.height)
-                img.draft("RGB", (w, h))
-            img.load()
-            img = ImageOps.exif_transpose(img)
-        except (OSError, ValueError, Image.DecompressionBombError) as exc:
-            raise InvalidImage(f"Invalid image in '{self.param}': it could not be decoded.", param=self.param) from exc
+        with self.lock:
+            self.fp.seek(0)
+            try:
+                img = Image.open(self.fp, formats=[_PIL_FORMAT[self.format]])
+                return self._decoded(img, at_least)
+            except (OSError, ValueError, Image.DecompressionBombError) as exc:
+                raise InvalidImage(
+                    f"Invalid image in '{self.param}': it could not be decoded.", param=self.param
+                ) from exc
+
+    def _decoded(self, img: Image.Image, at_least: Size | None) -> Image.Image:
+        if at_least is not None and self.format is OutputFormat.JPEG:
+            w, h = (at_least.height, at_least.width) if self._swapped() else (at_least.width, at_least.height)
+            img.draft("RGB", (w, h))
+        img.load()
+        img = ImageOps.exif_transpose(img)
         if img.mode in ("RGBA", "RGB"):
             return img
         has_alpha = img.mode in ("LA", "PA") or (img.mode == "P" and "transparency" in img.info)
@@ -85,7 +99,7 @@ def open_image(fp: IO[bytes], *, max_pixels: int, param: str) -> SourceImage:
         raise ImageTooLarge(_too_many_pixels(param, (width, height), max_pixels), param=param)
     if img.getexif().get(_EXIF_ORIENTATION) in _TRANSPOSING_ORIENTATIONS:
         width, height = height, width
-    return SourceImage(img, fmt, width, height, param)
+    return SourceImage(img, fmt, width, height, param, fp)
 
 
 def _too_many_pixels(param: str, dims: tuple[int, int] | None, max_pixels: int) -> str:

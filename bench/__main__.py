@@ -1,0 +1,149 @@
+"""Benchmarks; each figure is a ratio against a baseline measured in the same run.
+
+    python -m bench            (or: make bench)
+
+(a) gateway overhead: wall time of one 1024² classic edit through the HTTP API of a live server
+    (loopback, b64_json) divided by the same edit called in-process on the engine.
+(b) upload memory: the server's peak RSS growth while it accepts and edits 16 × 10 MB images in one
+    multipart request, divided by the upload size.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+from PIL import Image
+
+from imagegate.config import ImagingSettings
+from imagegate.core.catalog import Catalog
+from imagegate.core.request import EditRequest, Size
+from imagegate.engines.base import Job
+from imagegate.engines.classic.engine import ClassicEngine
+from imagegate.imaging import open_image
+
+ROUNDS = 15
+
+
+def picture(width: int, height: int, level: int = 1) -> bytes:
+    noise = Image.frombytes("RGB", (width, height), os.urandom(width * height * 3))
+    buf = io.BytesIO()
+    noise.save(buf, "PNG", compress_level=level)
+    return buf.getvalue()
+
+
+def start_server(data_dir: Path) -> tuple[subprocess.Popen[bytes], str, str]:
+    port = 18000 + os.getpid() % 1000
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "imagegate", "serve", "--port", str(port), "--data-dir", str(data_dir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    assert proc.stdout is not None
+    proc.stdout.readline()
+    key = proc.stdout.readline().decode().strip()
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            if httpx.get(f"{base}/healthz").status_code == 200:
+                return proc, base, key
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise RuntimeError("server did not start")
+
+
+def in_process_edit(png: bytes) -> float:
+    engine = ClassicEngine(ImagingSettings())
+    spec = Catalog.from_config({}).get("gpt-image-2")
+
+    async def once() -> float:
+        start = time.perf_counter()
+        source = open_image(io.BytesIO(png), max_pixels=10**8, param="image")
+        await engine.run(Job(EditRequest(prompt="sepia", size="1024x1024"), spec, Size(1024, 1024), [source]))
+        return time.perf_counter() - start
+
+    async def rounds() -> list[float]:
+        return [await once() for _ in range(ROUNDS)]
+
+    return statistics.median(asyncio.run(rounds()))
+
+
+def http_edit(base: str, key: str, png: bytes) -> float:
+    times = []
+    with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=60) as client:
+        for _ in range(ROUNDS):
+            start = time.perf_counter()
+            r = client.post(
+                "/v1/images/edits",
+                data={"prompt": "sepia", "size": "1024x1024"},
+                files=[("image", ("a.png", png, "image/png"))],
+            )
+            r.raise_for_status()
+            r.json()
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def peak_rss_during(pid: int, work: threading.Thread) -> int:
+    proc = psutil.Process(pid)
+    peak: int = proc.memory_info().rss
+    work.start()
+    while work.is_alive():
+        peak = max(peak, proc.memory_info().rss)
+        time.sleep(0.005)
+    return peak
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        proc, base, key = start_server(Path(tmp) / "data")
+        try:
+            png = picture(1024, 1024)
+            http_edit(base, key, png)
+            local = in_process_edit(png)
+            remote = http_edit(base, key, png)
+            print(
+                f"(a) gateway overhead, 1024² classic edit: HTTP {remote * 1000:.1f} ms / in-process "
+                f"{local * 1000:.1f} ms = {remote / local:.3f}x  (+{(remote - local) * 1000:.1f} ms)"
+            )
+
+            big = picture(1825, 1825, level=0)
+            upload = [("image[]", (f"{i}.png", big, "image/png")) for i in range(16)]
+            total = len(big) * 16
+            status: list[int] = []
+
+            def send() -> None:
+                with httpx.Client(timeout=300) as client:
+                    r = client.post(
+                        f"{base}/v1/images/edits",
+                        headers={"Authorization": f"Bearer {key}"},
+                        data={"prompt": "grayscale", "size": "2048x1152"},
+                        files=upload,
+                    )
+                    status.append(r.status_code)
+
+            before = psutil.Process(proc.pid).memory_info().rss
+            peak = peak_rss_during(proc.pid, threading.Thread(target=send))
+            assert status == [200], status
+            growth = peak - before
+            print(
+                f"(b) upload memory, 16 × {len(big) / 1e6:.1f} MB in one request: peak RSS growth "
+                f"{growth / 1e6:.1f} MB / upload {total / 1e6:.1f} MB = {growth / total:.3f}x"
+            )
+        finally:
+            proc.terminate()
+            proc.wait(10)
+
+
+if __name__ == "__main__":
+    main()
