@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import ipaddress
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import IO
 
@@ -19,6 +20,15 @@ from tests.conftest import make_image
 def drain(spool: IO[bytes]) -> bytes:
     with spool:
         return spool.read()
+
+
+@asynccontextmanager
+async def fetching(policy: FetchPolicy) -> AsyncIterator[SafeFetcher]:
+    fetcher = SafeFetcher(policy)
+    try:
+        yield fetcher
+    finally:
+        await fetcher.aclose()
 
 
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
@@ -75,23 +85,17 @@ def test_allow_list_admits_its_networks_only() -> None:
     ],
 )
 async def test_loopback_spellings_are_refused_before_connecting(url: str) -> None:
-    fetcher = SafeFetcher(FetchPolicy())
-    try:
+    async with fetching(FetchPolicy()) as fetcher:
         with pytest.raises(InvalidImageUrl, match="only public addresses") as info:
             await fetcher.fetch(url, "image[0]")
         assert info.value.param == "image[0]"
-    finally:
-        await fetcher.aclose()
 
 
 @pytest.mark.parametrize("url", ["ftp://example.com/x.png", "file:///etc/passwd", "gopher://x/", "http:///x"])
 async def test_only_http_schemes(url: str) -> None:
-    fetcher = SafeFetcher(FetchPolicy())
-    try:
+    async with fetching(FetchPolicy()) as fetcher:
         with pytest.raises(InvalidImageUrl):
             await fetcher.fetch(url, "image")
-    finally:
-        await fetcher.aclose()
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -137,57 +141,42 @@ def origin() -> Iterator[str]:
 
 
 async def test_allowed_fetch_streams_the_body_and_sends_the_original_host(origin: str) -> None:
-    fetcher = SafeFetcher(FetchPolicy(allow=LOOPBACK))
-    try:
+    async with fetching(FetchPolicy(allow=LOOPBACK)) as fetcher:
         assert drain(await fetcher.fetch(f"{origin}/x.png", "image")) == _Handler.body
         port = origin.rsplit(":", 1)[1]
         host = await fetcher.fetch(f"http://localhost:{port}/host", "image")
         assert drain(host) == f"localhost:{port}".encode()
-    finally:
-        await fetcher.aclose()
 
 
 async def test_redirect_into_a_refused_address_is_refused(origin: str) -> None:
     only_origin = (ipaddress.ip_network("127.0.0.1/32"),)
-    fetcher = SafeFetcher(FetchPolicy(allow=only_origin))
-    try:
+    async with fetching(FetchPolicy(allow=only_origin)) as fetcher:
         assert drain(await fetcher.fetch(f"{origin}/redirect-to/{origin}/ok.png", "image")) == _Handler.body
         with pytest.raises(InvalidImageUrl, match=r"private|non-global"):
             await fetcher.fetch(f"{origin}/redirect-to/http://10.0.0.1/x.png", "image")
         with pytest.raises(InvalidImageUrl, match="loopback"):
             await fetcher.fetch(f"{origin}/redirect-to/http://127.0.0.2:1/x.png", "image")
-    finally:
-        await fetcher.aclose()
 
 
 async def test_too_many_redirects(origin: str) -> None:
-    fetcher = SafeFetcher(FetchPolicy(allow=LOOPBACK, max_redirects=1))
-    try:
+    async with fetching(FetchPolicy(allow=LOOPBACK, max_redirects=1)) as fetcher:
         url = f"{origin}/redirect-to/{origin}/redirect-to/{origin}/x.png"
         with pytest.raises(InvalidImageUrl, match="more than 1 redirects"):
             await fetcher.fetch(url, "image")
-    finally:
-        await fetcher.aclose()
 
 
 async def test_oversized_bodies_stop_while_streaming(origin: str) -> None:
-    fetcher = SafeFetcher(FetchPolicy(allow=LOOPBACK, max_bytes=1024 * 1024))
-    try:
+    async with fetching(FetchPolicy(allow=LOOPBACK, max_bytes=1024 * 1024)) as fetcher:
         with pytest.raises(InvalidImageUrl, match="larger than 1,048,576 bytes"):
             await fetcher.fetch(f"{origin}/huge", "image")
         with pytest.raises(InvalidImageUrl, match="larger than"):
             await fetcher.fetch(f"{origin}/lying-length", "image")
-    finally:
-        await fetcher.aclose()
 
 
 async def test_http_errors_and_dead_ports_answer_at_once(origin: str) -> None:
-    fetcher = SafeFetcher(FetchPolicy(allow=LOOPBACK, timeout_s=5))
-    try:
+    async with fetching(FetchPolicy(allow=LOOPBACK, timeout_s=5)) as fetcher:
         with pytest.raises(InvalidImageUrl, match="ConnectError"):
             await fetcher.fetch("http://127.0.0.1:1/x.png", "image")
-    finally:
-        await fetcher.aclose()
 
 
 def test_inline_images() -> None:

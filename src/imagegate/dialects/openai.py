@@ -21,6 +21,7 @@ from starlette.formparsers import MultiPartException
 
 from imagegate.config import Limits
 from imagegate.core.request import Background, Delivery, EditRequest, ImageRef, OutputFormat, Quality
+from imagegate.core.validation import resolved_quality
 from imagegate.dialects.fields import as_bool, as_enum, as_int, as_str, ref_from_json, ref_from_text
 from imagegate.errors import BadRequest, ImagegateError, MissingParameter
 from imagegate.runtime import Runtime, runtime_of
@@ -231,7 +232,7 @@ async def _events(rt: Runtime, prepared: Prepared, kind: str) -> AsyncIterator[b
     req = prepared.request
     common = {
         "size": str(prepared.size),
-        "quality": req.quality.value if req.quality is not Quality.AUTO else "medium",
+        "quality": resolved_quality(req, prepared.spec).value,
         "background": req.background.value,
         "output_format": req.output_format.value,
     }
