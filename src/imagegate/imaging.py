@@ -7,15 +7,24 @@ import threading
 from dataclasses import dataclass, field
 from typing import IO
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 from imagegate.config import ImagingSettings
 from imagegate.core.request import OutputFormat, Size
 from imagegate.errors import ImageTooLarge, InvalidImage, UnsupportedMimetype
 
 _PIL_FORMAT = {OutputFormat.PNG: "PNG", OutputFormat.JPEG: "JPEG", OutputFormat.WEBP: "WEBP"}
-_TRANSPOSING_ORIENTATIONS = {5, 6, 7, 8}
 _EXIF_ORIENTATION = 0x0112
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_SWAPS_SIDES = {5, 6, 7, 8}
 
 
 def sniff(head: bytes) -> OutputFormat | None:
@@ -43,6 +52,7 @@ class SourceImage:
     height: int
     param: str
     fp: IO[bytes]
+    orientation: int = 1
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def decode(self, at_least: Size | None = None) -> Image.Image:
@@ -62,17 +72,28 @@ class SourceImage:
 
     def _decoded(self, img: Image.Image, at_least: Size | None) -> Image.Image:
         if at_least is not None and self.format is OutputFormat.JPEG:
-            w, h = (at_least.height, at_least.width) if self._swapped() else (at_least.width, at_least.height)
+            swapped = self.orientation in _SWAPS_SIDES
+            w, h = (at_least.height, at_least.width) if swapped else (at_least.width, at_least.height)
             img.draft("RGB", (w, h))
         img.load()
-        img = ImageOps.exif_transpose(img)
+        transpose = _TRANSPOSE.get(self.orientation)
+        if transpose is not None:
+            img = img.transpose(transpose)
         if img.mode in ("RGBA", "RGB"):
             return img
         has_alpha = img.mode in ("LA", "PA") or (img.mode == "P" and "transparency" in img.info)
         return img.convert("RGBA" if has_alpha else "RGB")
 
-    def _swapped(self) -> bool:
-        return self.image.getexif().get(_EXIF_ORIENTATION) in _TRANSPOSING_ORIENTATIONS
+
+def _orientation(img: Image.Image) -> int:
+    """The EXIF orientation (1–8) readable from the header alone.
+
+    A PNG's eXIf chunk placed after its pixel data is ignored: reading it would decode every pixel.
+    """
+    if isinstance(img, PngImagePlugin.PngImageFile) and "exif" not in img.info:
+        return 1
+    value = img.getexif().get(_EXIF_ORIENTATION, 1)
+    return value if isinstance(value, int) and value in _TRANSPOSE else 1
 
 
 def open_image(fp: IO[bytes], *, max_pixels: int, param: str) -> SourceImage:
@@ -97,9 +118,10 @@ def open_image(fp: IO[bytes], *, max_pixels: int, param: str) -> SourceImage:
     width, height = img.size
     if width * height > max_pixels:
         raise ImageTooLarge(_too_many_pixels(param, (width, height), max_pixels), param=param)
-    if img.getexif().get(_EXIF_ORIENTATION) in _TRANSPOSING_ORIENTATIONS:
+    orientation = _orientation(img)
+    if orientation in _SWAPS_SIDES:
         width, height = height, width
-    return SourceImage(img, fmt, width, height, param, fp)
+    return SourceImage(img, fmt, width, height, param, fp, orientation)
 
 
 def _too_many_pixels(param: str, dims: tuple[int, int] | None, max_pixels: int) -> str:
