@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 from functools import partial
@@ -72,9 +73,9 @@ class Api:
         return {"Authorization": f"Bearer {self.key}"}
 
 
-@pytest.fixture
-async def api(config: Config) -> AsyncIterator[Api]:
-    """The ASGI app in-process (lifespan run), a key with 1000 credits, and an httpx client on it."""
+@asynccontextmanager
+async def open_api(config: Config) -> AsyncIterator[Api]:
+    """The ASGI app for `config` in-process (lifespan run), a key with 1000 credits, and an httpx client on it."""
     config.data_dir.mkdir(parents=True, exist_ok=True)
     key = await create_key(config)
     app = create_app(config)
@@ -82,6 +83,13 @@ async def api(config: Config) -> AsyncIterator[Api]:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver", timeout=30) as client:
             yield Api(client, key, config)
+
+
+@pytest.fixture
+async def api(config: Config) -> AsyncIterator[Api]:
+    """`open_api` on the default test config."""
+    async with open_api(config) as opened:
+        yield opened
 
 
 class _QuietHandler(SimpleHTTPRequestHandler):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import secrets
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
@@ -20,6 +21,7 @@ from imagegate import __version__
 from imagegate.config import Config
 from imagegate.dialects import openai
 from imagegate.errors import BadRequest, ImagegateError, NotFound, PayloadTooLarge
+from imagegate.metrics import UNMATCHED_ROUTE, Metrics
 from imagegate.runtime import open_runtime, runtime_of
 
 log = logging.getLogger("imagegate")
@@ -33,11 +35,13 @@ _STATUS_ERRORS: dict[int, type[ImagegateError]] = {404: NotFound, 413: PayloadTo
 
 
 class EdgeMiddleware:
-    """Adds `x-request-id` and a default `x-imagegate-engine` to every response and bounds bodies."""
+    """Adds `x-request-id` and a default `x-imagegate-engine` to every response, bounds bodies,
+    and counts every request in `metrics` by its route template and status."""
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_body_bytes: int, metrics: Metrics) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -46,6 +50,8 @@ class EdgeMiddleware:
         request_id = "req_" + secrets.token_hex(12)
         scope.setdefault("state", {})["request_id"] = request_id
         received = 0
+        status = 500
+        started = time.perf_counter()
 
         async def bounded_receive() -> Message:
             nonlocal received
@@ -57,7 +63,9 @@ class EdgeMiddleware:
             return message
 
         async def tagged_send(message: Message) -> None:
+            nonlocal status
             if message["type"] == "http.response.start":
+                status = message["status"]
                 headers = list(message.get("headers", []))
                 names = {name.lower() for name, _ in headers}
                 headers.append((b"x-request-id", request_id.encode()))
@@ -66,7 +74,13 @@ class EdgeMiddleware:
                 message["headers"] = headers
             await send(message)
 
-        await self.app(scope, bounded_receive, tagged_send)
+        try:
+            await self.app(scope, bounded_receive, tagged_send)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or UNMATCHED_ROUTE
+            self.metrics.http_requests.labels(scope["method"], template, str(status)).inc()
+            self.metrics.http_seconds.labels(template).observe(time.perf_counter() - started)
 
 
 def _error_response(exc: ImagegateError) -> Response:
@@ -108,11 +122,12 @@ async def _on_unexpected(request: Request, exc: Exception) -> Response:
 
 def create_app(config: Config) -> FastAPI:
     """The imagegate ASGI application for `config`; stores and engines open in its lifespan."""
+    metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
-            app.state.runtime = await open_runtime(config, stack)
+            app.state.runtime = await open_runtime(config, stack, metrics)
             yield
 
     app = FastAPI(title="imagegate", version=__version__, lifespan=lifespan, docs_url="/docs", redoc_url=None)
@@ -129,6 +144,11 @@ def create_app(config: Config) -> FastAPI:
             await session.execute(text("SELECT 1"))
         return JSONResponse({"status": "ok", "version": __version__})
 
+    @app.get("/metrics")
+    async def metrics_page() -> Response:
+        """Prometheus metrics in the text exposition format."""
+        return Response(metrics.exposition(), media_type=metrics.content_type)
+
     @app.get("/files/{name}")
     async def files(name: str, request: Request) -> Response:
         """A stored result under its unguessable id, cacheable forever."""
@@ -139,5 +159,5 @@ def create_app(config: Config) -> FastAPI:
         headers = {"cache-control": "public, max-age=31536000, immutable"}
         return FileResponse(path, media_type=f"image/{match.group(2)}", headers=headers)
 
-    app.add_middleware(EdgeMiddleware, max_body_bytes=config.limits.max_body_bytes)
+    app.add_middleware(EdgeMiddleware, max_body_bytes=config.limits.max_body_bytes, metrics=metrics)
     return app

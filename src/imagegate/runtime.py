@@ -12,6 +12,7 @@ from imagegate.config import Config
 from imagegate.core.catalog import Catalog
 from imagegate.engines import registry
 from imagegate.engines.base import Engine
+from imagegate.metrics import Metrics
 from imagegate.net.fetch import FetchPolicy, SafeFetcher
 from imagegate.service.tasks import TaskService
 from imagegate.stores import keys
@@ -30,6 +31,7 @@ class Runtime:
     catalog: Catalog
     engines: dict[str, Engine]
     tasks: TaskService
+    metrics: Metrics
 
     async def authenticate(self, request: Request) -> ApiKey:
         """The key named by `Authorization: Bearer ...`; raises AuthenticationFailed."""
@@ -53,7 +55,7 @@ def fetch_policy(config: Config) -> FetchPolicy:
     )
 
 
-async def open_runtime(config: Config, stack: AsyncExitStack) -> Runtime:
+async def open_runtime(config: Config, stack: AsyncExitStack, metrics: Metrics) -> Runtime:
     """Migrate the database and open every store and engine; `stack` closes them."""
     config.data_dir.mkdir(parents=True, exist_ok=True)
     url = config.resolved_database_url
@@ -67,8 +69,8 @@ async def open_runtime(config: Config, stack: AsyncExitStack) -> Runtime:
         stack.push_async_callback(engine.aclose)
     catalog = Catalog.from_config(config.models)
     blobs = LocalBlobStore(config.files_dir)
-    tasks = TaskService(db, blobs, fetcher, catalog, engines, config.limits)
-    return Runtime(config, db, blobs, fetcher, catalog, engines, tasks)
+    tasks = TaskService(db, blobs, fetcher, catalog, engines, config.limits, metrics)
+    return Runtime(config, db, blobs, fetcher, catalog, engines, tasks, metrics)
 
 
 def runtime_of(request: Request) -> Runtime:

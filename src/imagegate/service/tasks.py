@@ -26,6 +26,7 @@ from imagegate.core.validation import resolve_size, resolved_quality, validate
 from imagegate.engines.base import Engine, ImageOut, Job, PartialSink
 from imagegate.errors import ImagegateError, ModelNotSupported
 from imagegate.imaging import SourceImage
+from imagegate.metrics import Metrics
 from imagegate.net.fetch import SafeFetcher
 from imagegate.service.concurrently import run_all
 from imagegate.service.inputs import open_inputs
@@ -72,6 +73,7 @@ class Prepared:
     engine: Engine
     sources: list[SourceImage]
     mask: SourceImage | None
+    started: float
     resources: AsyncExitStack = field(default_factory=AsyncExitStack)
 
 
@@ -94,6 +96,7 @@ class TaskService:
         catalog: Catalog,
         engines: dict[str, Engine],
         limits: Limits,
+        metrics: Metrics,
     ) -> None:
         self.db = db
         self.blobs = blobs
@@ -101,6 +104,7 @@ class TaskService:
         self.catalog = catalog
         self.engines = engines
         self.limits = limits
+        self.metrics = metrics
 
     def engine_for(self, spec: ModelSpec) -> Engine:
         """The engine that serves `spec` (every model is served by classic until channels exist)."""
@@ -121,6 +125,7 @@ class TaskService:
                 param="model",
             )
         task_id = new_task_id()
+        started = time.perf_counter()
         async with self.db.session() as session, session.begin():
             session.add(
                 Task(
@@ -144,17 +149,21 @@ class TaskService:
         except BaseException as exc:
             await resources.aclose()
             await self._fail(task_id, exc)
+            self._count(spec.id, engine.name, started, error=exc)
             raise
-        return Prepared(task_id, key_id, req, spec, size, engine, sources, masks[0] if masks else None, resources)
+        mask = masks[0] if masks else None
+        return Prepared(task_id, key_id, req, spec, size, engine, sources, mask, started, resources)
 
     async def execute(self, prepared: Prepared, on_partial: PartialSink | None = None) -> Outcome:
         """Run the engine (fanning out beyond its per-call limit), store the files, finish the task."""
         try:
             async with prepared.resources:
-                outs = await self._fan_out(prepared, on_partial)
+                with self.metrics.engine_runs.labels(prepared.engine.name).track_inprogress():
+                    outs = await self._fan_out(prepared, on_partial)
             delivered = await self._store(prepared, outs)
         except BaseException as exc:
             await self._fail(prepared.task_id, exc)
+            self._count(prepared.spec.id, prepared.engine.name, prepared.started, error=exc)
             raise
         req, spec = prepared.request, prepared.spec
         quality = resolved_quality(req, spec)
@@ -172,6 +181,7 @@ class TaskService:
             price=price(spec, quality, prepared.size, len(outs)),
         )
         await self._succeed(result)
+        self._count(spec.id, prepared.engine.name, prepared.started, images=len(delivered))
         return result
 
     async def run(self, key_id: str, req: EditRequest, *, dialect: str, kind: str) -> Outcome:
@@ -242,16 +252,26 @@ class TaskService:
             if task is not None:
                 task.state, task.finished_at, task.result = "success", now_ms(), result
 
+    def _count(
+        self, model: str, engine: str, started: float, *, images: int = 0, error: BaseException | None = None
+    ) -> None:
+        code = _failure(error)[0] if error is not None else None
+        self.metrics.task_finished(model, engine, time.perf_counter() - started, images=images, error=code)
+
     async def _fail(self, task_id: str, exc: BaseException) -> None:
-        if isinstance(exc, ImagegateError):
-            code, message = exc.code, exc.message
-        elif isinstance(exc, anyio.get_cancelled_exc_class()):
-            code, message = "cancelled", "the client went away or the server stopped"
-        else:
-            code, message = "internal_error", f"{type(exc).__name__}"
+        code, message = _failure(exc)
         with anyio.CancelScope(shield=True):
             async with self.db.session() as session, session.begin():
                 task = await session.get(Task, task_id)
                 if task is not None:
                     task.state, task.finished_at = "fail", now_ms()
                     task.error_code, task.error_message = code, message
+
+
+def _failure(exc: BaseException) -> tuple[str, str]:
+    """The error code and message a task records for `exc` (no internals of unexpected errors)."""
+    if isinstance(exc, ImagegateError):
+        return exc.code, exc.message
+    if isinstance(exc, anyio.get_cancelled_exc_class()):
+        return "cancelled", "the client went away or the server stopped"
+    return "internal_error", type(exc).__name__
