@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 import socket
@@ -19,10 +20,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from PIL import Image
 
 from imagegate.app import create_app
 from imagegate.config import Config, load_config
+from imagegate.engines.base import Engine
 from imagegate.stores import keys
 from imagegate.stores.db import Database, migrate
 
@@ -74,15 +77,41 @@ class Api:
 
 
 @asynccontextmanager
-async def open_api(config: Config) -> AsyncIterator[Api]:
+async def open_api(config: Config, engines: dict[str, Engine] | None = None) -> AsyncIterator[Api]:
     """The ASGI app for `config` in-process (lifespan run), a key with 1000 credits, and an httpx client on it."""
     config.data_dir.mkdir(parents=True, exist_ok=True)
     key = await create_key(config)
-    app = create_app(config)
-    async with app.router.lifespan_context(app):
+    app = create_app(config, engines)
+    async with lifespan(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver", timeout=30) as client:
             yield Api(client, key, config)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Run the app's lifespan in a task of its own, as a server does (its task group must be
+    entered and left in one task, which a pytest fixture's setup and teardown are not)."""
+    started = asyncio.Event()
+    stop = asyncio.Event()
+
+    async def host() -> None:
+        try:
+            async with app.router.lifespan_context(app):
+                started.set()
+                await stop.wait()
+        finally:
+            started.set()
+
+    task = asyncio.create_task(host())
+    await started.wait()
+    if task.done():
+        await task
+    try:
+        yield
+    finally:
+        stop.set()
+        await task
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException
 from imagegate import __version__
 from imagegate.config import Config
 from imagegate.dialects import openai
+from imagegate.engines.base import Engine
 from imagegate.errors import BadRequest, ImagegateError, NotFound, PayloadTooLarge
 from imagegate.metrics import UNMATCHED_ROUTE, Metrics
 from imagegate.runtime import open_runtime, runtime_of
@@ -120,14 +121,17 @@ async def _on_unexpected(request: Request, exc: Exception) -> Response:
     return response
 
 
-def create_app(config: Config) -> FastAPI:
-    """The imagegate ASGI application for `config`; stores and engines open in its lifespan."""
+def create_app(config: Config, engines: dict[str, Engine] | None = None) -> FastAPI:
+    """The imagegate ASGI application for `config`; stores, engines, the task runner and the webhook
+    sender run in its lifespan. `engines` replaces the built-in engine (embedding and tests)."""
     metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
-            app.state.runtime = await open_runtime(config, stack, metrics)
+            runtime = await open_runtime(config, stack, metrics, engines)
+            runtime.tasks.records.renderers["openai"] = openai.callback_renderer(runtime.catalog)
+            app.state.runtime = runtime
             yield
 
     app = FastAPI(title="imagegate", version=__version__, lifespan=lifespan, docs_url="/docs", redoc_url=None)

@@ -105,14 +105,15 @@ def keys_create(
     name: Annotated[str, typer.Option(help="A label for the key.")] = "",
     credits: Annotated[str, typer.Option(help="Starting balance in credits.")] = "0",
     admin: Annotated[bool, typer.Option("--admin", help="May use the admin API.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print {id, key} as JSON.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print {id, key, webhook_secret} as JSON.")] = False,
 ) -> None:
     """Create a key; the raw key is printed alone on the last line and never shown again."""
     amount = _decimal(credits)
     config = _config(data_dir, config_file)
     new = _with_session(config, lambda s: keys.create_key(s, name=name, credits=amount, admin=admin))
     if as_json:
-        print(json.dumps({"id": new.id, "key": new.raw, "name": new.name, "credits": str(new.credits)}))
+        shown = {"id": new.id, "key": new.raw, "webhook_secret": new.webhook_secret, "name": new.name}
+        print(json.dumps({**shown, "credits": str(new.credits)}))
     else:
         print(f"created key {new.id} ({new.name or 'unnamed'}, {new.credits} credits{', admin' if admin else ''})")
         print(new.raw)
@@ -140,6 +141,14 @@ def keys_revoke(key_id: str, data_dir: DataDir = None, config_file: ConfigFile =
     """Revoke a key by id; it stops authenticating at once."""
     row = _with_session(_config(data_dir, config_file), lambda s: keys.revoke_key(s, key_id))
     print(f"revoked {row.id}")
+
+
+@keys_app.command("rotate-secret")
+def keys_rotate_secret(key_id: str, data_dir: DataDir = None, config_file: ConfigFile = None) -> None:
+    """Replace key ID's webhook signing secret; the new secret is printed alone on the last line."""
+    secret = _with_session(_config(data_dir, config_file), lambda s: keys.rotate_webhook_secret(s, key_id))
+    print(f"rotated the webhook secret of {key_id}")
+    print(secret)
 
 
 @credits_app.command("grant")

@@ -48,6 +48,33 @@ class ImagingSettings(BaseModel):
     font_path: str | None = None
 
 
+class RunnerSettings(BaseModel):
+    """The in-process runner of async tasks (callback_url, createTask)."""
+
+    model_config = {"extra": "forbid"}
+
+    concurrency: int = Field(default=4, ge=1)
+    """Async tasks run at once by this process."""
+    poll_interval_s: float = Field(default=1.0, gt=0)
+    lease_s: float = Field(default=60.0, gt=0)
+    """A running task is reclaimed (or, if synchronous, failed) when its process stops renewing it this long."""
+    max_attempts: int = Field(default=3, ge=1)
+    """Starts of one async task before an interrupted task is failed instead of run again."""
+
+
+class WebhookSettings(BaseModel):
+    """Delivery of signed task callbacks."""
+
+    model_config = {"extra": "forbid"}
+
+    timeout_s: float = Field(default=10.0, gt=0)
+    concurrency: int = Field(default=8, ge=1)
+    poll_interval_s: float = Field(default=1.0, gt=0)
+
+
+DEFAULT_WEBHOOK_RETRY_DELAYS = [5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0]
+
+
 class ConfigError(ValueError):
     """The configuration is invalid; the message names the bad key."""
 
@@ -65,12 +92,25 @@ class Config(BaseSettings):
     imaging: ImagingSettings = Field(default_factory=ImagingSettings)
     models: dict[str, dict[str, Any]] = Field(default_factory=dict)
     first_key_credits: int = 1000
+    runner: RunnerSettings = Field(default_factory=RunnerSettings)
+    webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
+    webhook_retry_delays: Annotated[list[float], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_WEBHOOK_RETRY_DELAYS)
+    )
+    """Seconds to wait before each retry of a failed webhook delivery; after the last, it is given up."""
 
-    @field_validator("fetch_allow", mode="before")
+    @field_validator("fetch_allow", "webhook_retry_delays", mode="before")
     @classmethod
-    def _split_cidrs(cls, value: object) -> object:
+    def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("webhook_retry_delays")
+    @classmethod
+    def _non_negative(cls, value: list[float]) -> list[float]:
+        if any(delay < 0 for delay in value):
+            raise ValueError("delays must be zero or more seconds")
         return value
 
     @property

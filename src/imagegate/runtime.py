@@ -14,7 +14,10 @@ from imagegate.engines import registry
 from imagegate.engines.base import Engine
 from imagegate.metrics import Metrics
 from imagegate.net.fetch import FetchPolicy, SafeFetcher
+from imagegate.service.leases import Leases
+from imagegate.service.runner import TaskRunner
 from imagegate.service.tasks import TaskService
+from imagegate.service.webhooks import WebhookSender
 from imagegate.stores import keys
 from imagegate.stores.blobs import BlobStore, LocalBlobStore
 from imagegate.stores.db import ApiKey, Database, migrate
@@ -32,6 +35,8 @@ class Runtime:
     engines: dict[str, Engine]
     tasks: TaskService
     metrics: Metrics
+    runner: TaskRunner
+    webhooks: WebhookSender
 
     async def authenticate(self, request: Request) -> ApiKey:
         """The key named by `Authorization: Bearer ...`; raises AuthenticationFailed."""
@@ -55,8 +60,14 @@ def fetch_policy(config: Config) -> FetchPolicy:
     )
 
 
-async def open_runtime(config: Config, stack: AsyncExitStack, metrics: Metrics) -> Runtime:
-    """Migrate the database and open every store and engine; `stack` closes them."""
+async def open_runtime(
+    config: Config, stack: AsyncExitStack, metrics: Metrics, engines: dict[str, Engine] | None = None
+) -> Runtime:
+    """Migrate the database, open every store and engine, and start the task runner and webhook
+    sender in the background; `stack` stops and closes them all.
+
+    `engines` replaces the built-in engine choice (embedding and tests); by default `classic`.
+    """
     config.data_dir.mkdir(parents=True, exist_ok=True)
     url = config.resolved_database_url
     await anyio.to_thread.run_sync(migrate, url)
@@ -64,13 +75,23 @@ async def open_runtime(config: Config, stack: AsyncExitStack, metrics: Metrics) 
     stack.push_async_callback(db.aclose)
     fetcher = SafeFetcher(fetch_policy(config))
     stack.push_async_callback(fetcher.aclose)
-    engines = {"classic": registry.create("classic", config)}
+    if engines is None:
+        engines = {"classic": registry.create("classic", config)}
     for engine in engines.values():
         stack.push_async_callback(engine.aclose)
     catalog = Catalog.from_config(config.models)
     blobs = LocalBlobStore(config.files_dir)
-    tasks = TaskService(db, blobs, fetcher, catalog, engines, config.limits, metrics)
-    return Runtime(config, db, blobs, fetcher, catalog, engines, tasks, metrics)
+    leases = Leases(db, config.runner.lease_s)
+    tasks = TaskService(db, blobs, fetcher, catalog, engines, config.limits, metrics, leases)
+    runner = TaskRunner(db, tasks, leases, config.runner)
+    sender = WebhookSender(db, fetcher, config.webhooks, config.webhook_retry_delays)
+    tasks.on_submitted = runner.wake
+    tasks.records.on_callback_queued = sender.wake
+    background = await stack.enter_async_context(anyio.create_task_group())
+    stack.callback(background.cancel_scope.cancel)
+    background.start_soon(runner.run)
+    background.start_soon(sender.run)
+    return Runtime(config, db, blobs, fetcher, catalog, engines, tasks, metrics, runner, sender)
 
 
 def runtime_of(request: Request) -> Runtime:

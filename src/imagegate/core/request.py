@@ -60,8 +60,8 @@ class Size:
 class ImageRef:
     """One input image as the client gave it; `param` names the field for error messages.
 
-    Exactly one of `upload` (a spooled file), `url` (http/https, fetched later) or `inline`
-    (a data URL or raw base64 string) is set.
+    Exactly one of `upload` (a spooled file), `url` (http/https, fetched later), `inline`
+    (a data URL or raw base64 string) or `blob` (a stored copy, for tasks that run later) is set.
     """
 
     param: str
@@ -69,6 +69,7 @@ class ImageRef:
     filename: str | None = None
     url: str | None = None
     inline: str | None = None
+    blob: str | None = None
 
     def describe(self) -> dict[str, str]:
         """A JSON-able summary for the task record; never the bytes themselves."""
@@ -76,7 +77,19 @@ class ImageRef:
             return {"param": self.param, "kind": "upload", "filename": self.filename or ""}
         if self.url is not None:
             return {"param": self.param, "kind": "url", "url": self.url}
+        if self.blob is not None:
+            return {"param": self.param, "kind": "blob", "blob": self.blob}
         return {"param": self.param, "kind": "inline", "length": str(len(self.inline or ""))}
+
+    @classmethod
+    def from_record(cls, record: dict[str, str]) -> ImageRef:
+        """The reference `describe` recorded; only `url` and `blob` references can be run again."""
+        kind = record.get("kind")
+        if kind == "url":
+            return cls(param=record["param"], url=record["url"])
+        if kind == "blob":
+            return cls(param=record["param"], blob=record["blob"])
+        raise ValueError(f"a {kind} reference was not stored and cannot be run again")
 
 
 @dataclass
@@ -128,3 +141,27 @@ class EditRequest:
             "user": self.user,
             "extra": self.extra,
         }
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> EditRequest:
+        """The request `to_record` stored (its images must be `url` or `blob` references)."""
+        delivery = record.get("delivery")
+        mask = record.get("mask")
+        return cls(
+            prompt=record["prompt"],
+            model=record["model"],
+            images=[ImageRef.from_record(item) for item in record.get("images", [])],
+            mask=ImageRef.from_record(mask) if mask else None,
+            size=record.get("size", "auto"),
+            quality=Quality(record.get("quality", "auto")),
+            n=int(record.get("n", 1)),
+            output_format=OutputFormat(record.get("output_format", "png")),
+            output_compression=record.get("output_compression"),
+            background=Background(record.get("background", "auto")),
+            delivery=Delivery(delivery) if delivery else None,
+            stream=False,
+            partial_images=0,
+            callback_url=record.get("callback_url"),
+            user=record.get("user"),
+            extra=dict(record.get("extra") or {}),
+        )

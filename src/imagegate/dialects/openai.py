@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -20,12 +20,15 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import MultiPartException
 
 from imagegate.config import Limits
+from imagegate.core.catalog import Catalog
 from imagegate.core.request import Background, Delivery, EditRequest, ImageRef, OutputFormat, Quality
 from imagegate.core.validation import resolved_quality
 from imagegate.dialects.fields import as_bool, as_enum, as_int, as_str, ref_from_json, ref_from_text
 from imagegate.errors import BadRequest, ImagegateError, MissingParameter
 from imagegate.runtime import Runtime, runtime_of
-from imagegate.service.tasks import Outcome, Prepared, file_name
+from imagegate.service.records import Outcome, file_name
+from imagegate.service.tasks import Origin, Prepared
+from imagegate.stores.db import Task
 
 PREFIXES = ("/v1", "/v1/openai", "/v1/v1")
 _IMAGE_FIELD = re.compile(r"^image(\[\d*\])?$")
@@ -193,7 +196,7 @@ def _image_item(outcome: Outcome, index: int, base: str, quirk_data_url: bool) -
     if outcome.delivery is Delivery.URL:
         item["url"] = f"{base}/files/{file_name(image.file_id, outcome.output_format)}"
     else:
-        encoded = pybase64.b64encode(image.data).decode("ascii")
+        encoded = pybase64.b64encode(image.data or b"").decode("ascii")
         if quirk_data_url:
             encoded = f"data:{outcome.output_format.content_type};base64,{encoded}"
         item["b64_json"] = encoded
@@ -258,7 +261,7 @@ async def _events(rt: Runtime, prepared: Prepared, kind: str) -> AsyncIterator[b
             for image in outcome.images:
                 payload = {
                     "type": f"{prefix}.completed",
-                    "b64_json": pybase64.b64encode(image.data).decode("ascii"),
+                    "b64_json": pybase64.b64encode(image.data or b"").decode("ascii"),
                     "created_at": int(time.time()),
                     **common,
                     "background": outcome.background.value,
@@ -284,7 +287,11 @@ async def _images(request: Request, kind: str) -> Response:
             raise MissingParameter("Missing required parameter: 'image'.", param="image")
         if kind == "generate" and req.images:
             raise BadRequest("Generations take no 'image'; send reference images to /v1/images/edits.", param="image")
-        prepared = await rt.tasks.prepare(key.id, req, dialect="openai", kind=kind)
+        origin = Origin("openai", kind, trace_id=request.state.request_id, base_url=public_base(rt, request))
+        if req.callback_url and not req.stream:
+            task_id = await rt.tasks.submit(key.id, req, origin)
+            return Response(orjson.dumps({"task_id": task_id}), media_type="application/json")
+        prepared = await rt.tasks.prepare(key.id, req, origin)
         headers = {"x-imagegate-engine": prepared.engine.name, "x-imagegate-task": prepared.task_id}
         if req.stream:
             streaming = True
@@ -329,6 +336,30 @@ async def list_models(request: Request) -> JSONResponse:
     return JSONResponse({"object": "list", "data": data})
 
 
+def callback_renderer(catalog: Catalog) -> Callable[[Task, Outcome | None], Awaitable[dict[str, Any]]]:
+    """The seed 003 callback body for a finished task: its sync response under `data`, or its error."""
+
+    async def body(task: Task, outcome: Outcome | None) -> dict[str, Any]:
+        head: dict[str, Any] = {"task_id": task.id, "trace_id": task.trace_id}
+        if outcome is not None:
+            quirk = catalog.get(task.model).url_b64_as_data_url
+            return {"success": True, **head, "data": render(outcome, (task.base_url or "").rstrip("/"), quirk)}
+        if task.state == "fail":
+            return {"success": False, **head, "error": {"code": task.error_code, "message": task.error_message}}
+        return {"success": None, **head}
+
+    return body
+
+
+async def get_task(request: Request, task_id: str) -> Response:
+    """GET .../images/tasks/{task_id}: the callback body of a task (with `status`), for polling."""
+    rt = runtime_of(request)
+    key = await rt.authenticate(request)
+    task = await rt.tasks.get_task(key.id, task_id)
+    body = await callback_renderer(rt.catalog)(task, await rt.tasks.outcome(task))
+    return Response(orjson.dumps({**body, "status": task.state}), media_type="application/json")
+
+
 def router() -> APIRouter:
     """The dialect's routes under every prefix clients use (`/v1`, `/v1/openai`, `/v1/v1`)."""
     api = APIRouter()
@@ -341,6 +372,9 @@ def router() -> APIRouter:
             include_in_schema=prefix == "/v1",
         )
         api.add_api_route(f"{prefix}/models", list_models, methods=["GET"], include_in_schema=prefix == "/v1")
+        api.add_api_route(
+            f"{prefix}/images/tasks/{{task_id}}", get_task, methods=["GET"], include_in_schema=prefix == "/v1"
+        )
     return api
 
 

@@ -169,11 +169,37 @@ class SafeFetcher:
             f"Failed to fetch '{param}': more than {self.policy.max_redirects} redirects.", param=param
         )
 
-    async def _fetch_once(self, target: httpx.URL, ip: IpAddress, param: str) -> IO[bytes] | str:
-        host_header = target.netloc.decode("ascii")
+    def _pinned(
+        self, method: str, target: httpx.URL, ip: IpAddress, headers: dict[str, str] | None = None, content: bytes = b""
+    ) -> httpx.Request:
+        """A request to `target` that connects to the checked `ip` (Host header and TLS SNI keep the name)."""
         pinned = target.copy_with(host=str(ip))
         extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
-        request = self._client.build_request("GET", pinned, headers={"host": host_header}, extensions=extensions)
+        sent = {**(headers or {}), "host": target.netloc.decode("ascii")}
+        return self._client.build_request(method, pinned, headers=sent, content=content or None, extensions=extensions)
+
+    async def post(self, url: str, body: bytes, headers: dict[str, str], *, param: str, timeout_s: float) -> int:
+        """POST `body` to `url` under the same address rules, following no redirect; the HTTP status.
+
+        The answer's body is not read. Raises InvalidImageUrl when the URL is refused, the connection
+        fails, or no answer comes within `timeout_s`.
+        """
+        target, ip = await self.check_url(url, param)
+        request = self._pinned("POST", target, ip, headers, body)
+        try:
+            with anyio.fail_after(timeout_s):
+                response = await self._client.send(request, stream=True)
+                await response.aclose()
+        except TimeoutError as exc:
+            raise InvalidImageUrl(f"No answer from '{param}' within {timeout_s:g} s.", param=param) from exc
+        except httpx.HTTPError as exc:
+            raise InvalidImageUrl(
+                f"Failed to reach '{param}': {type(exc).__name__} while connecting to {target.host}.", param=param
+            ) from exc
+        return response.status_code
+
+    async def _fetch_once(self, target: httpx.URL, ip: IpAddress, param: str) -> IO[bytes] | str:
+        request = self._pinned("GET", target, ip)
         try:
             response = await self._client.send(request, stream=True)
         except httpx.HTTPError as exc:

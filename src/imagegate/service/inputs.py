@@ -9,13 +9,19 @@ from typing import IO
 
 from imagegate.config import Limits
 from imagegate.core.request import ImageRef
-from imagegate.errors import ImageTooLarge
+from imagegate.errors import ImageTooLarge, InvalidImage
 from imagegate.imaging import SourceImage, open_image
 from imagegate.net.fetch import SafeFetcher, decode_inline
 from imagegate.service.concurrently import run_all
+from imagegate.stores.blobs import BlobStore
 
 
-async def _bytes_of(ref: ImageRef, fetcher: SafeFetcher, limits: Limits) -> IO[bytes]:
+async def _bytes_of(ref: ImageRef, fetcher: SafeFetcher, limits: Limits, blobs: BlobStore | None) -> IO[bytes]:
+    if ref.blob is not None:
+        stored = await blobs.open(ref.blob) if blobs is not None else None
+        if stored is None:
+            raise InvalidImage(f"The stored copy of '{ref.param}' is gone.", param=ref.param)
+        return stored
     if ref.upload is not None:
         ref.upload.seek(0, os.SEEK_END)
         size = ref.upload.tell()
@@ -32,18 +38,23 @@ async def _bytes_of(ref: ImageRef, fetcher: SafeFetcher, limits: Limits) -> IO[b
 
 
 async def open_inputs(
-    refs: list[ImageRef], fetcher: SafeFetcher, limits: Limits, stack: AsyncExitStack
+    refs: list[ImageRef],
+    fetcher: SafeFetcher,
+    limits: Limits,
+    stack: AsyncExitStack,
+    blobs: BlobStore | None = None,
 ) -> list[SourceImage]:
     """Open every reference concurrently (URLs are fetched in parallel), in order.
 
-    Files created here are closed when `stack` closes. Raises the first client error met.
+    `blob` references are read from `blobs`. Files created here are closed when `stack` closes.
+    Raises the first client error met.
     """
     opened: list[SourceImage | None] = [None] * len(refs)
     if not refs:
         return []
 
     async def one(index: int, ref: ImageRef) -> None:
-        fp = await _bytes_of(ref, fetcher, limits)
+        fp = await _bytes_of(ref, fetcher, limits, blobs)
         if fp is not ref.upload:
             stack.callback(fp.close)
         source = open_image(fp, max_pixels=limits.max_image_pixels, param=ref.param)

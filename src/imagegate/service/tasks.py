@@ -1,64 +1,59 @@
 """The image use case: record the task, open inputs, run the engine (fanned out), store, report.
 
-Every request is a task row before any work (SPEC §1). `prepare` does everything that can fail
-because of the client (validation, inputs, size), so a dialect can answer those as plain 4xx
-before it commits to a streamed response; `execute` then makes and stores the images.
+Every request is a task row before any work (SPEC §1).
+
+- Sync: `prepare` does everything that can fail because of the client (validation, inputs, size),
+  so a dialect can answer those as plain 4xx before it commits to a streamed response; `execute`
+  then makes and stores the images while the client waits.
+- Async: `submit` validates, keeps a durable copy of uploaded/inline inputs, and records a
+  `waiting` task; the runner later calls `run_task` on it (again after a crash), and the result
+  reaches the client by callback or polling.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import secrets
 import time
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field, replace
-from decimal import Decimal
 from functools import partial
-from typing import Any
+from typing import IO
 
 import anyio
 
 from imagegate.config import Limits
 from imagegate.core.catalog import Catalog, ModelSpec
 from imagegate.core.pricing import price
-from imagegate.core.request import Background, Delivery, EditRequest, OutputFormat, Quality, Size
+from imagegate.core.request import Background, EditRequest, ImageRef, Size
 from imagegate.core.validation import resolve_size, resolved_quality, validate
 from imagegate.engines.base import Engine, ImageOut, Job, PartialSink
-from imagegate.errors import ImagegateError, ModelNotSupported
-from imagegate.imaging import SourceImage
+from imagegate.errors import BadRequest, ImagegateError, ImageTooLarge, ModelNotSupported, NotFound
+from imagegate.imaging import SourceImage, open_image
 from imagegate.metrics import Metrics
-from imagegate.net.fetch import SafeFetcher
+from imagegate.net.fetch import SafeFetcher, decode_inline
 from imagegate.service.concurrently import run_all
 from imagegate.service.inputs import open_inputs
+from imagegate.service.leases import Leases
+from imagegate.service.records import Delivered, Outcome, TaskRecords, failure_of, file_name, outcome_of
 from imagegate.service.usage import usage
 from imagegate.stores.blobs import BlobStore
 from imagegate.stores.db import Database, StoredFile, Task, now_ms
 
-
-@dataclass
-class Delivered:
-    """One image as delivered: its stored file and bytes."""
-
-    file_id: str
-    data: bytes
-    revised_prompt: str
+log = logging.getLogger("imagegate.tasks")
 
 
-@dataclass
-class Outcome:
-    """A finished request, in canonical terms; dialects render it."""
+@dataclass(frozen=True)
+class Origin:
+    """Where a task came from: the dialect and kind, and what its later reports need."""
 
-    task_id: str
-    engine: str
-    created: int
-    images: list[Delivered]
-    size: Size
-    quality: Quality
-    output_format: OutputFormat
-    background: Background
-    delivery: Delivery
-    usage: dict[str, Any]
-    price: Decimal
+    dialect: str
+    kind: str
+    trace_id: str | None = None
+    base_url: str | None = None
+    wire: dict[str, object] | None = None
 
 
 @dataclass
@@ -81,10 +76,6 @@ def new_task_id() -> str:
     return "task_" + secrets.token_hex(12)
 
 
-def file_name(file_id: str, fmt: OutputFormat) -> str:
-    return f"{file_id}.{fmt.value}"
-
-
 class TaskService:
     """Runs image requests for authenticated keys."""
 
@@ -97,6 +88,7 @@ class TaskService:
         engines: dict[str, Engine],
         limits: Limits,
         metrics: Metrics,
+        leases: Leases,
     ) -> None:
         self.db = db
         self.blobs = blobs
@@ -105,16 +97,27 @@ class TaskService:
         self.engines = engines
         self.limits = limits
         self.metrics = metrics
+        self.leases = leases
+        self.records = TaskRecords(db, blobs, leases.owner)
+        self.on_submitted: Callable[[], None] = lambda: None
 
     def engine_for(self, spec: ModelSpec) -> Engine:
-        """The engine that serves `spec` (every model is served by classic until channels exist)."""
-        return self.engines["classic"]
+        """The engine that serves `spec` (every model is served by the default engine until channels exist)."""
+        return next(iter(self.engines.values()))
 
-    async def prepare(self, key_id: str, req: EditRequest, *, dialect: str, kind: str) -> Prepared:
-        """Validate, record the task, open inputs and resolve the size.
+    async def get_task(self, key_id: str, task_id: str) -> Task:
+        """The task `task_id` if it belongs to `key_id`; NotFound otherwise (another key's task included)."""
+        async with self.db.session() as session:
+            task = await session.get(Task, task_id)
+        if task is None or task.key_id != key_id:
+            raise NotFound(f"No task with id '{task_id}'.", param="task_id")
+        return task
 
-        Raises the client's error (after marking the task failed, when one was recorded).
-        """
+    async def outcome(self, task: Task) -> Outcome | None:
+        """The Outcome of a successful task (image bytes read back where delivered inline), else None."""
+        return await outcome_of(task, self.blobs) if task.state == "success" else None
+
+    def _checked(self, req: EditRequest) -> tuple[ModelSpec, Engine]:
         spec = self.catalog.get(req.model)
         validate(req, spec, max_images=self.limits.max_images)
         engine = self.engine_for(spec)
@@ -124,50 +127,90 @@ class TaskService:
                 "generate them; generations need an upstream (OpenAI-compatible) or local-model channel.",
                 param="model",
             )
+        return spec, engine
+
+    def _row(
+        self, task_id: str, key_id: str, req: EditRequest, spec: ModelSpec, engine: Engine, origin: Origin
+    ) -> Task:
+        return Task(
+            id=task_id,
+            key_id=key_id,
+            model=spec.id,
+            kind=origin.kind,
+            dialect=origin.dialect,
+            request=req.to_record(),
+            engine=engine.name,
+            trace_id=origin.trace_id,
+            base_url=origin.base_url,
+            wire=origin.wire,
+            callback_url=req.callback_url,
+            attempts=0,
+        )
+
+    async def prepare(self, key_id: str, req: EditRequest, origin: Origin) -> Prepared:
+        """Validate, record a running sync task, open inputs and resolve the size.
+
+        Raises the client's error (after marking the task failed, when one was recorded).
+        """
+        spec, engine = self._checked(req)
         task_id = new_task_id()
         started = time.perf_counter()
+        row = self._row(task_id, key_id, req, spec, engine, origin)
+        row.state, row.mode, row.started_at, row.attempts = "running", "sync", now_ms(), 1
+        row.lease_owner, row.lease_until = self.leases.owner, self.leases.expiry()
         async with self.db.session() as session, session.begin():
-            session.add(
-                Task(
-                    id=task_id,
-                    key_id=key_id,
-                    model=spec.id,
-                    kind=kind,
-                    dialect=dialect,
-                    request=req.to_record(),
-                    state="running",
-                    engine=engine.name,
-                    started_at=now_ms(),
-                )
-            )
+            session.add(row)
+        try:
+            return await self._open(task_id, key_id, req, spec, engine, started)
+        except BaseException as exc:
+            await self._finish_failed(task_id, spec.id, engine.name, started, exc)
+            raise
+
+    async def _open(
+        self, task_id: str, key_id: str, req: EditRequest, spec: ModelSpec, engine: Engine, started: float
+    ) -> Prepared:
         resources = AsyncExitStack()
         try:
-            sources = await open_inputs(req.images, self.fetcher, self.limits, resources)
-            masks = await open_inputs([req.mask] if req.mask else [], self.fetcher, self.limits, resources)
+            sources = await open_inputs(req.images, self.fetcher, self.limits, resources, self.blobs)
+            masks = await open_inputs([req.mask] if req.mask else [], self.fetcher, self.limits, resources, self.blobs)
             first = (sources[0].width, sources[0].height) if sources else None
             size = resolve_size(req, spec, first)
-        except BaseException as exc:
+        except BaseException:
             await resources.aclose()
-            await self._fail(task_id, exc)
-            self._count(spec.id, engine.name, started, error=exc)
             raise
         mask = masks[0] if masks else None
         return Prepared(task_id, key_id, req, spec, size, engine, sources, mask, started, resources)
 
     async def execute(self, prepared: Prepared, on_partial: PartialSink | None = None) -> Outcome:
-        """Run the engine (fanning out beyond its per-call limit), store the files, finish the task."""
-        try:
-            async with prepared.resources:
-                with self.metrics.engine_runs.labels(prepared.engine.name).track_inprogress():
-                    outs = await self._fan_out(prepared, on_partial)
-            delivered = await self._store(prepared, outs)
-        except BaseException as exc:
-            await self._fail(prepared.task_id, exc)
-            self._count(prepared.spec.id, prepared.engine.name, prepared.started, error=exc)
-            raise
+        """Run the engine (fanning out beyond its per-call limit), store the files, finish the task.
+
+        Raises the error the task failed with.
+        """
+        async with self.leases.hold(prepared.task_id):
+            try:
+                async with prepared.resources:
+                    with self.metrics.engine_runs.labels(prepared.engine.name).track_inprogress():
+                        outs, failures = await self._fan_out(prepared, on_partial)
+                delivered = await self._store(prepared, outs)
+            except BaseException as exc:
+                await self._finish_failed(
+                    prepared.task_id, prepared.spec.id, prepared.engine.name, prepared.started, exc
+                )
+                raise
+            outcome = self._outcome(prepared, outs, delivered, failures)
+            await self.records.finish(prepared.task_id, outcome=outcome)
+        seconds = time.perf_counter() - prepared.started
+        self.metrics.task_finished(prepared.spec.id, prepared.engine.name, seconds, images=len(delivered))
+        return outcome
+
+    @staticmethod
+    def _outcome(
+        prepared: Prepared, outs: list[ImageOut], delivered: list[Delivered], failures: list[dict[str, str]]
+    ) -> Outcome:
         req, spec = prepared.request, prepared.spec
         quality = resolved_quality(req, spec)
-        result = Outcome(
+        inputs = [(s.width, s.height) for s in prepared.sources]
+        return Outcome(
             task_id=prepared.task_id,
             engine=prepared.engine.name,
             created=int(time.time()),
@@ -177,22 +220,137 @@ class TaskService:
             output_format=req.output_format,
             background=Background.TRANSPARENT if outs[0].transparent else Background.OPAQUE,
             delivery=req.delivery or spec.default_delivery,
-            usage=usage(req.prompt, [(s.width, s.height) for s in prepared.sources], prepared.size, quality, len(outs)),
+            usage=usage(req.prompt, inputs, prepared.size, quality, len(outs)),
             price=price(spec, quality, prepared.size, len(outs)),
+            failures=failures,
         )
-        await self._succeed(result)
-        self._count(spec.id, prepared.engine.name, prepared.started, images=len(delivered))
-        return result
 
-    async def run(self, key_id: str, req: EditRequest, *, dialect: str, kind: str) -> Outcome:
+    async def run(self, key_id: str, req: EditRequest, origin: Origin) -> Outcome:
         """`prepare` then `execute`: the synchronous path."""
-        return await self.execute(await self.prepare(key_id, req, dialect=dialect, kind=kind))
+        return await self.execute(await self.prepare(key_id, req, origin))
 
-    async def _fan_out(self, prepared: Prepared, on_partial: PartialSink | None) -> list[ImageOut]:
+    async def submit(self, key_id: str, req: EditRequest, origin: Origin) -> str:
+        """Validate and record an async task (state `waiting`) with durable copies of its inputs.
+
+        Client errors (bad fields, unreadable uploads, refused URLs or callback URL) raise before
+        anything is recorded. Returns the task id; the runner picks the task up.
+        """
+        spec, engine = self._checked(req)
+        if req.callback_url:
+            await self._check_callback(req.callback_url)
+        task_id = new_task_id()
+        stored: list[str] = []
+        try:
+            req.images = [await self._keep(ref, f"in_{task_id}_{i}", stored) for i, ref in enumerate(req.images)]
+            if req.mask is not None:
+                req.mask = await self._keep(req.mask, f"in_{task_id}_mask", stored)
+            row = self._row(task_id, key_id, req, spec, engine, origin)
+            row.state, row.mode = "waiting", "async"
+            async with self.db.session() as session, session.begin():
+                session.add(row)
+        except BaseException:
+            for name in stored:
+                await self.blobs.delete(name)
+            raise
+        self.on_submitted()
+        return task_id
+
+    async def _check_callback(self, url: str) -> None:
+        try:
+            await self.fetcher.check_url(url, "callback_url")
+        except ImagegateError as exc:
+            raise BadRequest(exc.message, param="callback_url") from exc
+
+    async def _keep(self, ref: ImageRef, name: str, stored: list[str]) -> ImageRef:
+        """A reference the runner can open later: URLs are checked now and fetched then; bytes are stored."""
+        if ref.url is not None:
+            await self.fetcher.check_url(ref.url, ref.param)
+            return ref
+        fp = (
+            ref.upload
+            if ref.upload is not None
+            else decode_inline(ref.inline or "", param=ref.param, max_bytes=self.limits.max_image_bytes)
+        )
+        try:
+            self._check_bytes(fp, ref.param)
+            await self.blobs.put_file(name, fp)
+            stored.append(name)
+        finally:
+            if fp is not ref.upload:
+                fp.close()
+        return ImageRef(param=ref.param, blob=name)
+
+    def _check_bytes(self, fp: IO[bytes], param: str) -> None:
+        fp.seek(0, 2)
+        if fp.tell() > self.limits.max_image_bytes:
+            raise ImageTooLarge(
+                f"Image in '{param}' is {fp.tell():,} bytes; the limit is {self.limits.max_image_bytes:,}.",
+                param=param,
+            )
+        fp.seek(0)
+        open_image(fp, max_pixels=self.limits.max_image_pixels, param=param).image.close()
+        fp.seek(0)
+
+    async def run_task(self, task: Task) -> None:
+        """Run a claimed async task to its final state; failures are recorded on the task, not raised.
+
+        If the runner is cancelled (shutdown), the task is handed back as `waiting` for the next start.
+        """
+        started = time.perf_counter()
+        req: EditRequest | None = None
+        try:
+            req = EditRequest.from_record(task.request)
+            spec, engine = self._checked(req)
+            prepared = await self._open(task.id, task.key_id, req, spec, engine, started)
+        except anyio.get_cancelled_exc_class():
+            await self.records.release_if_async(task.id)
+            raise
+        except Exception as exc:  # recorded on the task
+            await self._finish_failed(task.id, task.model, task.engine or "", started, exc)
+        else:
+            try:
+                await self.execute(prepared)
+            except anyio.get_cancelled_exc_class():
+                raise
+            except Exception:  # noqa: S110 - execute recorded the failure on the task
+                pass
+        if req is not None:
+            await self._drop_inputs(req)
+
+    async def abandon(self, task: Task, error: ImagegateError) -> None:
+        """Fail a claimed async task without running it (its callback is still sent)."""
+        await self._finish_failed(task.id, task.model, task.engine or "", time.perf_counter(), error)
+        try:
+            await self._drop_inputs(EditRequest.from_record(task.request))
+        except (KeyError, ValueError):
+            log.warning("task %s: its stored inputs could not be listed for removal", task.id)
+
+    async def _drop_inputs(self, req: EditRequest) -> None:
+        refs = [*req.images, *([req.mask] if req.mask else [])]
+        for ref in refs:
+            if ref.blob is not None:
+                await self.blobs.delete(ref.blob)
+
+    async def _finish_failed(self, task_id: str, model: str, engine: str, started: float, exc: BaseException) -> None:
+        cancelled = isinstance(exc, anyio.get_cancelled_exc_class())
+        if cancelled and await self.records.release_if_async(task_id):
+            return
+        if not isinstance(exc, ImagegateError) and not cancelled:
+            log.error("task %s failed unexpectedly", task_id, exc_info=exc)
+        await self.records.finish(task_id, error=exc)
+        code = failure_of(exc)[0]
+        self.metrics.task_finished(model, engine, time.perf_counter() - started, error=code)
+
+    async def _fan_out(
+        self, prepared: Prepared, on_partial: PartialSink | None
+    ) -> tuple[list[ImageOut], list[dict[str, str]]]:
+        """n images from ceil(n / per-call) concurrent engine calls; failed calls are reported, not fatal,
+        while at least one call succeeds."""
         req = prepared.request
         per_call = max(1, prepared.engine.images_per_call)
         calls = math.ceil(req.n / per_call)
         results: list[list[ImageOut]] = [[] for _ in range(calls)]
+        errors: list[Exception | None] = [None] * calls
 
         async def call(index: int) -> None:
             count = min(per_call, req.n - index * per_call)
@@ -204,10 +362,20 @@ class TaskService:
                 prepared.mask,
                 on_partial if index == 0 else None,
             )
-            results[index] = await prepared.engine.run(job)
+            try:
+                results[index] = await prepared.engine.run(job)
+            except Exception as exc:  # kept per call; raised below if every call failed
+                errors[index] = exc
 
         await run_all([partial(call, index) for index in range(calls)])
-        return [image for batch in results for image in batch]
+        images = [image for batch in results for image in batch]
+        failed = [exc for exc in errors if exc is not None]
+        if not images:
+            raise failed[0]
+        for exc in failed:
+            if not isinstance(exc, ImagegateError):
+                log.error("an engine call of task %s failed", prepared.task_id, exc_info=exc)
+        return images, [dict(zip(("code", "message"), failure_of(exc), strict=True)) for exc in failed]
 
     async def _store(self, prepared: Prepared, outs: list[ImageOut]) -> list[Delivered]:
         by_content: dict[int, str] = {}
@@ -235,43 +403,3 @@ class TaskService:
         async with self.db.session() as session, session.begin():
             session.add_all(rows)
         return delivered
-
-    async def _succeed(self, outcome: Outcome) -> None:
-        result = {
-            "files": [file_name(d.file_id, outcome.output_format) for d in outcome.images],
-            "size": str(outcome.size),
-            "quality": outcome.quality.value,
-            "output_format": outcome.output_format.value,
-            "background": outcome.background.value,
-            "revised_prompt": outcome.images[0].revised_prompt if outcome.images else "",
-            "usage": outcome.usage,
-            "price": str(outcome.price),
-        }
-        async with self.db.session() as session, session.begin():
-            task = await session.get(Task, outcome.task_id)
-            if task is not None:
-                task.state, task.finished_at, task.result = "success", now_ms(), result
-
-    def _count(
-        self, model: str, engine: str, started: float, *, images: int = 0, error: BaseException | None = None
-    ) -> None:
-        code = _failure(error)[0] if error is not None else None
-        self.metrics.task_finished(model, engine, time.perf_counter() - started, images=images, error=code)
-
-    async def _fail(self, task_id: str, exc: BaseException) -> None:
-        code, message = _failure(exc)
-        with anyio.CancelScope(shield=True):
-            async with self.db.session() as session, session.begin():
-                task = await session.get(Task, task_id)
-                if task is not None:
-                    task.state, task.finished_at = "fail", now_ms()
-                    task.error_code, task.error_message = code, message
-
-
-def _failure(exc: BaseException) -> tuple[str, str]:
-    """The error code and message a task records for `exc` (no internals of unexpected errors)."""
-    if isinstance(exc, ImagegateError):
-        return exc.code, exc.message
-    if isinstance(exc, anyio.get_cancelled_exc_class()):
-        return "cancelled", "the client went away or the server stopped"
-    return "internal_error", type(exc).__name__

@@ -5,9 +5,11 @@ Names are opaque, unguessable ids with an extension; stores never interpret the 
 
 from __future__ import annotations
 
+import io
 import os
+import shutil
 from pathlib import Path
-from typing import Protocol
+from typing import IO, Protocol
 
 import anyio
 
@@ -17,7 +19,19 @@ class BlobStore(Protocol):
 
     async def put(self, name: str, data: bytes) -> None: ...
 
+    async def put_file(self, name: str, fp: IO[bytes]) -> None:
+        """Store the rest of `fp` (read in chunks, never whole in memory)."""
+        ...
+
     async def get(self, name: str) -> bytes | None: ...
+
+    async def open(self, name: str) -> IO[bytes] | None:
+        """A readable binary file positioned at 0 that the caller closes, or None."""
+        ...
+
+    async def delete(self, name: str) -> None:
+        """Remove `name`; a missing name is not an error."""
+        ...
 
     def local_path(self, name: str) -> Path | None:
         """A filesystem path the web server may stream from, if the store has one."""
@@ -39,6 +53,9 @@ class LocalBlobStore:
     async def put(self, name: str, data: bytes) -> None:
         await anyio.to_thread.run_sync(self._write, self._path(name), data)
 
+    async def put_file(self, name: str, fp: IO[bytes]) -> None:
+        await anyio.to_thread.run_sync(self._copy, self._path(name), fp)
+
     @staticmethod
     def _write(path: Path, data: bytes) -> None:
         path.parent.mkdir(exist_ok=True)
@@ -46,9 +63,26 @@ class LocalBlobStore:
         tmp.write_bytes(data)
         os.replace(tmp, path)
 
+    @staticmethod
+    def _copy(path: Path, fp: IO[bytes]) -> None:
+        path.parent.mkdir(exist_ok=True)
+        tmp = path.with_name(path.name + ".part")
+        with tmp.open("wb") as out:
+            shutil.copyfileobj(fp, out, 1024 * 1024)
+        os.replace(tmp, path)
+
     async def get(self, name: str) -> bytes | None:
         path = self.local_path(name)
         return None if path is None else await anyio.Path(path).read_bytes()
+
+    async def open(self, name: str) -> IO[bytes] | None:
+        path = self.local_path(name)
+        return None if path is None else path.open("rb")
+
+    async def delete(self, name: str) -> None:
+        path = self.local_path(name)
+        if path is not None:
+            await anyio.Path(path).unlink(missing_ok=True)
 
     def local_path(self, name: str) -> Path | None:
         try:
@@ -67,8 +101,18 @@ class MemoryBlobStore:
     async def put(self, name: str, data: bytes) -> None:
         self.files[name] = data
 
+    async def put_file(self, name: str, fp: IO[bytes]) -> None:
+        self.files[name] = fp.read()
+
     async def get(self, name: str) -> bytes | None:
         return self.files.get(name)
+
+    async def open(self, name: str) -> IO[bytes] | None:
+        data = self.files.get(name)
+        return None if data is None else io.BytesIO(data)
+
+    async def delete(self, name: str) -> None:
+        self.files.pop(name, None)
 
     def local_path(self, name: str) -> Path | None:
         return None

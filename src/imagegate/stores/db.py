@@ -13,7 +13,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, Index, Integer, String, Text, event
+from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, Index, Integer, LargeBinary, String, Text, event
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -61,11 +61,16 @@ class ApiKey(Base):
     created_at: Mapped[int] = mapped_column(BigInteger, default=now_ms)
     last_used_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     revoked_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    webhook_secret: Mapped[str | None] = mapped_column(String(80), nullable=True)
 
 
 class Task(Base):
     __tablename__ = "tasks"
-    __table_args__ = (Index("ix_tasks_key_created", "key_id", "created_at"), Index("ix_tasks_state", "state"))
+    __table_args__ = (
+        Index("ix_tasks_key_created", "key_id", "created_at"),
+        Index("ix_tasks_state", "state"),
+        Index("ix_tasks_queue", "mode", "state", "created_at"),
+    )
 
     id: Mapped[str] = mapped_column(String(48), primary_key=True)
     key_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id"))
@@ -81,6 +86,17 @@ class Task(Base):
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     error_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
     error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    mode: Mapped[str] = mapped_column(String(8), default="sync")
+    """`sync` (a client waits on the connection) or `async` (run by the runner, reported by callback/polling)."""
+    trace_id: Mapped[str | None] = mapped_column(String(48), nullable=True)
+    base_url: Mapped[str | None] = mapped_column(Text, nullable=True)
+    """The public base for result URLs, fixed when the task was created."""
+    wire: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    """The dialect's original request body, where the dialect echoes it (seed 002's `param`)."""
+    callback_url: Mapped[str | None] = mapped_column(Text, nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    lease_owner: Mapped[str | None] = mapped_column(String(48), nullable=True)
+    lease_until: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
 
 class StoredFile(Base):
@@ -94,6 +110,44 @@ class StoredFile(Base):
     bytes: Mapped[int] = mapped_column(Integer)
     width: Mapped[int] = mapped_column(Integer)
     height: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now_ms)
+
+
+class WebhookDelivery(Base):
+    """One callback message: the same `id` (`webhook-id`) on every attempt until it ends."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (Index("ix_webhook_due", "state", "next_at"),)
+
+    id: Mapped[str] = mapped_column(String(48), primary_key=True)
+    task_id: Mapped[str] = mapped_column(ForeignKey("tasks.id"))
+    key_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id"))
+    url: Mapped[str] = mapped_column(Text)
+    body: Mapped[bytes] = mapped_column(LargeBinary)
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    """`pending`, `delivered`, `failed` (retries exhausted) or `stopped` (the receiver answered 410)."""
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_at: Mapped[int] = mapped_column(BigInteger, default=now_ms)
+    last_status: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now_ms)
+    finished_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
+class IdempotentResponse(Base):
+    """The first answer to a POST carrying an `Idempotency-Key`, replayed for 24 hours."""
+
+    __tablename__ = "idempotency"
+
+    scope: Mapped[str] = mapped_column(String(64), primary_key=True)
+    """SHA-256 of the bearer key: keys never share idempotency keys."""
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    status: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    content_type: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    headers: Mapped[dict[str, str] | None] = mapped_column(JSON, nullable=True)
+    body: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     created_at: Mapped[int] = mapped_column(BigInteger, default=now_ms)
 
 

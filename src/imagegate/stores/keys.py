@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from imagegate.errors import AuthenticationFailed, NotFound
 from imagegate.stores.db import ApiKey, now_ms
+from imagegate.webhooks import new_secret
 
 KEY_PREFIX = "ig-"
 
@@ -29,16 +30,28 @@ class NewKey:
     name: str
     credits: Decimal
     is_admin: bool
+    webhook_secret: str
 
 
 async def create_key(
     session: AsyncSession, *, name: str = "", credits: Decimal = Decimal(0), admin: bool = False
 ) -> NewKey:
-    """Create a key with 256 random bits; the caller commits."""
+    """Create a key with 256 random bits and its webhook signing secret; the caller commits."""
     raw = KEY_PREFIX + secrets.token_urlsafe(32)
     key_id = "key_" + secrets.token_hex(8)
-    session.add(ApiKey(id=key_id, name=name, key_hash=hash_key(raw), prefix=raw[:7], credits=credits, is_admin=admin))
-    return NewKey(key_id, raw, name, credits, admin)
+    secret = new_secret()
+    session.add(
+        ApiKey(
+            id=key_id,
+            name=name,
+            key_hash=hash_key(raw),
+            prefix=raw[:7],
+            credits=credits,
+            is_admin=admin,
+            webhook_secret=secret,
+        )
+    )
+    return NewKey(key_id, raw, name, credits, admin, secret)
 
 
 async def count_keys(session: AsyncSession) -> int:
@@ -79,3 +92,12 @@ async def grant_credits(session: AsyncSession, key_id: str, amount: Decimal) -> 
         raise NotFound(f"No key with id '{key_id}'.")
     row.credits = row.credits + amount
     return row
+
+
+async def rotate_webhook_secret(session: AsyncSession, key_id: str) -> str:
+    """Replace a key's webhook secret; deliveries signed from now on use the new one."""
+    row = await session.get(ApiKey, key_id)
+    if row is None:
+        raise NotFound(f"No key with id '{key_id}'.")
+    row.webhook_secret = new_secret()
+    return row.webhook_secret

@@ -1,0 +1,187 @@
+"""Task rows from creation to a final state, and the Outcome a finished row stands for.
+
+A task moves `waiting → running → success|fail` (sync tasks start as `running`). Only the process
+holding a task's lease may finish it: the final write is conditional on `lease_owner`, so a task
+reclaimed by another runner is never finished twice. A callback delivery is written in the same
+transaction as the final state, so a crash cannot lose it.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import anyio
+import orjson
+from sqlalchemy import update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from imagegate.core.request import Background, Delivery, OutputFormat, Quality, Size
+from imagegate.errors import ImagegateError
+from imagegate.stores.blobs import BlobStore
+from imagegate.stores.db import Database, Task, WebhookDelivery, now_ms
+
+TERMINAL = frozenset({"success", "fail"})
+
+
+@dataclass
+class Delivered:
+    """One image as delivered: its stored file, and its bytes when the delivery embeds them."""
+
+    file_id: str
+    data: bytes | None
+    revised_prompt: str
+
+
+@dataclass
+class Outcome:
+    """A finished request, in canonical terms; dialects render it."""
+
+    task_id: str
+    engine: str
+    created: int
+    images: list[Delivered]
+    size: Size
+    quality: Quality
+    output_format: OutputFormat
+    background: Background
+    delivery: Delivery
+    usage: dict[str, Any]
+    price: Decimal
+    failures: list[dict[str, str]]
+    """Engine calls that failed while others succeeded (SPEC §3 partial success)."""
+
+
+def file_name(file_id: str, fmt: OutputFormat) -> str:
+    return f"{file_id}.{fmt.value}"
+
+
+def failure_of(exc: BaseException) -> tuple[str, str]:
+    """The error code and message a task records for `exc` (no internals of unexpected errors)."""
+    if isinstance(exc, ImagegateError):
+        return exc.code, exc.message
+    if isinstance(exc, anyio.get_cancelled_exc_class()):
+        return "cancelled", "the client went away or the server stopped"
+    return "internal_error", type(exc).__name__
+
+
+def result_record(outcome: Outcome) -> dict[str, Any]:
+    """What a task row keeps of its Outcome (everything but image bytes)."""
+    return {
+        "files": [file_name(d.file_id, outcome.output_format) for d in outcome.images],
+        "revised_prompts": [d.revised_prompt for d in outcome.images],
+        "created": outcome.created,
+        "size": str(outcome.size),
+        "quality": outcome.quality.value,
+        "output_format": outcome.output_format.value,
+        "background": outcome.background.value,
+        "delivery": outcome.delivery.value,
+        "usage": outcome.usage,
+        "price": str(outcome.price),
+        "failures": outcome.failures,
+    }
+
+
+async def outcome_of(task: Task, blobs: BlobStore) -> Outcome:
+    """The Outcome a successful task row records; image bytes are read back unless delivered as URLs."""
+    result = task.result or {}
+    fmt = OutputFormat(result["output_format"])
+    delivery = Delivery(result["delivery"])
+    images = []
+    prompts = result.get("revised_prompts") or []
+    for index, name in enumerate(result.get("files", [])):
+        data = None if delivery is Delivery.URL else await blobs.get(name)
+        prompt = prompts[index] if index < len(prompts) else ""
+        images.append(Delivered(name.rsplit(".", 1)[0], data, prompt))
+    width, height = (int(v) for v in result["size"].split("x"))
+    return Outcome(
+        task_id=task.id,
+        engine=task.engine or "",
+        created=int(result.get("created", (task.finished_at or 0) // 1000)),
+        images=images,
+        size=Size(width, height),
+        quality=Quality(result["quality"]),
+        output_format=fmt,
+        background=Background(result["background"]),
+        delivery=delivery,
+        usage=result.get("usage", {}),
+        price=Decimal(result.get("price", "0")),
+        failures=list(result.get("failures", [])),
+    )
+
+
+CallbackRenderer = Callable[[Task, Outcome | None], Awaitable[dict[str, Any]]]
+"""A dialect's callback body for a finished task (with its Outcome when it succeeded)."""
+
+
+class TaskRecords:
+    """Writes the final state of tasks and queues their callbacks."""
+
+    def __init__(self, db: Database, blobs: BlobStore, owner: str) -> None:
+        self.db = db
+        self.blobs = blobs
+        self.owner = owner
+        self.renderers: dict[str, CallbackRenderer] = {}
+        self.on_callback_queued: Callable[[], None] = lambda: None
+
+    async def finish(self, task_id: str, *, outcome: Outcome | None = None, error: BaseException | None = None) -> bool:
+        """Record success (`outcome`) or failure (`error`) if this process still owns the task.
+
+        Returns False (and writes nothing) when the task was reclaimed or already final.
+        """
+        values: dict[str, Any] = {"finished_at": now_ms(), "lease_until": None}
+        if outcome is not None:
+            values.update(state="success", result=result_record(outcome))
+        else:
+            code, message = failure_of(error or RuntimeError("unknown"))
+            values.update(state="fail", error_code=code, error_message=message)
+        with anyio.CancelScope(shield=True):
+            async with self.db.session() as session, session.begin():
+                changed = await session.execute(
+                    update(Task)
+                    .where(Task.id == task_id, Task.lease_owner == self.owner, Task.state == "running")
+                    .values(**values)
+                )
+                if changed.rowcount != 1:  # type: ignore[attr-defined]
+                    return False
+                task = await session.get(Task, task_id, populate_existing=True)
+                queued = task is not None and await self._queue_callback(session, task, outcome)
+            if queued:
+                self.on_callback_queued()
+        return True
+
+    async def release_if_async(self, task_id: str) -> bool:
+        """Hand an interrupted async task back as `waiting` (a shutdown, not a failure); False for sync tasks."""
+        with anyio.CancelScope(shield=True):
+            async with self.db.session() as session, session.begin():
+                changed = await session.execute(
+                    update(Task)
+                    .where(Task.id == task_id, Task.lease_owner == self.owner, Task.mode == "async")
+                    .where(Task.state == "running")
+                    .values(state="waiting", lease_owner=None, lease_until=None)
+                )
+        return bool(changed.rowcount)  # type: ignore[attr-defined]
+
+    async def _queue_callback(self, session: AsyncSession, task: Task, outcome: Outcome | None) -> bool:
+        renderer = self.renderers.get(task.dialect)
+        if task.mode != "async" or not task.callback_url or renderer is None:
+            return False
+        if outcome is not None and outcome.delivery is not Delivery.URL:
+            outcome = await outcome_of(task, self.blobs)
+        body = await renderer(task, outcome)
+        session.add(
+            WebhookDelivery(
+                id="msg_" + secrets.token_hex(12),
+                task_id=task.id,
+                key_id=task.key_id,
+                url=task.callback_url,
+                body=orjson.dumps(body),
+                state="pending",
+                attempts=0,
+                next_at=now_ms(),
+            )
+        )
+        return True

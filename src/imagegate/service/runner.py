@@ -1,0 +1,142 @@
+"""The in-process runner of async tasks: takes `waiting` tasks from the database and runs them.
+
+Durable because the database is the queue: a task is claimed by a conditional update (so two
+runners never both win it), its lease is renewed while it runs, and a task whose lease ran out
+(its process died) is claimed again — or failed once it has been started `max_attempts` times.
+Sync tasks whose lease ran out are failed: the client that waited for them is gone.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import anyio
+from sqlalchemy import and_, func, or_, select, update
+
+from imagegate.config import RunnerSettings
+from imagegate.errors import ImagegateError
+from imagegate.service.leases import Leases
+from imagegate.service.tasks import TaskService
+from imagegate.stores.db import Database, Task, now_ms
+
+log = logging.getLogger("imagegate.runner")
+
+
+class Interrupted(ImagegateError):
+    """The task's process stopped while running it too many times (or while a client waited on it)."""
+
+    code = "interrupted"
+
+
+class TaskRunner:
+    """Runs async tasks with bounded concurrency until cancelled."""
+
+    def __init__(self, db: Database, tasks: TaskService, leases: Leases, settings: RunnerSettings) -> None:
+        self.db = db
+        self.tasks = tasks
+        self.leases = leases
+        self.settings = settings
+        self._wake = anyio.Event()
+        self._running = 0
+
+    def wake(self) -> None:
+        """Look for work now rather than at the next poll."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Claim and run tasks, renew leases and sweep dead ones, until cancelled."""
+        async with anyio.create_task_group() as group:
+            group.start_soon(self._renew_forever)
+            while True:
+                self._wake = anyio.Event()
+                try:
+                    await self.sweep()
+                    while self._running < self.settings.concurrency:
+                        task = await self.claim()
+                        if task is None:
+                            break
+                        self._running += 1
+                        group.start_soon(self._run_one, task)
+                except Exception:  # a database hiccup must not stop the runner
+                    log.exception("runner poll failed; retrying")
+                with anyio.move_on_after(self.settings.poll_interval_s):
+                    await self._wake.wait()
+
+    async def _run_one(self, task: Task) -> None:
+        try:
+            async with self.leases.hold(task.id):
+                if task.attempts > self.settings.max_attempts:
+                    times = self.settings.max_attempts
+                    await self.tasks.abandon(
+                        task, Interrupted(f"The server stopped while running this task {times} times.")
+                    )
+                else:
+                    await self.tasks.run_task(task)
+        except Exception:  # run_task records failures; this is a last resort
+            log.exception("task %s crashed the runner's worker", task.id)
+        finally:
+            self._running -= 1
+            self.wake()
+
+    async def _renew_forever(self) -> None:
+        while True:
+            await anyio.sleep(self.leases.lease_ms / 3000)
+            try:
+                await self.leases.renew()
+            except Exception:  # retried at the next beat
+                log.exception("lease renewal failed")
+
+    def _claimable(self, now: int) -> object:
+        expired = and_(Task.state == "running", Task.lease_until < now)
+        return and_(Task.mode == "async", or_(Task.state == "waiting", expired))
+
+    async def claim(self) -> Task | None:
+        """The oldest claimable async task, now `running` under this process's lease, or None."""
+        now = now_ms()
+        async with self.db.session() as session, session.begin():
+            candidates = await session.scalars(
+                select(Task.id).where(self._claimable(now)).order_by(Task.created_at).limit(8)  # type: ignore[arg-type]
+            )
+            for task_id in list(candidates):
+                won = await session.execute(
+                    update(Task)
+                    .where(Task.id == task_id, self._claimable(now))  # type: ignore[arg-type]
+                    .values(
+                        state="running",
+                        lease_owner=self.leases.owner,
+                        lease_until=self.leases.expiry(),
+                        attempts=Task.attempts + 1,
+                        started_at=func.coalesce(Task.started_at, now),
+                    )
+                )
+                if won.rowcount != 1:  # type: ignore[attr-defined]
+                    continue
+                task = await session.get(Task, task_id, populate_existing=True)
+                if task is None:
+                    continue
+                if task.attempts > self.settings.max_attempts:
+                    task.state, task.finished_at, task.lease_until = "fail", now, None
+                    task.error_code = Interrupted.code
+                    task.error_message = (
+                        f"the server stopped while running this task {self.settings.max_attempts} times"
+                    )
+                    continue
+                return task
+        return None
+
+    async def sweep(self) -> int:
+        """Fail sync tasks whose process died (their lease ran out); returns how many."""
+        now = now_ms()
+        async with self.db.session() as session, session.begin():
+            swept = await session.execute(
+                update(Task)
+                .where(Task.mode == "sync", Task.state == "running", Task.lease_until < now)
+                .values(
+                    state="fail",
+                    finished_at=now,
+                    lease_until=None,
+                    error_code=Interrupted.code,
+                    error_message="the server stopped while this request was running",
+                )
+            )
+        return int(swept.rowcount)  # type: ignore[attr-defined]
