@@ -19,9 +19,10 @@ from starlette.exceptions import HTTPException
 
 from imagegate import __version__
 from imagegate.config import Config
-from imagegate.dialects import openai
+from imagegate.dialects import envelope, jobs, openai
 from imagegate.engines.base import Engine
 from imagegate.errors import BadRequest, ImagegateError, NotFound, PayloadTooLarge
+from imagegate.idempotency import IdempotencyMiddleware
 from imagegate.metrics import UNMATCHED_ROUTE, Metrics
 from imagegate.runtime import open_runtime, runtime_of
 
@@ -84,7 +85,12 @@ class EdgeMiddleware:
             self.metrics.http_seconds.labels(template).observe(time.perf_counter() - started)
 
 
-def _error_response(exc: ImagegateError) -> Response:
+def _error_response(exc: ImagegateError, path: str) -> Response:
+    """`exc` in the error shape of the dialect that owns `path` (OpenAI's by default)."""
+    if path == envelope.PATH:
+        return envelope.error_response(exc)
+    if path.startswith(jobs.PREFIX + "/"):
+        return jobs.error_response(exc)
     return Response(
         orjson.dumps(openai.error_body(exc)),
         status_code=exc.status,
@@ -93,29 +99,30 @@ def _error_response(exc: ImagegateError) -> Response:
     )
 
 
-async def _on_domain_error(_request: Request, exc: Exception) -> Response:
+async def _on_domain_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ImagegateError)
-    return _error_response(exc)
+    return _error_response(exc, request.url.path)
 
 
-async def _on_http_error(_request: Request, exc: Exception) -> Response:
+async def _on_http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     kind = _STATUS_ERRORS.get(exc.status_code, BadRequest)
     error = kind(str(exc.detail))
     error.status = exc.status_code
     if exc.status_code == 405:
         error.code = "method_not_allowed"
-    return _error_response(error)
+    return _error_response(error, request.url.path)
 
 
-async def _on_validation_error(_request: Request, exc: Exception) -> Response:
-    return _error_response(BadRequest(f"Invalid request: {exc}"))
+async def _on_validation_error(request: Request, exc: Exception) -> Response:
+    return _error_response(BadRequest(f"Invalid request: {exc}"), request.url.path)
 
 
 async def _on_unexpected(request: Request, exc: Exception) -> Response:
     request_id = getattr(request.state, "request_id", "")
     log.exception("unhandled error in %s %s (%s)", request.method, request.url.path, request_id)
-    response = _error_response(ImagegateError(f"The server had an error processing your request ({request_id})."))
+    error = ImagegateError(f"The server had an error processing your request ({request_id}).")
+    response = _error_response(error, request.url.path)
     response.headers["x-request-id"] = request_id
     response.headers["x-imagegate-engine"] = "none"
     return response
@@ -131,6 +138,7 @@ def create_app(config: Config, engines: dict[str, Engine] | None = None) -> Fast
         async with AsyncExitStack() as stack:
             runtime = await open_runtime(config, stack, metrics, engines)
             runtime.tasks.records.renderers["openai"] = openai.callback_renderer(runtime.catalog)
+            runtime.tasks.records.renderers["jobs"] = jobs.callback_body
             app.state.runtime = runtime
             yield
 
@@ -140,6 +148,8 @@ def create_app(config: Config, engines: dict[str, Engine] | None = None) -> Fast
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(Exception, _on_unexpected)
     app.include_router(openai.router())
+    app.include_router(envelope.router())
+    app.include_router(jobs.router())
 
     @app.get("/healthz")
     async def healthz(request: Request) -> JSONResponse:
@@ -163,5 +173,6 @@ def create_app(config: Config, engines: dict[str, Engine] | None = None) -> Fast
         headers = {"cache-control": "public, max-age=31536000, immutable"}
         return FileResponse(path, media_type=f"image/{match.group(2)}", headers=headers)
 
+    app.add_middleware(IdempotencyMiddleware, render_error=_error_response, max_body_bytes=config.limits.max_body_bytes)
     app.add_middleware(EdgeMiddleware, max_body_bytes=config.limits.max_body_bytes, metrics=metrics)
     return app

@@ -105,6 +105,8 @@ class EditRequest:
     images: list[ImageRef] = field(default_factory=list)
     mask: ImageRef | None = None
     size: str = "auto"
+    tier: str = "1K"
+    """The tier (`1K`, `2K`, `4K`) that `size=auto` resolves at (seed 002's `resolution`)."""
     quality: Quality = Quality.AUTO
     n: int = 1
     output_format: OutputFormat = OutputFormat.PNG
@@ -129,6 +131,7 @@ class EditRequest:
             "images": [ref.describe() for ref in self.images],
             "mask": self.mask.describe() if self.mask else None,
             "size": self.size,
+            "tier": self.tier,
             "quality": self.quality.value,
             "n": self.n,
             "output_format": self.output_format.value,
@@ -153,6 +156,7 @@ class EditRequest:
             images=[ImageRef.from_record(item) for item in record.get("images", [])],
             mask=ImageRef.from_record(mask) if mask else None,
             size=record.get("size", "auto"),
+            tier=record.get("tier", "1K"),
             quality=Quality(record.get("quality", "auto")),
             n=int(record.get("n", 1)),
             output_format=OutputFormat(record.get("output_format", "png")),

@@ -101,12 +101,19 @@ def size_for_ratio(ratio: tuple[int, int], tier: str = "1K", *, param: str = "re
     return Size(swapped.height, swapped.width)
 
 
-def auto_size(width: int, height: int) -> Size:
-    """The 1K-tier flexible size that keeps `width:height` (clamped to 3:1), multiples of 16."""
+_TIER_TARGET_PIXELS = {"1K": 1024 * 1024, "2K": 2048 * 2048, "4K": 2880 * 2880}
+
+
+def auto_size(width: int, height: int, tier: str = "1K") -> Size:
+    """The flexible size at `tier` that keeps `width:height` (clamped to 3:1), multiples of 16."""
     ratio = min(max(width / max(height, 1), 1 / MAX_RATIO), MAX_RATIO)
-    target = 1024 * 1024
+    target = _TIER_TARGET_PIXELS.get(tier.upper(), _TIER_TARGET_PIXELS["1K"])
     w = max(STEP, round(math.sqrt(target * ratio) / STEP) * STEP)
     h = max(STEP, round(math.sqrt(target / ratio) / STEP) * STEP)
+    shrink = min(1.0, MAX_EDGE / max(w, h), math.sqrt(MAX_PIXELS / (w * h)))
+    if shrink < 1:
+        w = max(STEP, math.floor(w * shrink / STEP) * STEP)
+        h = max(STEP, math.floor(h * shrink / STEP) * STEP)
     while max(w, h) > MAX_RATIO * min(w, h):
         if w > h:
             w -= STEP

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from imagegate.core.catalog import ModelSpec, SizeMode
 from imagegate.core.request import Background, EditRequest, OutputFormat, Quality, Size
-from imagegate.core.sizing import auto_size, check_flexible, nearest_by_ratio, parse_wxh
+from imagegate.core.sizing import (
+    auto_size,
+    check_flexible,
+    nearest_by_ratio,
+    parse_ratio,
+    parse_wxh,
+    size_for_ratio,
+)
 from imagegate.errors import BadRequest, MissingParameter
 
 MAX_PROMPT_CHARS = 32_000
@@ -112,8 +119,22 @@ def resolve_size(req: EditRequest, spec: ModelSpec, first_image: tuple[int, int]
             return spec.sizes[0] if spec.sizes else Size(1024, 1024)
         return nearest_by_ratio(spec.sizes, *first_image)
     if first_image is None:
-        return Size(1024, 1024)
-    return auto_size(*first_image)
+        return size_for_ratio((1, 1), req.tier)
+    return auto_size(*first_image, tier=req.tier)
+
+
+def ratio_size(spec: ModelSpec, text: str, tier: str = "1K", *, param: str = "size") -> str:
+    """The size text for an aspect ratio (`16:9`) or `auto` at a tier, by the SPEC §4 table.
+
+    Fixed-size models get their size nearest to that ratio; engine-sized models get `auto`.
+    Raises BadRequest naming `param` for a ratio outside the table.
+    """
+    if text.strip().lower() == "auto" or spec.size_mode is SizeMode.ENGINE:
+        return "auto"
+    size = size_for_ratio(parse_ratio(text, param=param), tier)
+    if spec.size_mode is SizeMode.FIXED and spec.sizes:
+        size = nearest_by_ratio(spec.sizes, size.width, size.height)
+    return str(size)
 
 
 def resolved_quality(req: EditRequest, spec: ModelSpec) -> Quality:

@@ -55,7 +55,8 @@ def error_body(exc: ImagegateError) -> dict[str, Any]:
     return {"error": {"message": exc.message, "type": exc.type, "param": exc.param, "code": exc.code}}
 
 
-def _apply_fields(req: EditRequest, values: dict[str, Any]) -> None:
+def apply_fields(req: EditRequest, values: dict[str, Any]) -> None:
+    """Set the scalar fields named in `values` (wire spellings) on `req`; BadRequest names a bad one."""
     for name, value in values.items():
         if value is None:
             continue
@@ -111,7 +112,7 @@ def _apply_scalars(req: EditRequest, scalars: dict[str, Any], basic_only: BasicO
     model = scalars.get("model")
     if isinstance(model, str) and basic_only(model.strip()):
         scalars = {k: v for k, v in scalars.items() if k in ("model", "prompt")}
-    _apply_fields(req, scalars)
+    apply_fields(req, scalars)
 
 
 def _from_form(form: FormData, basic_only: BasicOnly) -> EditRequest:
@@ -142,7 +143,8 @@ def _form_ref(value: UploadFile | str, param: str) -> ImageRef:
     return ref_from_text(value, param)
 
 
-def _from_json(body: dict[str, Any], basic_only: BasicOnly) -> EditRequest:
+def request_from_json(body: dict[str, Any], basic_only: BasicOnly) -> EditRequest:
+    """The canonical request from an OpenAI-style JSON object (also used by the envelope dialect)."""
     _reject_aspect_ratio(body)
     req = EditRequest(prompt="")
     image = body.get("image")
@@ -182,7 +184,7 @@ async def parse_request(request: Request, limits: Limits, basic_only: BasicOnly)
         raise BadRequest("We could not parse the JSON body of your request. Send JSON or multipart/form-data.") from exc
     if not isinstance(body, dict):
         raise BadRequest("The JSON body must be an object.")
-    return _from_json(body, basic_only)
+    return request_from_json(body, basic_only)
 
 
 def public_base(rt: Runtime, request: Request) -> str:

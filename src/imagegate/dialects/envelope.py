@@ -1,0 +1,70 @@
+"""The envelope dialect (seed 000, SPEC §2.2): `POST /v1/images/edit` (singular), JSON in,
+`{"code": 0, "message": "ok", "data": {"images": [{"url"}]}}` out, and `{"code": <HTTP status>,
+"message", "data": null}` with that status on failure. Sizes may be aspect ratios."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from imagegate.core.request import Delivery, EditRequest
+from imagegate.core.validation import ratio_size
+from imagegate.dialects import openai
+from imagegate.errors import BadRequest, ImagegateError, MissingParameter
+from imagegate.runtime import runtime_of
+from imagegate.service.tasks import Origin
+
+PATH = "/v1/images/edit"
+
+
+def error_response(exc: ImagegateError) -> Response:
+    """The dialect's one error shape."""
+    body = {"code": exc.status, "message": exc.message, "data": None}
+    return Response(orjson.dumps(body), status_code=exc.status, media_type="application/json", headers=exc.headers)
+
+
+async def edit(request: Request) -> Response:
+    """POST /v1/images/edit"""
+    rt = runtime_of(request)
+    key = await rt.authenticate(request)
+    try:
+        body: Any = orjson.loads(await request.body())
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest("We could not parse the JSON body of your request; send JSON.") from exc
+    if not isinstance(body, dict):
+        raise BadRequest("The JSON body must be an object.")
+    size = body.pop("size", None)
+    req: EditRequest = openai.request_from_json(body, rt.catalog.basic_fields_only)
+    if not req.images:
+        raise MissingParameter("Missing required parameter: 'image'.", param="image")
+    if isinstance(size, str) and ":" in size:
+        req.size = ratio_size(rt.catalog.get(req.model), size)
+    elif size is not None:
+        openai.apply_fields(req, {"size": size})
+    req.delivery = Delivery.URL
+    req.callback_url = None
+    base = openai.public_base(rt, request)
+    outcome = await rt.tasks.run(key.id, req, Origin("envelope", "edit", request.state.request_id, base))
+    images = [
+        {"url": f"{base}/files/{image.file_id}.{outcome.output_format.value}", "revised_prompt": image.revised_prompt}
+        for image in outcome.images
+    ]
+    data = {
+        "images": images,
+        "size": str(outcome.size),
+        "quality": outcome.quality.value,
+        "output_format": outcome.output_format.value,
+        "task_id": outcome.task_id,
+    }
+    body_out = {"code": 0, "message": "ok", "data": data}
+    headers = {"x-imagegate-engine": outcome.engine, "x-imagegate-task": outcome.task_id}
+    return Response(orjson.dumps(body_out), media_type="application/json", headers=headers)
+
+
+def router() -> APIRouter:
+    api = APIRouter()
+    api.add_api_route(PATH, edit, methods=["POST"])
+    return api

@@ -1,0 +1,203 @@
+"""`Idempotency-Key` on every POST (SPEC §6), as ASGI middleware in front of every dialect.
+
+A POST with the header is fingerprinted (method, path, query and body; a multipart body without
+its random boundary, so a client library's retry matches) while its body is spooled. The first
+request runs and its 2xx answer is stored; a repeat with the same fingerprint within 24 hours gets
+that answer again (header `idempotent-replayed: true`) without running or charging; the same key
+with another request is a 422; a repeat while the first still runs is a 409. Answers other than
+2xx are not stored, so a corrected retry may run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import tempfile
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import IO, Any
+
+import anyio
+from starlette.responses import Response
+
+from imagegate.errors import BadRequest, Conflict, ImagegateError, PayloadTooLarge
+from imagegate.stores.idempotency import IdempotencyStore, Stored, Verdict
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+ErrorRenderer = Callable[[ImagegateError, str], Response]
+
+MAX_KEY_CHARS = 255
+MAX_STORED_BYTES = 64 * 1024 * 1024
+_BOUNDARY = re.compile(rb"boundary=\"?([^\";]+)\"?", re.IGNORECASE)
+_REPLAYED_HEADERS = ("content-type", "x-imagegate-engine", "x-imagegate-task", "cache-control")
+_CHUNK = 1024 * 1024
+
+
+class IdempotencyKeyReused(BadRequest):
+    """The Idempotency-Key was already used with a different request."""
+
+    status = 422
+    code = "idempotency_key_reused"
+
+
+class IdempotencyInProgress(Conflict):
+    """A request with this Idempotency-Key is still running."""
+
+    code = "idempotency_key_in_progress"
+
+
+class _Fingerprint:
+    """SHA-256 over a streamed body with every occurrence of the multipart boundary removed."""
+
+    def __init__(self, scope: Scope, boundary: bytes | None) -> None:
+        self._hash = hashlib.sha256()
+        for part in (scope["method"], scope["path"], scope.get("query_string", b"").decode("latin-1")):
+            self._hash.update(part.encode() + b"\0")
+        self._marker = b"--" + boundary if boundary else b""
+        self._carry = b""
+
+    def update(self, chunk: bytes) -> None:
+        if not self._marker:
+            self._hash.update(chunk)
+            return
+        data = (self._carry + chunk).replace(self._marker, b"--")
+        keep = len(self._marker) - 1
+        self._carry = data[-keep:] if keep else b""
+        self._hash.update(data[: len(data) - len(self._carry)])
+
+    def hexdigest(self) -> str:
+        self._hash.update(self._carry)
+        self._carry = b""
+        return self._hash.hexdigest()
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope.get("headers", []):
+        if key.lower() == name:
+            return bytes(value)
+    return None
+
+
+class IdempotencyMiddleware:
+    """Replays stored answers for repeated POSTs with the same `Idempotency-Key`."""
+
+    def __init__(self, app: ASGIApp, render_error: ErrorRenderer, max_body_bytes: int) -> None:
+        self.app = app
+        self.render_error = render_error
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raw_key = _header(scope, b"idempotency-key") if scope["type"] == "http" else None
+        token = (_header(scope, b"authorization") or b"").partition(b" ")[2].strip()
+        if raw_key is None or scope["method"] != "POST" or not token:
+            await self.app(scope, receive, send)
+            return
+        key = raw_key.decode("latin-1").strip()
+        if not key or len(key) > MAX_KEY_CHARS:
+            invalid = BadRequest(
+                f"The Idempotency-Key header must be 1–{MAX_KEY_CHARS} characters.", param="Idempotency-Key"
+            )
+            await self.render_error(invalid, scope["path"])(scope, receive, send)
+            return
+        boundary = _BOUNDARY.search(_header(scope, b"content-type") or b"")
+        fingerprint = _Fingerprint(scope, boundary.group(1) if boundary else None)
+        with tempfile.SpooledTemporaryFile(max_size=_CHUNK) as spool:
+            try:
+                await self._spool(receive, spool, fingerprint)
+            except PayloadTooLarge as exc:
+                await self.render_error(exc, scope["path"])(scope, receive, send)
+                return
+            store = IdempotencyStore(scope["app"].state.runtime.db)
+            owner = hashlib.sha256(token).hexdigest()
+            verdict, stored = await store.begin(owner, key, fingerprint.hexdigest())
+            if verdict is Verdict.REPLAY and stored is not None:
+                await self._replay(stored, send)
+            elif verdict is Verdict.MISMATCH:
+                error: ImagegateError = IdempotencyKeyReused(
+                    "This Idempotency-Key was already used with a different request.", param="Idempotency-Key"
+                )
+                await self.render_error(error, scope["path"])(scope, receive, send)
+            elif verdict is Verdict.IN_PROGRESS:
+                error = IdempotencyInProgress(
+                    "A request with this Idempotency-Key is still running; retry when it has finished.",
+                    param="Idempotency-Key",
+                )
+                await self.render_error(error, scope["path"])(scope, receive, send)
+            else:
+                await self._run_and_store(scope, spool, send, store, owner, key)
+
+    async def _spool(self, receive: Receive, spool: IO[bytes], fingerprint: _Fingerprint) -> None:
+        total = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            chunk = message.get("body", b"")
+            total += len(chunk)
+            if total > self.max_body_bytes:
+                raise PayloadTooLarge(f"The request body exceeds {self.max_body_bytes:,} bytes.")
+            fingerprint.update(chunk)
+            spool.write(chunk)
+            if not message.get("more_body", False):
+                break
+        spool.seek(0)
+
+    async def _run_and_store(
+        self, scope: Scope, spool: IO[bytes], send: Send, store: IdempotencyStore, owner: str, key: str
+    ) -> None:
+        done = False
+
+        async def replay_body() -> Message:
+            nonlocal done
+            if done:
+                return {"type": "http.disconnect"}
+            chunk = spool.read(_CHUNK)
+            more = bool(chunk) and spool.tell() < _size(spool)
+            done = not more
+            return {"type": "http.request", "body": chunk, "more_body": more}
+
+        status = 0
+        headers: dict[str, str] = {}
+        body = bytearray()
+        overflow = False
+
+        async def capture(message: Message) -> None:
+            nonlocal status, overflow
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                for name, value in message.get("headers", []):
+                    text = bytes(name).decode("latin-1").lower()
+                    if text in _REPLAYED_HEADERS:
+                        headers[text] = bytes(value).decode("latin-1")
+            elif message["type"] == "http.response.body" and not overflow:
+                body.extend(message.get("body", b""))
+                overflow = len(body) > MAX_STORED_BYTES
+            await send(message)
+
+        stored = False
+        try:
+            await self.app(scope, replay_body, capture)
+            if 200 <= status < 300 and not overflow:
+                await store.complete(owner, key, Stored(status, headers, bytes(body)))
+                stored = True
+        finally:
+            if not stored:
+                with anyio.CancelScope(shield=True):
+                    await store.abandon(owner, key)
+
+    @staticmethod
+    async def _replay(stored: Stored, send: Send) -> None:
+        headers = [(name.encode(), value.encode()) for name, value in stored.headers.items()]
+        headers.append((b"idempotent-replayed", b"true"))
+        await send({"type": "http.response.start", "status": stored.status, "headers": headers})
+        await send({"type": "http.response.body", "body": stored.body})
+
+
+def _size(fp: IO[bytes]) -> int:
+    here = fp.tell()
+    end = fp.seek(0, 2)
+    fp.seek(here)
+    return end
