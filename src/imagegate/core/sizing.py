@@ -102,6 +102,7 @@ def size_for_ratio(ratio: tuple[int, int], tier: str = "1K", *, param: str = "re
 
 
 _TIER_TARGET_PIXELS = {"1K": 1024 * 1024, "2K": 2048 * 2048, "4K": 2880 * 2880}
+_TIER_MAX_PIXELS = {"1K": TIER_1K_MAX, "2K": TIER_2K_MAX, "4K": MAX_PIXELS}
 
 
 def auto_size(width: int, height: int, tier: str = "1K") -> Size:
@@ -114,6 +115,12 @@ def auto_size(width: int, height: int, tier: str = "1K") -> Size:
     if shrink < 1:
         w = max(STEP, math.floor(w * shrink / STEP) * STEP)
         h = max(STEP, math.floor(h * shrink / STEP) * STEP)
+    cap = _TIER_MAX_PIXELS.get(tier.upper(), MAX_PIXELS)
+    while w * h > cap:
+        if w >= h:
+            w -= STEP
+        else:
+            h -= STEP
     while max(w, h) > MAX_RATIO * min(w, h):
         if w > h:
             w -= STEP

@@ -50,17 +50,25 @@ class TaskRunner:
             while True:
                 self._wake = anyio.Event()
                 try:
-                    await self.sweep()
-                    while self._running < self.settings.concurrency:
-                        task = await self.claim()
-                        if task is None:
-                            break
-                        self._running += 1
+                    for task in await self._claim_batch():
                         group.start_soon(self._run_one, task)
                 except Exception:  # a database hiccup must not stop the runner
                     log.exception("runner poll failed; retrying")
                 with anyio.move_on_after(self.settings.poll_interval_s):
                     await self._wake.wait()
+
+    async def _claim_batch(self) -> list[Task]:
+        # Shielded: a query cancelled mid-flight leaves a pooled connection that blocks shutdown.
+        claimed: list[Task] = []
+        with anyio.CancelScope(shield=True):
+            await self.sweep()
+            while self._running < self.settings.concurrency:
+                task = await self.claim()
+                if task is None:
+                    break
+                self._running += 1
+                claimed.append(task)
+        return claimed
 
     async def _run_one(self, task: Task) -> None:
         try:
@@ -82,7 +90,8 @@ class TaskRunner:
         while True:
             await anyio.sleep(self.leases.lease_ms / 3000)
             try:
-                await self.leases.renew()
+                with anyio.CancelScope(shield=True):
+                    await self.leases.renew()
             except Exception:  # retried at the next beat
                 log.exception("lease renewal failed")
 

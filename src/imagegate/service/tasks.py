@@ -288,7 +288,7 @@ class TaskService:
                 param=param,
             )
         fp.seek(0)
-        open_image(fp, max_pixels=self.limits.max_image_pixels, param=param).image.close()
+        open_image(fp, max_pixels=self.limits.max_image_pixels, param=param)
         fp.seek(0)
 
     async def run_task(self, task: Task) -> None:

@@ -46,7 +46,9 @@ class WebhookSender:
             while True:
                 self._wake = anyio.Event()
                 try:
-                    for delivery_id in await self.claim_due():
+                    with anyio.CancelScope(shield=True):
+                        due = await self.claim_due()
+                    for delivery_id in due:
                         group.start_soon(self._send_limited, delivery_id)
                 except Exception:  # a database hiccup must not stop deliveries
                     log.exception("webhook poll failed; retrying")
@@ -91,9 +93,10 @@ class WebhookSender:
 
     async def send(self, delivery_id: str) -> None:
         """One attempt of a claimed delivery, and its recorded result."""
-        async with self.db.session() as session:
-            row = await session.get(WebhookDelivery, delivery_id)
-            key = await session.scalar(select(ApiKey).where(ApiKey.id == row.key_id)) if row else None
+        with anyio.CancelScope(shield=True):
+            async with self.db.session() as session:
+                row = await session.get(WebhookDelivery, delivery_id)
+                key = await session.scalar(select(ApiKey).where(ApiKey.id == row.key_id)) if row else None
         if row is None or key is None or not key.webhook_secret:
             return
         headers = {
@@ -124,7 +127,8 @@ class WebhookSender:
             values.update(state="failed", finished_at=now)
         if status is not None and not 200 <= status < 300:
             values["last_error"] = f"HTTP {status}"
-        async with self.db.session() as session, session.begin():
-            await session.execute(update(WebhookDelivery).where(WebhookDelivery.id == row.id).values(**values))
+        with anyio.CancelScope(shield=True):
+            async with self.db.session() as session, session.begin():
+                await session.execute(update(WebhookDelivery).where(WebhookDelivery.id == row.id).values(**values))
         if values.get("next_at") is not None:
             log.info("webhook %s attempt %d failed (%s); retrying", row.id, row.attempts, values["last_error"])
