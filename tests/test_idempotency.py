@@ -1,0 +1,84 @@
+"""Idempotency-Key (SPEC §6): replay without running again, 422 for another request, per API key."""
+
+from __future__ import annotations
+
+import base64
+
+from sqlalchemy import func, select
+
+from imagegate.stores.db import Database, Task
+from tests.conftest import Api, create_key, make_image
+
+PNG = make_image(320, 240)
+
+
+async def task_count(api: Api) -> int:
+    db = Database(api.config.resolved_database_url)
+    try:
+        async with db.session() as session:
+            return int(await session.scalar(select(func.count()).select_from(Task)) or 0)
+    finally:
+        await db.aclose()
+
+
+async def test_multipart_repeat_replays_the_first_answer_even_with_a_new_boundary(api: Api) -> None:
+    headers = {**api.auth, "Idempotency-Key": "edit-1"}
+    files = [("image", ("a.png", PNG, "image/png"))]
+    first = await api.client.post("/v1/images/edits", headers=headers, data={"prompt": "sepia"}, files=files)
+    again = await api.client.post("/v1/images/edits", headers=headers, data={"prompt": "sepia"}, files=files)
+    assert first.status_code == again.status_code == 200
+    assert first.content == again.content and again.headers["idempotent-replayed"] == "true"
+    assert again.headers["x-imagegate-task"] == first.headers["x-imagegate-task"]
+    assert await task_count(api) == 1
+
+
+async def test_same_key_with_another_body_is_422_in_each_dialect(api: Api) -> None:
+    headers = {**api.auth, "Idempotency-Key": "k"}
+    files = [("image", ("a.png", PNG, "image/png"))]
+    assert (
+        await api.client.post("/v1/images/edits", headers=headers, data={"prompt": "a"}, files=files)
+    ).status_code == 200
+    other = await api.client.post("/v1/images/edits", headers=headers, data={"prompt": "b"}, files=files)
+    assert other.status_code == 422 and other.json()["error"]["code"] == "idempotency_key_reused"
+    jobs = await api.client.post("/api/v1/jobs/createTask", headers=headers, json={"model": "x"})
+    assert jobs.status_code == 422 and jobs.json() == {"code": 422, "msg": jobs.json()["msg"], "data": None}
+    assert await task_count(api) == 1
+
+
+async def test_errors_are_not_stored_so_a_retry_runs(api: Api) -> None:
+    headers = {**api.auth, "Idempotency-Key": "retry-me"}
+    bad = await api.client.post("/v1/images/edits", headers=headers, json={"prompt": "x", "image": "data:,"})
+    assert bad.status_code == 400
+    again = await api.client.post("/v1/images/edits", headers=headers, json={"prompt": "x", "image": "data:,"})
+    assert again.status_code == 400 and "idempotent-replayed" not in again.headers
+
+
+async def test_keys_are_scoped_to_the_api_key(api: Api) -> None:
+    other = await create_key(api.config)
+    body = {"prompt": "x", "image": "data:,"}
+    files = [("image", ("a.png", PNG, "image/png"))]
+    mine = await api.client.post(
+        "/v1/images/edits", headers={**api.auth, "Idempotency-Key": "shared"}, data={"prompt": "a"}, files=files
+    )
+    theirs = await api.client.post(
+        "/v1/images/edits", headers={"Authorization": f"Bearer {other}", "Idempotency-Key": "shared"}, json=body
+    )
+    assert mine.status_code == 200 and theirs.status_code == 400, "another key's use of the same key is independent"
+
+
+async def test_without_the_header_nothing_is_replayed(api: Api) -> None:
+    files = [("image", ("a.png", PNG, "image/png"))]
+    a = await api.client.post("/v1/images/edits", headers=api.auth, data={"prompt": "a"}, files=files)
+    b = await api.client.post("/v1/images/edits", headers=api.auth, data={"prompt": "a"}, files=files)
+    assert a.json()["task_id"] != b.json()["task_id"]
+
+
+async def test_async_submission_is_not_queued_twice(api: Api) -> None:
+    headers = {**api.auth, "Idempotency-Key": "job-1"}
+    image = "data:image/png;base64," + base64.b64encode(PNG).decode()
+    payload = {"model": "gpt-image-2-image-to-image", "input": {"prompt": "x", "image_urls": [image]}}
+    first = await api.client.post("/api/v1/jobs/createTask", headers=headers, json=payload)
+    again = await api.client.post("/api/v1/jobs/createTask", headers=headers, json=payload)
+    assert first.status_code == again.status_code == 200
+    assert first.json()["data"]["taskId"] == again.json()["data"]["taskId"]
+    assert await task_count(api) == 1

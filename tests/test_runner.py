@@ -1,0 +1,145 @@
+"""The durable runner on a real SQLite database: exclusive claims, reclaiming dead leases,
+failing interrupted sync tasks, and giving up after max_attempts."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from imagegate.config import RunnerSettings
+from imagegate.service.leases import Leases
+from imagegate.service.runner import TaskRunner
+from imagegate.stores.db import ApiKey, Database, Task, migrate, now_ms
+from tests.conftest import Api
+
+
+@pytest.fixture
+async def db(tmp_path: Path) -> AsyncIterator[Database]:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'runner.db'}"
+    migrate(url)
+    database = Database(url)
+    async with database.session() as session, session.begin():
+        session.add(ApiKey(id="key_1", name="", key_hash="h", prefix="ig-", webhook_secret=None))
+    yield database
+    await database.aclose()
+
+
+async def add(db: Database, task_id: str, **fields: object) -> None:
+    values: dict[str, object] = {
+        "id": task_id,
+        "key_id": "key_1",
+        "model": "gpt-image-2",
+        "kind": "edit",
+        "dialect": "jobs",
+        "request": {},
+        "state": "waiting",
+        "mode": "async",
+        "attempts": 0,
+        "created_at": now_ms(),
+    }
+    values.update(fields)
+    async with db.session() as session, session.begin():
+        session.add(Task(**values))
+
+
+async def get(db: Database, task_id: str) -> Task:
+    async with db.session() as session:
+        task = await session.get(Task, task_id)
+    assert task is not None
+    return task
+
+
+def runner(db: Database, lease_s: float = 60, max_attempts: int = 3) -> TaskRunner:
+    settings = RunnerSettings(lease_s=lease_s, max_attempts=max_attempts)
+    return TaskRunner(db, None, Leases(db, lease_s), settings)  # type: ignore[arg-type]
+
+
+async def test_two_runners_never_claim_the_same_task(db: Database) -> None:
+    for i in range(30):
+        await add(db, f"task_{i:02}", created_at=now_ms() + i)
+    a, b = runner(db), runner(db)
+
+    async def drain(r: TaskRunner) -> list[str]:
+        won = []
+        while (task := await r.claim()) is not None:
+            won.append(task.id)
+        return won
+
+    first, second = await asyncio.gather(drain(a), drain(b))
+    assert sorted(first + second) == [f"task_{i:02}" for i in range(30)]
+    assert not set(first) & set(second)
+    owners = {(await get(db, t)).lease_owner for t in first}
+    assert owners == {a.leases.owner}
+
+
+async def test_a_dead_lease_is_reclaimed_and_a_live_one_is_not(db: Database) -> None:
+    await add(db, "task_dead", state="running", lease_owner="proc_gone", lease_until=now_ms() - 1, attempts=1)
+    await add(db, "task_live", state="running", lease_owner="proc_alive", lease_until=now_ms() + 60_000, attempts=1)
+    r = runner(db)
+    task = await r.claim()
+    assert task is not None and task.id == "task_dead" and task.attempts == 2
+    assert task.lease_owner == r.leases.owner
+    assert await r.claim() is None
+
+
+async def test_sync_tasks_of_a_dead_process_fail_as_interrupted(db: Database) -> None:
+    await add(db, "task_sync", mode="sync", state="running", lease_owner="proc_gone", lease_until=now_ms() - 1)
+    r = runner(db)
+    assert await r.sweep() == 1
+    task = await get(db, "task_sync")
+    assert task.state == "fail" and task.error_code == "interrupted" and task.finished_at is not None
+    assert await r.claim() is None, "sync tasks are never re-run"
+
+
+async def test_lease_renewal_keeps_a_task_from_being_reclaimed(db: Database) -> None:
+    await add(db, "task_1")
+    a = runner(db, lease_s=0.3)
+    task = await a.claim()
+    assert task is not None
+    async with a.leases.hold(task.id):
+        for _ in range(4):
+            await asyncio.sleep(0.1)
+            await a.leases.renew()
+        assert await runner(db).claim() is None
+    await asyncio.sleep(0.4)
+    assert (await runner(db).claim()) is not None, "unrenewed, the lease runs out"
+
+
+async def test_leases_only_renew_what_this_process_owns(db: Database) -> None:
+    await add(db, "task_other", state="running", lease_owner="proc_other", lease_until=now_ms() - 1)
+    mine = runner(db)
+    async with mine.leases.hold("task_other"):
+        await mine.leases.renew()
+    assert (await get(db, "task_other")).lease_until < now_ms()  # type: ignore[operator]
+
+
+async def test_a_task_interrupted_max_attempts_times_fails_instead_of_running_again(api: Api) -> None:
+    db = Database(api.config.resolved_database_url)
+    try:
+        async with db.session() as session:
+            key_id = (await session.scalars(select(ApiKey.id))).first()
+        request = {
+            "prompt": "x",
+            "model": "gpt-image-2",
+            "images": [{"param": "image[0]", "kind": "blob", "blob": "in_gone"}],
+        }
+        await add(
+            db, "task_poison", key_id=key_id, request=request, state="running", attempts=3, lease_until=now_ms() - 1
+        )
+        task = await wait_final(db, "task_poison")
+        assert task.state == "fail" and task.error_code == "interrupted" and task.attempts == 4
+    finally:
+        await db.aclose()
+
+
+async def wait_final(db: Database, task_id: str) -> Task:
+    for _ in range(200):
+        task = await get(db, task_id)
+        if task.state in ("success", "fail"):
+            return task
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{task_id} did not finish")
