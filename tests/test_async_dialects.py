@@ -6,6 +6,7 @@ In-process app; callbacks go to a real HTTP receiver on loopback.
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,7 +21,8 @@ from imagegate.config import ImagingSettings, load_config
 from imagegate.engines.base import ImageOut, Job
 from imagegate.errors import EngineError
 from imagegate.imaging import encode
-from imagegate.stores.db import Database, Task, WebhookDelivery
+from imagegate.stores.db import ApiKey, Database, Task, WebhookDelivery
+from imagegate.stores.keys import hash_key
 from imagegate.webhooks import WebhookVerificationError, verify
 from tests.conftest import LOOPBACK_ALLOW, Api, FileServer, create_key, decode, make_image, open_api
 from tests.receivers import webhook_receiver
@@ -44,9 +46,6 @@ async def secret_of(api: Api) -> str:
     db = Database(api.config.resolved_database_url)
     try:
         async with db.session() as session:
-            from imagegate.stores.db import ApiKey
-            from imagegate.stores.keys import hash_key
-
             row = await session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(api.key)))
             assert row is not None and row.webhook_secret
             return row.webhook_secret
@@ -236,7 +235,7 @@ async def test_callback_url_answers_task_id_then_posts_a_signed_result(fast: Api
         (delivery,) = await asyncio.to_thread(receiver.wait_for, 1)
     body = verify(secret, delivery.headers, delivery.body)
     assert body["success"] is True and body["task_id"] == task_id and body["trace_id"].startswith("req_")
-    image = Image.open(io.BytesIO(__import__("base64").b64decode(body["data"]["data"][0]["b64_json"])))
+    image = Image.open(io.BytesIO(base64.b64decode(body["data"]["data"][0]["b64_json"])))
     assert image.size == (1536, 1024)
     polled = (await fast.client.get(f"/v1/images/tasks/{task_id}", headers=fast.auth)).json()
     assert polled["status"] == "success" and polled["data"]["data"] == body["data"]["data"]
@@ -263,6 +262,7 @@ async def test_failed_async_task_posts_success_false(fast: Api, file_server: Fil
 
 
 async def test_webhook_retries_keep_one_id_and_410_stops(fast: Api) -> None:
+    secret = await secret_of(fast)
     with webhook_receiver(statuses=[500, 503]) as receiver:
         await fast.client.post(
             "/v1/images/edits",
@@ -275,6 +275,7 @@ async def test_webhook_retries_keep_one_id_and_410_stops(fast: Api) -> None:
         assert len(receiver.deliveries) == 3
     assert len({d.headers["webhook-id"] for d in deliveries}) == 1
     assert len({d.body for d in deliveries}) == 1
+    assert all(verify(secret, d.headers, d.body)["success"] is True for d in deliveries)
     with webhook_receiver(statuses=[410]) as gone:
         await fast.client.post(
             "/v1/images/edits",

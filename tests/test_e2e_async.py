@@ -3,6 +3,7 @@ webhooks checked with `imagegate.webhooks.verify`, and a SIGKILL in the middle o
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -16,6 +17,7 @@ from typing import IO
 
 import httpx
 import pytest
+from PIL import Image
 
 from imagegate.webhooks import verify
 from tests.conftest import LOOPBACK_ALLOW, FileServer, LiveServer, free_port, make_image, run_cli
@@ -102,9 +104,7 @@ def test_seed002_flow_to_success(live_server: LiveServer, file_server: FileServe
     assert data["state"] == "success", data
     assert json.loads(data["param"]) == json.loads(payload)
     (url,) = json.loads(data["resultJson"])["resultUrls"]
-    import io
 
-    from PIL import Image
 
     assert Image.open(io.BytesIO(httpx.get(url).content)).size == (1024, 1024)
 
