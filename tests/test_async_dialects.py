@@ -381,3 +381,22 @@ async def test_n_fan_out_failing_everywhere_fails_the_task(tmp_path: Path) -> No
     async with open_api(config, {"one-per-call": engine}) as api:
         r = await api.client.post("/v1/images/generations", headers=api.auth, json={"prompt": "two", "n": 2})
         assert r.status_code == 502 and r.json()["error"]["code"] == "upstream_error"
+
+
+async def test_a_pending_retry_survives_a_restart(tmp_path: Path) -> None:
+    config = load_config(
+        data_dir=tmp_path / "data", fetch_allow=LOOPBACK_ALLOW, **{**FAST, "webhook_retry_delays": "1"}
+    )
+    with webhook_receiver(statuses=[500]) as receiver:
+        async with open_api(config) as api:
+            await api.client.post(
+                "/v1/images/edits",
+                headers=api.auth,
+                data={"prompt": "invert", "callback_url": receiver.url, "response_format": "url"},
+                files=[("image", ("a.png", PNG, "image/png"))],
+            )
+            await asyncio.to_thread(receiver.wait_for, 1)
+        assert len(receiver.deliveries) == 1, "the retry is not due before the restart"
+        async with open_api(config):
+            first, second = await asyncio.to_thread(receiver.wait_for, 2)
+    assert first.headers["webhook-id"] == second.headers["webhook-id"] and first.body == second.body

@@ -105,7 +105,6 @@ def test_seed002_flow_to_success(live_server: LiveServer, file_server: FileServe
     assert json.loads(data["param"]) == json.loads(payload)
     (url,) = json.loads(data["resultJson"])["resultUrls"]
 
-
     assert Image.open(io.BytesIO(httpx.get(url).content)).size == (1024, 1024)
 
 
