@@ -38,6 +38,10 @@ class Runtime:
     runner: TaskRunner
     webhooks: WebhookSender
 
+    def public_base(self, request: Request) -> str:
+        """Base of result URLs: IMAGEGATE_PUBLIC_URL, or the URL the client used to reach us."""
+        return (self.config.public_url or str(request.base_url)).rstrip("/")
+
     async def authenticate(self, request: Request) -> ApiKey:
         """The key named by `Authorization: Bearer ...`; raises AuthenticationFailed."""
         header = request.headers.get("authorization", "")

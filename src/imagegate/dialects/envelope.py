@@ -15,6 +15,7 @@ from imagegate.core.validation import ratio_size
 from imagegate.dialects import openai
 from imagegate.errors import BadRequest, ImagegateError, MissingParameter
 from imagegate.runtime import runtime_of
+from imagegate.service.records import file_url
 from imagegate.service.tasks import Origin
 
 PATH = "/v1/images/edit"
@@ -46,10 +47,10 @@ async def edit(request: Request) -> Response:
         openai.apply_fields(req, {"size": size})
     req.delivery = Delivery.URL
     req.callback_url = None
-    base = openai.public_base(rt, request)
+    base = rt.public_base(request)
     outcome = await rt.tasks.run(key.id, req, Origin("envelope", "edit", request.state.request_id, base))
     images = [
-        {"url": f"{base}/files/{image.file_id}.{outcome.output_format.value}", "revised_prompt": image.revised_prompt}
+        {"url": file_url(base, image.file_id, outcome.output_format), "revised_prompt": image.revised_prompt}
         for image in outcome.images
     ]
     data = {

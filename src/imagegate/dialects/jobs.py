@@ -20,7 +20,7 @@ from imagegate.core.validation import ratio_size
 from imagegate.dialects.fields import as_enum, as_str, ref_from_text
 from imagegate.errors import BadRequest, ImagegateError, MissingParameter
 from imagegate.runtime import runtime_of
-from imagegate.service.records import Outcome
+from imagegate.service.records import Outcome, file_url
 from imagegate.service.tasks import Origin
 from imagegate.stores.db import Task
 
@@ -120,7 +120,7 @@ def record_info(task: Task, outcome: Outcome | None) -> dict[str, Any]:
     base = (task.base_url or "").rstrip("/")
     result = None
     if outcome is not None:
-        urls = [f"{base}/files/{image.file_id}.{outcome.output_format.value}" for image in outcome.images]
+        urls = [file_url(base, image.file_id, outcome.output_format) for image in outcome.images]
         result = orjson.dumps({"resultUrls": urls}).decode()
     finished = task.state in ("success", "fail")
     param = task.wire if task.wire is not None else {"model": task.model, "input": task.request}
@@ -152,8 +152,7 @@ async def create_task(request: Request) -> Response:
     except orjson.JSONDecodeError as exc:
         raise BadRequest("We could not parse the JSON body of your request.", code="invalid_json") from exc
     req, kind = parse_create(body, rt.catalog)
-    base = (rt.config.public_url or str(request.base_url)).rstrip("/")
-    origin = Origin("jobs", kind, trace_id=request.state.request_id, base_url=base, wire=body)
+    origin = Origin("jobs", kind, trace_id=request.state.request_id, base_url=rt.public_base(request), wire=body)
     task_id = await rt.tasks.submit(key.id, req, origin)
     return _ok({"taskId": task_id})
 

@@ -26,7 +26,7 @@ from imagegate.core.validation import resolved_quality
 from imagegate.dialects.fields import as_bool, as_enum, as_int, as_str, ref_from_json, ref_from_text
 from imagegate.errors import BadRequest, ImagegateError, MissingParameter
 from imagegate.runtime import Runtime, runtime_of
-from imagegate.service.records import Outcome, file_name
+from imagegate.service.records import Outcome, file_url
 from imagegate.service.tasks import Origin, Prepared
 from imagegate.stores.db import Task
 
@@ -187,16 +187,11 @@ async def parse_request(request: Request, limits: Limits, basic_only: BasicOnly)
     return request_from_json(body, basic_only)
 
 
-def public_base(rt: Runtime, request: Request) -> str:
-    """Base of result URLs: IMAGEGATE_PUBLIC_URL, or the URL the client used to reach us."""
-    return (rt.config.public_url or str(request.base_url)).rstrip("/")
-
-
 def _image_item(outcome: Outcome, index: int, base: str, quirk_data_url: bool) -> dict[str, Any]:
     image = outcome.images[index]
     item: dict[str, Any] = {"revised_prompt": image.revised_prompt}
     if outcome.delivery is Delivery.URL:
-        item["url"] = f"{base}/files/{file_name(image.file_id, outcome.output_format)}"
+        item["url"] = file_url(base, image.file_id, outcome.output_format)
     else:
         encoded = pybase64.b64encode(image.data or b"").decode("ascii")
         if quirk_data_url:
@@ -289,7 +284,7 @@ async def _images(request: Request, kind: str) -> Response:
             raise MissingParameter("Missing required parameter: 'image'.", param="image")
         if kind == "generate" and req.images:
             raise BadRequest("Generations take no 'image'; send reference images to /v1/images/edits.", param="image")
-        origin = Origin("openai", kind, trace_id=request.state.request_id, base_url=public_base(rt, request))
+        origin = Origin("openai", kind, trace_id=request.state.request_id, base_url=rt.public_base(request))
         if req.callback_url and not req.stream:
             task_id = await rt.tasks.submit(key.id, req, origin)
             return Response(orjson.dumps({"task_id": task_id}), media_type="application/json")
@@ -303,7 +298,7 @@ async def _images(request: Request, kind: str) -> Response:
                 headers={**headers, "cache-control": "no-store"},
             )
         outcome = await rt.tasks.execute(prepared)
-        body = render(outcome, public_base(rt, request), prepared.spec.url_b64_as_data_url)
+        body = render(outcome, rt.public_base(request), prepared.spec.url_b64_as_data_url)
         return Response(orjson.dumps(body), media_type="application/json", headers=headers)
     finally:
         if not streaming:

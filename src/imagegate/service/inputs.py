@@ -16,6 +16,16 @@ from imagegate.service.concurrently import run_all
 from imagegate.stores.blobs import BlobStore
 
 
+def check_size(fp: IO[bytes], param: str, limits: Limits) -> None:
+    """Raise ImageTooLarge when `fp` holds more than the per-image byte limit; leaves `fp` rewound."""
+    size = fp.seek(0, os.SEEK_END)
+    fp.seek(0)
+    if size > limits.max_image_bytes:
+        raise ImageTooLarge(
+            f"Image in '{param}' is {size:,} bytes; the limit is {limits.max_image_bytes:,}.", param=param
+        )
+
+
 async def _bytes_of(ref: ImageRef, fetcher: SafeFetcher, limits: Limits, blobs: BlobStore | None) -> IO[bytes]:
     if ref.blob is not None:
         stored = await blobs.open(ref.blob) if blobs is not None else None
@@ -23,14 +33,7 @@ async def _bytes_of(ref: ImageRef, fetcher: SafeFetcher, limits: Limits, blobs: 
             raise InvalidImage(f"The stored copy of '{ref.param}' is gone.", param=ref.param)
         return stored
     if ref.upload is not None:
-        ref.upload.seek(0, os.SEEK_END)
-        size = ref.upload.tell()
-        ref.upload.seek(0)
-        if size > limits.max_image_bytes:
-            raise ImageTooLarge(
-                f"Image in '{ref.param}' is {size:,} bytes; the limit is {limits.max_image_bytes:,}.",
-                param=ref.param,
-            )
+        check_size(ref.upload, ref.param, limits)
         return ref.upload
     if ref.url is not None:
         return await fetcher.fetch(ref.url, ref.param)

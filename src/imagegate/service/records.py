@@ -59,6 +59,11 @@ def file_name(file_id: str, fmt: OutputFormat) -> str:
     return f"{file_id}.{fmt.value}"
 
 
+def file_url(base: str, file_id: str, fmt: OutputFormat) -> str:
+    """The public URL of a stored result under `base` (no trailing slash)."""
+    return f"{base}/files/{file_name(file_id, fmt)}"
+
+
 def failure_of(exc: BaseException) -> tuple[str, str]:
     """The error code and message a task records for `exc` (no internals of unexpected errors)."""
     if isinstance(exc, ImagegateError):
@@ -120,9 +125,8 @@ CallbackRenderer = Callable[[Task, Outcome | None], Awaitable[dict[str, Any]]]
 class TaskRecords:
     """Writes the final state of tasks and queues their callbacks."""
 
-    def __init__(self, db: Database, blobs: BlobStore, owner: str) -> None:
+    def __init__(self, db: Database, owner: str) -> None:
         self.db = db
-        self.blobs = blobs
         self.owner = owner
         self.renderers: dict[str, CallbackRenderer] = {}
         self.on_callback_queued: Callable[[], None] = lambda: None
@@ -169,8 +173,6 @@ class TaskRecords:
         renderer = self.renderers.get(task.dialect)
         if task.mode != "async" or not task.callback_url or renderer is None:
             return False
-        if outcome is not None and outcome.delivery is not Delivery.URL:
-            outcome = await outcome_of(task, self.blobs)
         body = await renderer(task, outcome)
         session.add(
             WebhookDelivery(

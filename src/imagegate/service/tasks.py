@@ -12,6 +12,7 @@ Every request is a task row before any work (SPEC §1).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import secrets
@@ -20,7 +21,6 @@ from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field, replace
 from functools import partial
-from typing import IO
 
 import anyio
 
@@ -30,12 +30,12 @@ from imagegate.core.pricing import price
 from imagegate.core.request import Background, EditRequest, ImageRef, Size
 from imagegate.core.validation import resolve_size, resolved_quality, validate
 from imagegate.engines.base import Engine, ImageOut, Job, PartialSink
-from imagegate.errors import BadRequest, ImagegateError, ImageTooLarge, ModelNotSupported, NotFound
+from imagegate.errors import BadRequest, ImagegateError, ModelNotSupported, NotFound
 from imagegate.imaging import SourceImage, open_image
 from imagegate.metrics import Metrics
 from imagegate.net.fetch import SafeFetcher, decode_inline
 from imagegate.service.concurrently import run_all
-from imagegate.service.inputs import open_inputs
+from imagegate.service.inputs import check_size, open_inputs
 from imagegate.service.leases import Leases
 from imagegate.service.records import Delivered, Outcome, TaskRecords, failure_of, file_name, outcome_of
 from imagegate.service.usage import usage
@@ -98,7 +98,7 @@ class TaskService:
         self.limits = limits
         self.metrics = metrics
         self.leases = leases
-        self.records = TaskRecords(db, blobs, leases.owner)
+        self.records = TaskRecords(db, leases.owner)
         self.on_submitted: Callable[[], None] = lambda: None
 
     def engine_for(self, spec: ModelSpec) -> Engine:
@@ -272,24 +272,15 @@ class TaskService:
             else decode_inline(ref.inline or "", param=ref.param, max_bytes=self.limits.max_image_bytes)
         )
         try:
-            self._check_bytes(fp, ref.param)
+            check_size(fp, ref.param, self.limits)
+            open_image(fp, max_pixels=self.limits.max_image_pixels, param=ref.param)
+            fp.seek(0)
             await self.blobs.put_file(name, fp)
             stored.append(name)
         finally:
             if fp is not ref.upload:
                 fp.close()
         return ImageRef(param=ref.param, blob=name)
-
-    def _check_bytes(self, fp: IO[bytes], param: str) -> None:
-        fp.seek(0, 2)
-        if fp.tell() > self.limits.max_image_bytes:
-            raise ImageTooLarge(
-                f"Image in '{param}' is {fp.tell():,} bytes; the limit is {self.limits.max_image_bytes:,}.",
-                param=param,
-            )
-        fp.seek(0)
-        open_image(fp, max_pixels=self.limits.max_image_pixels, param=param)
-        fp.seek(0)
 
     async def run_task(self, task: Task) -> None:
         """Run a claimed async task to its final state; failures are recorded on the task, not raised.
@@ -302,18 +293,13 @@ class TaskService:
             req = EditRequest.from_record(task.request)
             spec, engine = self._checked(req)
             prepared = await self._open(task.id, task.key_id, req, spec, engine, started)
-        except anyio.get_cancelled_exc_class():
-            await self.records.release_if_async(task.id)
-            raise
-        except Exception as exc:  # recorded on the task
+        except BaseException as exc:
             await self._finish_failed(task.id, task.model, task.engine or "", started, exc)
-        else:
-            try:
-                await self.execute(prepared)
-            except anyio.get_cancelled_exc_class():
+            if not isinstance(exc, Exception):
                 raise
-            except Exception:  # noqa: S110 - execute recorded the failure on the task
-                pass
+        else:
+            with contextlib.suppress(Exception):  # execute recorded the failure on the task
+                await self.execute(prepared)
         if req is not None:
             await self._drop_inputs(req)
 
