@@ -15,6 +15,7 @@ from imagegate.service.leases import Leases
 from imagegate.service.runner import TaskRunner
 from imagegate.stores.db import ApiKey, Database, Task, migrate, now_ms
 from tests.conftest import Api
+from tests.receivers import webhook_receiver
 
 
 @pytest.fixture
@@ -127,11 +128,22 @@ async def test_a_task_interrupted_max_attempts_times_fails_instead_of_running_ag
             "model": "gpt-image-2",
             "images": [{"param": "image[0]", "kind": "blob", "blob": "in_gone"}],
         }
-        await add(
-            db, "task_poison", key_id=key_id, request=request, state="running", attempts=3, lease_until=now_ms() - 1
-        )
-        task = await wait_final(db, "task_poison")
-        assert task.state == "fail" and task.error_code == "interrupted" and task.attempts == 4
+        with webhook_receiver() as receiver:
+            await add(
+                db,
+                "task_poison",
+                key_id=key_id,
+                request=request,
+                state="running",
+                attempts=3,
+                lease_until=now_ms() - 1,
+                callback_url=receiver.url,
+            )
+            task = await wait_final(db, "task_poison")
+            assert task.state == "fail" and task.error_code == "interrupted" and task.attempts == 4
+            (delivery,) = await asyncio.to_thread(receiver.wait_for, 1)
+        data = delivery.json["data"]
+        assert data["taskId"] == "task_poison" and data["state"] == "fail" and data["failCode"] == "interrupted"
     finally:
         await db.aclose()
 

@@ -7,15 +7,18 @@
     │   ├── InvalidImage                400 invalid_image
     │   ├── ImageTooLarge               400 image_too_large
     │   ├── InvalidImageUrl             400 invalid_image_url
-    │   └── ModelNotSupported           400 model_not_supported
+    │   ├── ModelNotSupported           400 model_not_supported
+    │   └── IdempotencyKeyReused        422 idempotency_key_reused
     ├── AuthenticationFailed            401 invalid_api_key
     ├── InsufficientCredits             402 insufficient_credits
     ├── PermissionDenied                403 permission_denied
     ├── NotFound                        404 not_found
     │   └── ModelNotFound               404 model_not_found
     ├── Conflict                        409 too_many_active_tasks
+    │   └── IdempotencyInProgress       409 idempotency_key_in_progress
     ├── PayloadTooLarge                 413 request_too_large
     ├── RateLimited                     429 rate_limit_exceeded
+    ├── Interrupted                     500 interrupted
     └── EngineError                     502 upstream_error
         └── EngineTimeout               504 upstream_timeout
 
@@ -86,6 +89,13 @@ class ModelNotSupported(BadRequest):
     code = "model_not_supported"
 
 
+class IdempotencyKeyReused(BadRequest):
+    """The Idempotency-Key was already used with a different request."""
+
+    status = 422
+    code = "idempotency_key_reused"
+
+
 class AuthenticationFailed(ImagegateError):
     """The bearer key is missing, unknown or revoked."""
 
@@ -132,6 +142,12 @@ class Conflict(ImagegateError):
     type = "invalid_request_error"
 
 
+class IdempotencyInProgress(Conflict):
+    """A request with this Idempotency-Key is still running."""
+
+    code = "idempotency_key_in_progress"
+
+
 class PayloadTooLarge(ImagegateError):
     """The request body exceeds the configured bound."""
 
@@ -146,6 +162,12 @@ class RateLimited(ImagegateError):
     status = 429
     code = "rate_limit_exceeded"
     type = "rate_limit_error"
+
+
+class Interrupted(ImagegateError):
+    """The server stopped while the task ran (too many times for an async one; at all for a sync one)."""
+
+    code = "interrupted"
 
 
 class EngineError(ImagegateError):

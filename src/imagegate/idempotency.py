@@ -19,7 +19,13 @@ from typing import IO, Any
 import anyio
 from starlette.responses import Response
 
-from imagegate.errors import BadRequest, Conflict, ImagegateError, PayloadTooLarge
+from imagegate.errors import (
+    BadRequest,
+    IdempotencyInProgress,
+    IdempotencyKeyReused,
+    ImagegateError,
+    PayloadTooLarge,
+)
 from imagegate.stores.idempotency import IdempotencyStore, Stored, Verdict
 
 Scope = MutableMapping[str, Any]
@@ -34,19 +40,6 @@ MAX_STORED_BYTES = 64 * 1024 * 1024
 _BOUNDARY = re.compile(rb"boundary=\"?([^\";]+)\"?", re.IGNORECASE)
 _REPLAYED_HEADERS = ("content-type", "x-imagegate-engine", "x-imagegate-task", "cache-control")
 _CHUNK = 1024 * 1024
-
-
-class IdempotencyKeyReused(BadRequest):
-    """The Idempotency-Key was already used with a different request."""
-
-    status = 422
-    code = "idempotency_key_reused"
-
-
-class IdempotencyInProgress(Conflict):
-    """A request with this Idempotency-Key is still running."""
-
-    code = "idempotency_key_in_progress"
 
 
 class _Fingerprint:

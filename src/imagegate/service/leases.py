@@ -38,10 +38,6 @@ class Leases:
         finally:
             self._held.discard(task_id)
 
-    @property
-    def held(self) -> frozenset[str]:
-        return frozenset(self._held)
-
     async def renew(self) -> None:
         """Push every held lease `lease_s` into the future (only where this process still owns it)."""
         held = list(self._held)

@@ -14,18 +14,12 @@ import anyio
 from sqlalchemy import and_, func, or_, select, update
 
 from imagegate.config import RunnerSettings
-from imagegate.errors import ImagegateError
+from imagegate.errors import Interrupted
 from imagegate.service.leases import Leases
 from imagegate.service.tasks import TaskService
 from imagegate.stores.db import Database, Task, now_ms
 
 log = logging.getLogger("imagegate.runner")
-
-
-class Interrupted(ImagegateError):
-    """The task's process stopped while running it too many times (or while a client waited on it)."""
-
-    code = "interrupted"
 
 
 class TaskRunner:
@@ -121,16 +115,8 @@ class TaskRunner:
                 if won.rowcount != 1:  # type: ignore[attr-defined]
                     continue
                 task = await session.get(Task, task_id, populate_existing=True)
-                if task is None:
-                    continue
-                if task.attempts > self.settings.max_attempts:
-                    task.state, task.finished_at, task.lease_until = "fail", now, None
-                    task.error_code = Interrupted.code
-                    task.error_message = (
-                        f"the server stopped while running this task {self.settings.max_attempts} times"
-                    )
-                    continue
-                return task
+                if task is not None:
+                    return task
         return None
 
     async def sweep(self) -> int:
