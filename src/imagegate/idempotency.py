@@ -99,7 +99,7 @@ class IdempotencyMiddleware:
         fingerprint = _Fingerprint(scope, boundary.group(1) if boundary else None)
         with tempfile.SpooledTemporaryFile(max_size=_CHUNK) as spool:
             try:
-                await self._spool(receive, spool, fingerprint)
+                size = await self._spool(receive, spool, fingerprint)
             except PayloadTooLarge as exc:
                 await self.render_error(exc, scope["path"])(scope, receive, send)
                 return
@@ -120,9 +120,10 @@ class IdempotencyMiddleware:
                 )
                 await self.render_error(error, scope["path"])(scope, receive, send)
             else:
-                await self._run_and_store(scope, spool, send, store, owner, key)
+                await self._run_and_store(scope, spool, size, send, store, owner, key)
 
-    async def _spool(self, receive: Receive, spool: IO[bytes], fingerprint: _Fingerprint) -> None:
+    async def _spool(self, receive: Receive, spool: IO[bytes], fingerprint: _Fingerprint) -> int:
+        """Copy the request body into `spool` (rewound after) while fingerprinting it; its size."""
         total = 0
         while True:
             message = await receive()
@@ -137,9 +138,10 @@ class IdempotencyMiddleware:
             if not message.get("more_body", False):
                 break
         spool.seek(0)
+        return total
 
     async def _run_and_store(
-        self, scope: Scope, spool: IO[bytes], send: Send, store: IdempotencyStore, owner: str, key: str
+        self, scope: Scope, spool: IO[bytes], size: int, send: Send, store: IdempotencyStore, owner: str, key: str
     ) -> None:
         done = False
 
@@ -148,7 +150,7 @@ class IdempotencyMiddleware:
             if done:
                 return {"type": "http.disconnect"}
             chunk = spool.read(_CHUNK)
-            more = bool(chunk) and spool.tell() < _size(spool)
+            more = bool(chunk) and spool.tell() < size
             done = not more
             return {"type": "http.request", "body": chunk, "more_body": more}
 
@@ -187,10 +189,3 @@ class IdempotencyMiddleware:
         headers.append((b"idempotent-replayed", b"true"))
         await send({"type": "http.response.start", "status": stored.status, "headers": headers})
         await send({"type": "http.response.body", "body": stored.body})
-
-
-def _size(fp: IO[bytes]) -> int:
-    here = fp.tell()
-    end = fp.seek(0, 2)
-    fp.seek(here)
-    return end

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 
 import anyio
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, func, or_, select, update
 
 from imagegate.config import RunnerSettings
 from imagegate.errors import Interrupted
@@ -89,7 +89,7 @@ class TaskRunner:
             except Exception:  # retried at the next beat
                 log.exception("lease renewal failed")
 
-    def _claimable(self, now: int) -> object:
+    def _claimable(self, now: int) -> ColumnElement[bool]:
         expired = and_(Task.state == "running", Task.lease_until < now)
         return and_(Task.mode == "async", or_(Task.state == "waiting", expired))
 
@@ -98,12 +98,12 @@ class TaskRunner:
         now = now_ms()
         async with self.db.session() as session, session.begin():
             candidates = await session.scalars(
-                select(Task.id).where(self._claimable(now)).order_by(Task.created_at).limit(8)  # type: ignore[arg-type]
+                select(Task.id).where(self._claimable(now)).order_by(Task.created_at).limit(8)
             )
             for task_id in list(candidates):
                 won = await session.execute(
                     update(Task)
-                    .where(Task.id == task_id, self._claimable(now))  # type: ignore[arg-type]
+                    .where(Task.id == task_id, self._claimable(now))
                     .values(
                         state="running",
                         lease_owner=self.leases.owner,

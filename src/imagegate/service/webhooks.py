@@ -116,17 +116,18 @@ class WebhookSender:
 
     async def _record(self, row: WebhookDelivery, status: int | None, error: str | None) -> None:
         now = now_ms()
+        delivered = status is not None and 200 <= status < 300
+        if status is not None and not delivered:
+            error = f"HTTP {status}"
         values: dict[str, object] = {"last_status": status, "last_error": error}
-        if status is not None and 200 <= status < 300:
-            values.update(state="delivered", finished_at=now, last_error=None)
+        if delivered:
+            values.update(state="delivered", finished_at=now)
         elif status == 410:
             values.update(state="stopped", finished_at=now)
         elif row.attempts <= len(self.retry_delays):
             values.update(next_at=now + int(self.retry_delays[row.attempts - 1] * 1000))
         else:
             values.update(state="failed", finished_at=now)
-        if status is not None and not 200 <= status < 300:
-            values["last_error"] = f"HTTP {status}"
         with anyio.CancelScope(shield=True):
             async with self.db.session() as session, session.begin():
                 await session.execute(update(WebhookDelivery).where(WebhookDelivery.id == row.id).values(**values))
