@@ -17,6 +17,7 @@ from decimal import Decimal
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import IO
 
 import httpx
 import pytest
@@ -166,6 +167,30 @@ class LiveServer:
     env: dict[str, str]
 
 
+def start_serve(port: int, env: dict[str, str], log: IO[str]) -> subprocess.Popen[str]:
+    """`imagegate serve --port PORT` as a process writing to `log`, returned once /healthz answers.
+
+    Raises RuntimeError (the process stopped) when it does not answer within 30 s.
+    """
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "imagegate", "serve", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    proc.terminate()
+    proc.wait(timeout=10)
+    raise RuntimeError("server did not start")
+
+
 def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "imagegate", *args], env=env, capture_output=True, text=True, timeout=60, check=False
@@ -179,25 +204,15 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
     port = free_port()
     env = {**os.environ, "IMAGEGATE_FETCH_ALLOW": LOOPBACK_ALLOW, "IMAGEGATE_DATA_DIR": str(data_dir)}
     log = (data_dir / "serve.log").open("w+")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "imagegate", "serve", "--port", str(port)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        else:
-            log.seek(0)
-            raise RuntimeError("server did not start:\n" + log.read())
+        proc = start_serve(port, env, log)
+    except RuntimeError:
+        log.seek(0)
+        output = log.read()
+        log.close()
+        raise RuntimeError("server did not start:\n" + output) from None
+    try:
         log.seek(0)
         lines = log.read().splitlines()
         key = next(line for line in lines if line.startswith(keys.KEY_PREFIX))

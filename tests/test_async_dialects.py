@@ -53,6 +53,17 @@ async def secret_of(api: Api) -> str:
         await db.aclose()
 
 
+async def edit_with_callback(api: Api, url: str) -> None:
+    """An `invert` edit delivered by URL, reported to `url`."""
+    r = await api.client.post(
+        "/v1/images/edits",
+        headers=api.auth,
+        data={"prompt": "invert", "callback_url": url, "response_format": "url"},
+        files=[("image", ("a.png", PNG, "image/png"))],
+    )
+    assert r.status_code == 200 and set(r.json()) == {"task_id"}
+
+
 async def poll(api: Api, path: str, done: Any) -> Any:
     async with asyncio.timeout(20):
         while True:
@@ -264,12 +275,7 @@ async def test_failed_async_task_posts_success_false(fast: Api, file_server: Fil
 async def test_webhook_retries_keep_one_id_and_410_stops(fast: Api) -> None:
     secret = await secret_of(fast)
     with webhook_receiver(statuses=[500, 503]) as receiver:
-        await fast.client.post(
-            "/v1/images/edits",
-            headers=fast.auth,
-            data={"prompt": "invert", "callback_url": receiver.url, "response_format": "url"},
-            files=[("image", ("a.png", PNG, "image/png"))],
-        )
+        await edit_with_callback(fast, receiver.url)
         deliveries = await asyncio.to_thread(receiver.wait_for, 3)
         await asyncio.sleep(0.4)
         assert len(receiver.deliveries) == 3
@@ -277,12 +283,7 @@ async def test_webhook_retries_keep_one_id_and_410_stops(fast: Api) -> None:
     assert len({d.body for d in deliveries}) == 1
     assert all(verify(secret, d.headers, d.body)["success"] is True for d in deliveries)
     with webhook_receiver(statuses=[410]) as gone:
-        await fast.client.post(
-            "/v1/images/edits",
-            headers=fast.auth,
-            data={"prompt": "invert", "callback_url": gone.url, "response_format": "url"},
-            files=[("image", ("a.png", PNG, "image/png"))],
-        )
+        await edit_with_callback(fast, gone.url)
         await asyncio.to_thread(gone.wait_for, 1)
         await asyncio.sleep(0.5)
         assert len(gone.deliveries) == 1
@@ -389,12 +390,7 @@ async def test_a_pending_retry_survives_a_restart(tmp_path: Path) -> None:
     )
     with webhook_receiver(statuses=[500]) as receiver:
         async with open_api(config) as api:
-            await api.client.post(
-                "/v1/images/edits",
-                headers=api.auth,
-                data={"prompt": "invert", "callback_url": receiver.url, "response_format": "url"},
-                files=[("image", ("a.png", PNG, "image/png"))],
-            )
+            await edit_with_callback(api, receiver.url)
             await asyncio.to_thread(receiver.wait_for, 1)
         assert len(receiver.deliveries) == 1, "the retry is not due before the restart"
         async with open_api(config):

@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from imagegate.webhooks import verify
-from tests.conftest import LOOPBACK_ALLOW, FileServer, LiveServer, free_port, make_image, run_cli
+from tests.conftest import LOOPBACK_ALLOW, FileServer, LiveServer, free_port, make_image, run_cli, start_serve
 from tests.receivers import Receiver, webhook_receiver
 
 pytestmark = pytest.mark.e2e
@@ -143,21 +143,7 @@ class Server:
     def start(self) -> None:
         self._close_log()
         self.log = (self.data_dir / "serve.log").open("a")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "imagegate", "serve", "--port", str(self.port)],
-            env=self.env,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.base}/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        raise RuntimeError("server did not start")
+        self.proc = start_serve(self.port, self.env, self.log)
 
     def kill(self) -> None:
         assert self.proc is not None

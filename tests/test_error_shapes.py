@@ -128,6 +128,14 @@ ERRORS: list[tuple[str, str, str, dict[str, Any], int, Shape]] = [
 ]
 
 
+POSTS = [
+    ("/v1/images/edits", openai_shape),
+    ("/v1/images/edit", envelope_shape),
+    ("/api/v1/jobs/createTask", jobs_shape),
+]
+"""One POST route of each dialect, with its error shape."""
+
+
 @pytest.mark.parametrize(("name", "method", "path", "kwargs", "status", "shape"), ERRORS, ids=[e[0] for e in ERRORS])
 async def test_error_shape(
     api: Api, name: str, method: str, path: str, kwargs: dict[str, Any], status: int, shape: Shape
@@ -140,10 +148,7 @@ async def test_error_shape(
     shape(r.json(), status)
 
 
-@pytest.mark.parametrize(
-    ("path", "shape"),
-    [("/v1/images/edits", openai_shape), ("/v1/images/edit", envelope_shape), ("/api/v1/jobs/createTask", jobs_shape)],
-)
+@pytest.mark.parametrize(("path", "shape"), POSTS)
 async def test_oversized_bodies_are_413_in_each_shape(api: Api, path: str, shape: Shape) -> None:
     api.config.limits.max_body_bytes = 1000
     r = await api.client.post(path, headers=api.auth, content=b"x" * 5000)
@@ -151,10 +156,7 @@ async def test_oversized_bodies_are_413_in_each_shape(api: Api, path: str, shape
     shape(r.json(), r.status_code)
 
 
-@pytest.mark.parametrize(
-    ("path", "shape"),
-    [("/v1/images/edits", openai_shape), ("/v1/images/edit", envelope_shape), ("/api/v1/jobs/createTask", jobs_shape)],
-)
+@pytest.mark.parametrize(("path", "shape"), POSTS)
 async def test_unexpected_failures_are_500_without_details(
     api: Api, path: str, shape: Shape, monkeypatch: pytest.MonkeyPatch
 ) -> None:
