@@ -4,8 +4,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -13,7 +11,8 @@ from fastapi.responses import Response
 from imagegate.core.request import Delivery, EditRequest
 from imagegate.core.validation import ratio_size
 from imagegate.dialects import openai
-from imagegate.errors import BadRequest, ImagegateError, MissingParameter
+from imagegate.dialects.fields import json_object
+from imagegate.errors import ImagegateError, MissingParameter
 from imagegate.runtime import runtime_of
 from imagegate.service.records import file_url
 from imagegate.service.tasks import Origin
@@ -31,12 +30,7 @@ async def edit(request: Request) -> Response:
     """POST /v1/images/edit"""
     rt = runtime_of(request)
     key = await rt.authenticate(request)
-    try:
-        body: Any = orjson.loads(await request.body())
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest("We could not parse the JSON body of your request; send JSON.") from exc
-    if not isinstance(body, dict):
-        raise BadRequest("The JSON body must be an object.")
+    body = json_object(await request.body(), hint=" Send JSON.")
     size = body.pop("size", None)
     req: EditRequest = openai.request_from_json(body, rt.catalog.basic_fields_only)
     if not req.images:

@@ -4,7 +4,9 @@ Every failure is a BadRequest naming the field."""
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import TypeVar
+from typing import Any, TypeVar
+
+import orjson
 
 from imagegate.core.request import ImageRef
 from imagegate.errors import BadRequest
@@ -12,6 +14,17 @@ from imagegate.errors import BadRequest
 E = TypeVar("E", bound=StrEnum)
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off", ""}
+
+
+def json_object(raw: bytes, *, hint: str = "", code: str | None = None) -> dict[str, Any]:
+    """A request body that must be a JSON object; otherwise BadRequest (with `code`, and `hint` appended)."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"We could not parse the JSON body of your request.{hint}", code=code) from exc
+    if not isinstance(body, dict):
+        raise BadRequest("The JSON body must be an object.", code=code)
+    return body
 
 
 def as_str(value: object, param: str) -> str:

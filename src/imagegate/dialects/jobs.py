@@ -17,7 +17,7 @@ from imagegate.core.catalog import Catalog
 from imagegate.core.request import Delivery, EditRequest, OutputFormat, Quality
 from imagegate.core.sizing import TIERS
 from imagegate.core.validation import ratio_size
-from imagegate.dialects.fields import as_enum, as_str, ref_from_text
+from imagegate.dialects.fields import as_enum, as_str, json_object, ref_from_text
 from imagegate.errors import BadRequest, ImagegateError, MissingParameter
 from imagegate.runtime import runtime_of
 from imagegate.service.records import Outcome, file_url
@@ -62,10 +62,8 @@ def _strings(value: object, param: str) -> list[str]:
     raise BadRequest(f"Invalid '{param}': expected an array of image URLs.", param=param)
 
 
-def parse_create(body: object, catalog: Catalog) -> tuple[EditRequest, str]:
+def parse_create(body: dict[str, Any], catalog: Catalog) -> tuple[EditRequest, str]:
     """The canonical request and kind (`edit`/`generate`) of a createTask body."""
-    if not isinstance(body, dict):
-        raise BadRequest("The JSON body must be an object.", code="invalid_json")
     model = body.get("model")
     if not isinstance(model, str) or not model.strip():
         raise MissingParameter("Missing required parameter: 'model'.", param="model")
@@ -147,10 +145,7 @@ async def create_task(request: Request) -> Response:
     """POST /api/v1/jobs/createTask"""
     rt = runtime_of(request)
     key = await rt.authenticate(request)
-    try:
-        body = orjson.loads(await request.body())
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest("We could not parse the JSON body of your request.", code="invalid_json") from exc
+    body = json_object(await request.body(), code="invalid_json")
     req, kind = parse_create(body, rt.catalog)
     origin = Origin("jobs", kind, trace_id=request.state.request_id, base_url=rt.public_base(request), wire=body)
     task_id = await rt.tasks.submit(key.id, req, origin)

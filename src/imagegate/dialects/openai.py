@@ -23,7 +23,7 @@ from imagegate.config import Limits
 from imagegate.core.catalog import Catalog
 from imagegate.core.request import Background, Delivery, EditRequest, ImageRef, OutputFormat, Quality
 from imagegate.core.validation import resolved_quality
-from imagegate.dialects.fields import as_bool, as_enum, as_int, as_str, ref_from_json, ref_from_text
+from imagegate.dialects.fields import as_bool, as_enum, as_int, as_str, json_object, ref_from_json, ref_from_text
 from imagegate.errors import BadRequest, ImagegateError, MissingParameter
 from imagegate.runtime import Runtime, runtime_of
 from imagegate.service.records import Outcome, file_url
@@ -177,13 +177,7 @@ async def parse_request(request: Request, limits: Limits, basic_only: BasicOnly)
         return _from_form(form, basic_only)
     if content_type.startswith("application/x-www-form-urlencoded"):
         return _from_form(await request.form(max_fields=limits.max_form_fields), basic_only)
-    raw = await request.body()
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest("We could not parse the JSON body of your request. Send JSON or multipart/form-data.") from exc
-    if not isinstance(body, dict):
-        raise BadRequest("The JSON body must be an object.")
+    body = json_object(await request.body(), hint=" Send JSON or multipart/form-data.")
     return request_from_json(body, basic_only)
 
 
