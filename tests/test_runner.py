@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,9 @@ from sqlalchemy import select
 
 from imagegate.config import RunnerSettings
 from imagegate.service.leases import Leases
+from imagegate.service.records import TaskRecords
 from imagegate.service.runner import TaskRunner
+from imagegate.stores import ledger
 from imagegate.stores.db import ApiKey, Database, Task, migrate, now_ms
 from tests.conftest import Api
 from tests.receivers import webhook_receiver
@@ -87,13 +90,21 @@ async def test_a_dead_lease_is_reclaimed_and_a_live_one_is_not(db: Database) -> 
     assert await r.claim() is None
 
 
-async def test_sync_tasks_of_a_dead_process_fail_as_interrupted(db: Database) -> None:
-    await add(db, "task_sync", mode="sync", state="running", lease_owner="proc_gone", lease_until=now_ms() - 1)
-    r = runner(db)
-    assert await r.sweep() == 1
+async def test_sync_tasks_of_a_dead_process_fail_as_interrupted_and_release_their_hold(db: Database) -> None:
+    async with db.session() as session, session.begin():
+        await ledger.grant(session, "key_1", Decimal(10))
+        task = Task(id="task_sync", key_id="key_1", model="gpt-image-2", kind="edit", dialect="openai", request={})
+        task.state, task.mode, task.lease_owner, task.lease_until = "running", "sync", "proc_gone", now_ms() - 1
+        await ledger.open_task(session, task, Decimal(6), max_active=0)
+    assert await TaskRecords(db, "proc_alive").fail_orphans() == 1
     task = await get(db, "task_sync")
     assert task.state == "fail" and task.error_code == "interrupted" and task.finished_at is not None
-    assert await r.claim() is None, "sync tasks are never re-run"
+    assert task.held == 0 and task.cost == 0
+    assert await runner(db).claim() is None, "sync tasks are never re-run"
+    async with db.session() as session:
+        key = await ledger.key(session, "key_1")
+        sums = await ledger.totals(session, "key_1")
+    assert (key.credits, key.held) == (Decimal(10), Decimal(0)) == (sums.balance, sums.held)
 
 
 async def test_lease_renewal_keeps_a_task_from_being_reclaimed(db: Database) -> None:

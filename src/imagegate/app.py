@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
-import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -18,12 +17,14 @@ from sqlalchemy import text
 from starlette.exceptions import HTTPException
 
 from imagegate import __version__
+from imagegate.api import account, admin
 from imagegate.config import Config
 from imagegate.dialects import envelope, jobs, openai
 from imagegate.engines.base import Engine
 from imagegate.errors import BadRequest, ImagegateError, NotFound, PayloadTooLarge
 from imagegate.idempotency import IdempotencyMiddleware
 from imagegate.metrics import UNMATCHED_ROUTE, Metrics
+from imagegate.responses import json_response
 from imagegate.runtime import open_runtime, runtime_of
 
 log = logging.getLogger("imagegate")
@@ -37,8 +38,9 @@ _STATUS_ERRORS: dict[int, type[ImagegateError]] = {404: NotFound, 413: PayloadTo
 
 
 class EdgeMiddleware:
-    """Adds `x-request-id` and a default `x-imagegate-engine` to every response, bounds bodies,
-    and counts every request in `metrics` by its route template and status."""
+    """Adds `x-request-id`, a default `x-imagegate-engine` and any `request.state.response_headers`
+    (rate-limit headers) to every response, bounds bodies, and counts every request in `metrics`
+    by its route template and status."""
 
     def __init__(self, app: ASGIApp, max_body_bytes: int, metrics: Metrics) -> None:
         self.app = app
@@ -71,6 +73,9 @@ class EdgeMiddleware:
                 headers = list(message.get("headers", []))
                 names = {name.lower() for name, _ in headers}
                 headers.append((b"x-request-id", request_id.encode()))
+                for name, value in scope["state"].get("response_headers", {}).items():
+                    if name.encode() not in names:
+                        headers.append((name.encode(), value.encode()))
                 if b"x-imagegate-engine" not in names:
                     headers.append((b"x-imagegate-engine", b"none"))
                 message["headers"] = headers
@@ -91,12 +96,7 @@ def _error_response(exc: ImagegateError, path: str) -> Response:
         return envelope.error_response(exc)
     if path.startswith(jobs.PREFIX + "/"):
         return jobs.error_response(exc)
-    return Response(
-        orjson.dumps(openai.error_body(exc)),
-        status_code=exc.status,
-        media_type="application/json",
-        headers=exc.headers,
-    )
+    return json_response(openai.error_body(exc), exc.status, exc.headers)
 
 
 async def _on_domain_error(request: Request, exc: Exception) -> Response:
@@ -150,6 +150,8 @@ def create_app(config: Config, engines: dict[str, Engine] | None = None) -> Fast
     app.include_router(openai.router())
     app.include_router(envelope.router())
     app.include_router(jobs.router())
+    app.include_router(account.router())
+    app.include_router(admin.router())
 
     @app.get("/healthz")
     async def healthz(request: Request) -> JSONResponse:

@@ -4,11 +4,12 @@ as the HTTP API; domain errors become CLI errors here only."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 from collections.abc import Awaitable, Callable
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -17,13 +18,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from imagegate.config import Config, ConfigError, load_config
 from imagegate.errors import ImagegateError
-from imagegate.stores import keys
-from imagegate.stores.db import Database, migrate
+from imagegate.service import accounts
+from imagegate.stores import keys, ledger
+from imagegate.stores.db import ApiKey, Database, migrate
 
 T = TypeVar("T")
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="imagegate: a self-hosted image-editing API server.")
 keys_app = typer.Typer(no_args_is_help=True, help="Create, list and revoke API keys.")
-credits_app = typer.Typer(no_args_is_help=True, help="Grant credits to a key.")
+credits_app = typer.Typer(no_args_is_help=True, help="Grant, deduct and audit a key's credits.")
 app.add_typer(keys_app, name="keys")
 app.add_typer(credits_app, name="credits")
 err = Console(stderr=True)
@@ -98,6 +100,34 @@ def serve(
     uvicorn.run(create_app(config), host=host, port=port, log_level="info", access_log=False)
 
 
+Rpm = Annotated[int | None, typer.Option("--rpm", min=0, help="Requests per minute (0 unlimited).")]
+MaxActive = Annotated[int | None, typer.Option("--max-active", min=0, help="Unfinished tasks at once (0 unlimited).")]
+MaxImages = Annotated[int | None, typer.Option("--max-images", min=0, help="Images per request (0 unlimited).")]
+Models = Annotated[str | None, typer.Option("--models", help="Comma-separated model ids the key may use.")]
+Expires = Annotated[str | None, typer.Option("--expires", help="When the key stops working (ISO date/time, UTC).")]
+
+
+def _settings(
+    rpm: int | None, max_active: int | None, max_images: int | None, models: str | None, expires: str | None
+) -> dict[str, Any]:
+    settings: dict[str, Any] = {"rpm": rpm, "max_active": max_active, "max_images": max_images}
+    if models is not None:
+        settings["models"] = [m.strip() for m in models.split(",") if m.strip()]
+    if expires is not None:
+        try:
+            moment = dt.datetime.fromisoformat(expires)
+        except ValueError as exc:
+            raise typer.BadParameter(f"not an ISO date/time: {expires!r}", param_hint="--expires") from exc
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=dt.UTC)
+        settings["expires_at"] = int(moment.timestamp() * 1000)
+    return {name: value for name, value in settings.items() if value is not None}
+
+
+def _print_json(value: object) -> None:
+    print(json.dumps(value, ensure_ascii=False))
+
+
 @keys_app.command("create")
 def keys_create(
     data_dir: DataDir = None,
@@ -105,35 +135,79 @@ def keys_create(
     name: Annotated[str, typer.Option(help="A label for the key.")] = "",
     credits: Annotated[str, typer.Option(help="Starting balance in credits.")] = "0",
     admin: Annotated[bool, typer.Option("--admin", help="May use the admin API.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print {id, key, webhook_secret} as JSON.")] = False,
+    rpm: Rpm = None,
+    max_active: MaxActive = None,
+    max_images: MaxImages = None,
+    models: Models = None,
+    expires: Expires = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print {id, key, webhook_secret, ...} as JSON.")] = False,
 ) -> None:
     """Create a key; the raw key is printed alone on the last line and never shown again."""
     amount = _decimal(credits)
+    settings = _settings(rpm, max_active, max_images, models, expires)
     config = _config(data_dir, config_file)
-    new = _with_session(config, lambda s: keys.create_key(s, name=name, credits=amount, admin=admin))
+
+    async def create(session: AsyncSession) -> tuple[keys.NewKey, dict[str, Any]]:
+        new = await keys.create_key(session, name=name, credits=amount, admin=admin, **settings)
+        row = await session.get(ApiKey, new.id)
+        assert row is not None
+        return new, accounts.key_view(row, config.accounts)
+
+    new, view = _with_session(config, create)
     if as_json:
-        shown = {"id": new.id, "key": new.raw, "webhook_secret": new.webhook_secret, "name": new.name}
-        print(json.dumps({**shown, "credits": str(new.credits)}))
+        _print_json({"id": new.id, "key": new.raw, "webhook_secret": new.webhook_secret, **view})
     else:
         print(f"created key {new.id} ({new.name or 'unnamed'}, {new.credits} credits{', admin' if admin else ''})")
         print(new.raw)
 
 
 @keys_app.command("list")
-def keys_list(data_dir: DataDir = None, config_file: ConfigFile = None) -> None:
-    """List keys (never the raw keys)."""
-    rows = _with_session(_config(data_dir, config_file), keys.list_keys)
-    table = Table("id", "name", "prefix", "credits", "admin", "state")
-    for row in rows:
+def keys_list(
+    data_dir: DataDir = None,
+    config_file: ConfigFile = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the keys as a JSON array.")] = False,
+) -> None:
+    """List keys with balances and limits (never the raw keys)."""
+    config = _config(data_dir, config_file)
+    rows = _with_session(config, keys.list_keys)
+    views = [accounts.key_view(row, config.accounts) for row in rows]
+    if as_json:
+        _print_json(views)
+        return
+    table = Table("id", "name", "prefix", "balance", "held", "rpm", "active", "images", "admin", "state", "last used")
+    for view in views:
+        limits = view["effective_limits"]
+        used = view["last_used_at"]
         table.add_row(
-            row.id,
-            row.name,
-            row.prefix + "…",
-            str(row.credits),
-            "yes" if row.is_admin else "",
-            "revoked" if row.revoked_at else "active",
+            view["id"],
+            view["name"],
+            view["prefix"],
+            view["balance"],
+            view["held"],
+            *(str(limits[name] or "∞") for name in ("rpm", "max_active", "max_images")),
+            "yes" if view["admin"] else "",
+            view["state"],
+            dt.datetime.fromtimestamp(used, dt.UTC).strftime("%Y-%m-%d %H:%M") if used else "never",
         )
     Console(width=200).print(table)
+
+
+@keys_app.command("limits")
+def keys_limits(
+    key_id: str,
+    data_dir: DataDir = None,
+    config_file: ConfigFile = None,
+    rpm: Rpm = None,
+    max_active: MaxActive = None,
+    max_images: MaxImages = None,
+    models: Models = None,
+    expires: Expires = None,
+) -> None:
+    """Change key ID's own limits, allowed models or expiry (options not given stay as they are)."""
+    settings = _settings(rpm, max_active, max_images, models, expires)
+    config = _config(data_dir, config_file)
+    row = _with_session(config, lambda s: keys.update_key(s, key_id, settings))
+    _print_json(accounts.key_view(row, config.accounts))
 
 
 @keys_app.command("revoke")
@@ -151,12 +225,40 @@ def keys_rotate_secret(key_id: str, data_dir: DataDir = None, config_file: Confi
     print(secret)
 
 
+Note = Annotated[str, typer.Option("--note", help="Why (kept on the ledger row).")]
+
+
 @credits_app.command("grant")
-def credits_grant(key_id: str, amount: str, data_dir: DataDir = None, config_file: ConfigFile = None) -> None:
-    """Add AMOUNT credits to key ID."""
+def credits_grant(
+    key_id: str, amount: str, data_dir: DataDir = None, config_file: ConfigFile = None, note: Note = ""
+) -> None:
+    """Add AMOUNT credits to key ID (a ledger `grant`)."""
     value = _decimal(amount)
-    row = _with_session(_config(data_dir, config_file), lambda s: keys.grant_credits(s, key_id, value))
-    print(f"{row.id} now has {row.credits.normalize():f} credits")
+    row = _with_session(_config(data_dir, config_file), lambda s: ledger.grant(s, key_id, value, note))
+    print(f"{row.id} now has {accounts.credits(row.credits)} credits")
+
+
+@credits_app.command("deduct")
+def credits_deduct(
+    key_id: str, amount: str, data_dir: DataDir = None, config_file: ConfigFile = None, note: Note = ""
+) -> None:
+    """Take AMOUNT credits from key ID's available balance (a ledger `deduct`)."""
+    value = _decimal(amount)
+    row = _with_session(_config(data_dir, config_file), lambda s: ledger.deduct(s, key_id, value, note))
+    print(f"{row.id} now has {accounts.credits(row.credits)} credits")
+
+
+@credits_app.command("ledger")
+def credits_ledger(
+    key_id: str,
+    data_dir: DataDir = None,
+    config_file: ConfigFile = None,
+    limit: Annotated[int, typer.Option(min=1, help="Rows to show, newest first.")] = 50,
+) -> None:
+    """Print key ID's newest ledger rows as JSON lines."""
+    rows = _with_session(_config(data_dir, config_file), lambda s: ledger.entries(s, key_id, limit=limit))
+    for row in rows:
+        _print_json(accounts.entry_view(row))
 
 
 def main() -> None:

@@ -72,6 +72,19 @@ class WebhookSettings(BaseModel):
     poll_interval_s: float = Field(default=1.0, gt=0)
 
 
+class AccountDefaults(BaseModel):
+    """Per-key limits for keys that set none of their own; 0 means unlimited."""
+
+    model_config = {"extra": "forbid"}
+
+    requests_per_minute: int = Field(default=600, ge=0)
+    """Image requests (edits, generations, createTask) a key may make in a sliding minute."""
+    max_active_tasks: int = Field(default=64, ge=0)
+    """Tasks of one key that may be waiting or running at once."""
+    max_images_per_request: int = Field(default=10, ge=0)
+    """Images (`n`) one request may ask for, below each model's own maximum."""
+
+
 DEFAULT_WEBHOOK_RETRY_DELAYS = [5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0]
 
 
@@ -92,6 +105,7 @@ class Config(BaseSettings):
     imaging: ImagingSettings = Field(default_factory=ImagingSettings)
     models: dict[str, dict[str, Any]] = Field(default_factory=dict)
     first_key_credits: int = 1000
+    accounts: AccountDefaults = Field(default_factory=AccountDefaults)
     runner: RunnerSettings = Field(default_factory=RunnerSettings)
     webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
     webhook_retry_delays: Annotated[list[float], NoDecode] = Field(

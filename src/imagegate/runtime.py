@@ -12,15 +12,16 @@ from imagegate.config import Config
 from imagegate.core.catalog import Catalog
 from imagegate.engines import registry
 from imagegate.engines.base import Engine
+from imagegate.errors import PermissionDenied, RateLimited
 from imagegate.metrics import Metrics
 from imagegate.net.fetch import FetchPolicy, SafeFetcher
 from imagegate.service.leases import Leases
 from imagegate.service.runner import TaskRunner
 from imagegate.service.tasks import TaskService
 from imagegate.service.webhooks import WebhookSender
-from imagegate.stores import keys
+from imagegate.stores import keys, ratelimit
 from imagegate.stores.blobs import BlobStore, LocalBlobStore
-from imagegate.stores.db import ApiKey, Database, migrate
+from imagegate.stores.db import ApiKey, Database, migrate, now_ms
 
 
 @dataclass
@@ -51,6 +52,35 @@ class Runtime:
             row = await keys.authenticate(session, raw)
         request.state.key_id = row.id
         return row
+
+    async def admit(self, request: Request) -> ApiKey:
+        """`authenticate`, then count the request against the key's requests-per-minute limit.
+
+        The `x-ratelimit-*` headers go on whatever response follows (via `request.state`);
+        raises RateLimited (429, with `retry-after`) when the key is over its limit.
+        """
+        key = await self.authenticate(request)
+        limit = self.tasks.key_limits(key).rpm
+        async with self.db.session() as session, session.begin():
+            await keys.touch(session, key.id)
+            state = await ratelimit.hit(session, key.id, limit, now_ms()) if limit else None
+        if state is not None:
+            request.state.response_headers = state.headers()
+            if not state.allowed:
+                error = RateLimited(
+                    f"Rate limit reached for requests: this key may make {limit} per minute. "
+                    f"Please try again in {ratelimit.duration(state.reset_s)}."
+                )
+                error.headers = state.headers()
+                raise error
+        return key
+
+    async def is_admin(self, request: Request) -> ApiKey:
+        """`authenticate`, and PermissionDenied (403) unless the key is an admin key."""
+        key = await self.authenticate(request)
+        if not key.is_admin:
+            raise PermissionDenied("This operation needs an admin key.")
+        return key
 
 
 def fetch_policy(config: Config) -> FetchPolicy:
@@ -86,7 +116,7 @@ async def open_runtime(
     catalog = Catalog.from_config(config.models)
     blobs = LocalBlobStore(config.files_dir)
     leases = Leases(db, config.runner.lease_s)
-    tasks = TaskService(db, blobs, fetcher, catalog, engines, config.limits, metrics, leases)
+    tasks = TaskService(db, blobs, fetcher, catalog, engines, config.limits, config.accounts, metrics, leases)
     runner = TaskRunner(db, tasks, leases, config.runner)
     sender = WebhookSender(db, fetcher, config.webhooks, config.webhook_retry_delays)
     tasks.on_submitted = runner.wake

@@ -4,15 +4,15 @@
 
 from __future__ import annotations
 
-import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from imagegate.core.request import Delivery, EditRequest
 from imagegate.core.validation import ratio_size
 from imagegate.dialects import openai
-from imagegate.dialects.fields import json_object
+from imagegate.dialects.fields import dry_run, json_object
 from imagegate.errors import ImagegateError, MissingParameter
+from imagegate.responses import json_response
 from imagegate.runtime import runtime_of
 from imagegate.service.records import file_url
 from imagegate.service.tasks import Origin
@@ -23,13 +23,13 @@ PATH = "/v1/images/edit"
 def error_response(exc: ImagegateError) -> Response:
     """The dialect's one error shape."""
     body = {"code": exc.status, "message": exc.message, "data": None}
-    return Response(orjson.dumps(body), status_code=exc.status, media_type="application/json", headers=exc.headers)
+    return json_response(body, exc.status, exc.headers)
 
 
 async def edit(request: Request) -> Response:
     """POST /v1/images/edit"""
     rt = runtime_of(request)
-    key = await rt.authenticate(request)
+    key = await rt.admit(request)
     body = json_object(await request.body(), hint=" Send JSON.")
     size = body.pop("size", None)
     req: EditRequest = openai.request_from_json(body, rt.catalog.basic_fields_only)
@@ -41,8 +41,10 @@ async def edit(request: Request) -> Response:
         openai.apply_fields(req, {"size": size})
     req.delivery = Delivery.URL
     req.callback_url = None
+    if dry_run(request.query_params):
+        return json_response(await rt.tasks.quote(key, req))
     base = rt.public_base(request)
-    outcome = await rt.tasks.run(key.id, req, Origin("envelope", "edit", request.state.request_id, base))
+    outcome = await rt.tasks.run(key, req, Origin("envelope", "edit", request.state.request_id, base))
     images = [
         {"url": file_url(base, image.file_id, outcome.output_format), "revised_prompt": image.revised_prompt}
         for image in outcome.images
@@ -56,7 +58,7 @@ async def edit(request: Request) -> Response:
     }
     body_out = {"code": 0, "message": "ok", "data": data}
     headers = {"x-imagegate-engine": outcome.engine, "x-imagegate-task": outcome.task_id}
-    return Response(orjson.dumps(body_out), media_type="application/json", headers=headers)
+    return json_response(body_out, headers=headers)
 
 
 def router() -> APIRouter:

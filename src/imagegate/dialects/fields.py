@@ -3,6 +3,7 @@ Every failure is a BadRequest naming the field."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import StrEnum
 from typing import Any, TypeVar
 
@@ -96,3 +97,9 @@ def ref_from_json(value: object, param: str) -> ImageRef:
                 param=param,
             )
     raise BadRequest(f"Invalid '{param}': expected an image URL, data URL or base64 string.", param=param)
+
+
+def dry_run(query: Mapping[str, str]) -> bool:
+    """Whether the query string asks for a price quote (`?dry_run=true`) instead of a run."""
+    value = query.get("dry_run")
+    return value is not None and as_bool(value, "dry_run")

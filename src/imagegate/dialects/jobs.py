@@ -17,8 +17,9 @@ from imagegate.core.catalog import Catalog
 from imagegate.core.request import Delivery, EditRequest, OutputFormat, Quality
 from imagegate.core.sizing import TIERS
 from imagegate.core.validation import ratio_size
-from imagegate.dialects.fields import as_enum, as_str, json_object, ref_from_text
+from imagegate.dialects.fields import as_enum, as_str, dry_run, json_object, ref_from_text
 from imagegate.errors import BadRequest, ImagegateError, MissingParameter
+from imagegate.responses import json_response
 from imagegate.runtime import runtime_of
 from imagegate.service.records import Outcome, file_url
 from imagegate.service.tasks import Origin
@@ -45,11 +46,11 @@ def error_response(exc: ImagegateError) -> Response:
     """The dialect's one error shape: `{"code", "msg", "data": null}` with the same HTTP status."""
     status = status_of(exc)
     body = {"code": status, "msg": exc.message, "data": None}
-    return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=exc.headers)
+    return json_response(body, status, exc.headers)
 
 
 def _ok(data: dict[str, Any]) -> Response:
-    return Response(orjson.dumps({"code": 200, "msg": "success", "data": data}), media_type="application/json")
+    return json_response({"code": 200, "msg": "success", "data": data})
 
 
 def _strings(value: object, param: str) -> list[str]:
@@ -144,11 +145,13 @@ async def callback_body(task: Task, outcome: Outcome | None) -> dict[str, Any]:
 async def create_task(request: Request) -> Response:
     """POST /api/v1/jobs/createTask"""
     rt = runtime_of(request)
-    key = await rt.authenticate(request)
+    key = await rt.admit(request)
     body = json_object(await request.body(), code="invalid_json")
     req, kind = parse_create(body, rt.catalog)
+    if dry_run(request.query_params):
+        return json_response(await rt.tasks.quote(key, req))
     origin = Origin("jobs", kind, trace_id=request.state.request_id, base_url=rt.public_base(request), wire=body)
-    task_id = await rt.tasks.submit(key.id, req, origin)
+    task_id = await rt.tasks.submit(key, req, origin)
     return _ok({"taskId": task_id})
 
 

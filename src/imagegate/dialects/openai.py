@@ -23,8 +23,18 @@ from imagegate.config import Limits
 from imagegate.core.catalog import Catalog
 from imagegate.core.request import Background, Delivery, EditRequest, ImageRef, OutputFormat, Quality
 from imagegate.core.validation import resolved_quality
-from imagegate.dialects.fields import as_bool, as_enum, as_int, as_str, json_object, ref_from_json, ref_from_text
+from imagegate.dialects.fields import (
+    as_bool,
+    as_enum,
+    as_int,
+    as_str,
+    dry_run,
+    json_object,
+    ref_from_json,
+    ref_from_text,
+)
 from imagegate.errors import BadRequest, ImagegateError, MissingParameter
+from imagegate.responses import json_response
 from imagegate.runtime import Runtime, runtime_of
 from imagegate.service.records import Outcome, file_url
 from imagegate.service.tasks import Origin, Prepared
@@ -272,17 +282,19 @@ async def _images(request: Request, kind: str) -> Response:
     streaming = False
     try:
         rt = runtime_of(request)
-        key = await rt.authenticate(request)
+        key = await rt.admit(request)
         req = await parse_request(request, rt.config.limits, rt.catalog.basic_fields_only)
         if kind == "edit" and not req.images:
             raise MissingParameter("Missing required parameter: 'image'.", param="image")
         if kind == "generate" and req.images:
             raise BadRequest("Generations take no 'image'; send reference images to /v1/images/edits.", param="image")
+        if dry_run(request.query_params):
+            return json_response(await rt.tasks.quote(key, req))
         origin = Origin("openai", kind, trace_id=request.state.request_id, base_url=rt.public_base(request))
         if req.callback_url and not req.stream:
-            task_id = await rt.tasks.submit(key.id, req, origin)
-            return Response(orjson.dumps({"task_id": task_id}), media_type="application/json")
-        prepared = await rt.tasks.prepare(key.id, req, origin)
+            task_id = await rt.tasks.submit(key, req, origin)
+            return json_response({"task_id": task_id})
+        prepared = await rt.tasks.prepare(key, req, origin)
         headers = {"x-imagegate-engine": prepared.engine.name, "x-imagegate-task": prepared.task_id}
         if req.stream:
             streaming = True
@@ -293,7 +305,7 @@ async def _images(request: Request, kind: str) -> Response:
             )
         outcome = await rt.tasks.execute(prepared)
         body = render(outcome, rt.public_base(request), prepared.spec.url_b64_as_data_url)
-        return Response(orjson.dumps(body), media_type="application/json", headers=headers)
+        return json_response(body, headers=headers)
     finally:
         if not streaming:
             await request.close()
@@ -310,9 +322,9 @@ async def images_generations(request: Request) -> Response:
 
 
 async def list_models(request: Request) -> JSONResponse:
-    """GET /v1/models: the catalog, with the engine that serves each model."""
+    """GET /v1/models: the models the key may use, with the engine that serves each."""
     rt = runtime_of(request)
-    await rt.authenticate(request)
+    key = await rt.authenticate(request)
     data = [
         {
             "id": spec.id,
@@ -323,6 +335,7 @@ async def list_models(request: Request) -> JSONResponse:
             "description": spec.description,
         }
         for spec in rt.catalog
+        if key.models is None or spec.id in key.models
     ]
     return JSONResponse({"object": "list", "data": data})
 
@@ -348,7 +361,7 @@ async def get_task(request: Request, task_id: str) -> Response:
     key = await rt.authenticate(request)
     task = await rt.tasks.get_task(key.id, task_id)
     body = await callback_renderer(rt.catalog)(task, await rt.tasks.outcome(task))
-    return Response(orjson.dumps({**body, "status": task.state}), media_type="application/json")
+    return json_response({**body, "status": task.state})
 
 
 def router() -> APIRouter:

@@ -2,8 +2,9 @@
 
 A task moves `waiting → running → success|fail` (sync tasks start as `running`). Only the process
 holding a task's lease may finish it: the final write is conditional on `lease_owner`, so a task
-reclaimed by another runner is never finished twice. A callback delivery is written in the same
-transaction as the final state, so a crash cannot lose it.
+reclaimed by another runner is never finished twice. The settlement of its credits (the price of
+the images delivered, the rest of the hold released) and its callback delivery are written in the
+same transaction as the final state, so a crash can lose neither.
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ from typing import Any
 
 import anyio
 import orjson
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from imagegate.core.request import Background, Delivery, OutputFormat, Quality, Size
-from imagegate.errors import ImagegateError
+from imagegate.errors import ImagegateError, Interrupted
+from imagegate.stores import ledger
 from imagegate.stores.blobs import BlobStore
 from imagegate.stores.db import Database, Task, WebhookDelivery, now_ms
 
@@ -138,7 +140,7 @@ class TaskRecords:
         """
         values: dict[str, Any] = {"finished_at": now_ms(), "lease_until": None}
         if outcome is not None:
-            values.update(state="success", result=result_record(outcome))
+            values.update(state="success", result=result_record(outcome), images=len(outcome.images))
         else:
             code, message = failure_of(error or RuntimeError("unknown"))
             values.update(state="fail", error_code=code, error_message=message)
@@ -152,10 +154,40 @@ class TaskRecords:
                 if changed.rowcount != 1:  # type: ignore[attr-defined]
                     return False
                 task = await session.get(Task, task_id, populate_existing=True)
-                queued = task is not None and await self._queue_callback(session, task, outcome)
+                if task is None:
+                    return False
+                await ledger.close_task(session, task, outcome.price if outcome is not None else Decimal(0))
+                queued = await self._queue_callback(session, task, outcome)
             if queued:
                 self.on_callback_queued()
         return True
+
+    async def fail_orphans(self) -> int:
+        """Fail sync tasks whose process died (their lease ran out), releasing their holds; returns how many.
+
+        Their clients' connections are gone with the process, so nobody is waiting for a result.
+        """
+        now = now_ms()
+        orphaned = (Task.mode == "sync", Task.state == "running", Task.lease_until < now)
+        failed = 0
+        async with self.db.session() as session, session.begin():
+            for task_id in list(await session.scalars(select(Task.id).where(*orphaned).limit(500))):
+                changed = await session.execute(
+                    update(Task)
+                    .where(Task.id == task_id, *orphaned)
+                    .values(
+                        state="fail",
+                        finished_at=now,
+                        lease_until=None,
+                        error_code=Interrupted.code,
+                        error_message="the server stopped while this request was running",
+                    )
+                )
+                task = await session.get(Task, task_id, populate_existing=True)
+                if changed.rowcount == 1 and task is not None:  # type: ignore[attr-defined]
+                    await ledger.close_task(session, task, Decimal(0))
+                    failed += 1
+        return failed
 
     async def release_if_async(self, task_id: str) -> bool:
         """Hand an interrupted async task back as `waiting` (a shutdown, not a failure); False for sync tasks."""

@@ -121,17 +121,4 @@ class TaskRunner:
 
     async def sweep(self) -> int:
         """Fail sync tasks whose process died (their lease ran out); returns how many."""
-        now = now_ms()
-        async with self.db.session() as session, session.begin():
-            swept = await session.execute(
-                update(Task)
-                .where(Task.mode == "sync", Task.state == "running", Task.lease_until < now)
-                .values(
-                    state="fail",
-                    finished_at=now,
-                    lease_until=None,
-                    error_code=Interrupted.code,
-                    error_message="the server stopped while this request was running",
-                )
-            )
-        return int(swept.rowcount)  # type: ignore[attr-defined]
+        return await self.tasks.records.fail_orphans()

@@ -20,17 +20,19 @@ import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field, replace
+from decimal import Decimal
 from functools import partial
 
 import anyio
 
-from imagegate.config import Limits
+from imagegate.config import AccountDefaults, Limits
 from imagegate.core.catalog import Catalog, ModelSpec
-from imagegate.core.pricing import price
+from imagegate.core.pricing import price, price_before_inputs
 from imagegate.core.request import Background, EditRequest, ImageRef, Size
+from imagegate.core.sizing import tier_of
 from imagegate.core.validation import resolve_size, resolved_quality, validate
 from imagegate.engines.base import Engine, ImageOut, Job, PartialSink
-from imagegate.errors import BadRequest, ImagegateError, ModelNotSupported, NotFound
+from imagegate.errors import BadRequest, ImagegateError, ModelNotSupported, NotFound, PermissionDenied
 from imagegate.imaging import SourceImage, open_image
 from imagegate.metrics import Metrics
 from imagegate.net.fetch import SafeFetcher, decode_inline
@@ -39,8 +41,10 @@ from imagegate.service.inputs import check_size, open_inputs
 from imagegate.service.leases import Leases
 from imagegate.service.records import Delivered, Outcome, TaskRecords, failure_of, file_name, outcome_of
 from imagegate.service.usage import usage
+from imagegate.stores import ledger
 from imagegate.stores.blobs import BlobStore
-from imagegate.stores.db import Database, StoredFile, Task, now_ms
+from imagegate.stores.db import ApiKey, Database, StoredFile, Task, now_ms
+from imagegate.stores.keys import KeyLimits, limits_of
 
 log = logging.getLogger("imagegate.tasks")
 
@@ -87,6 +91,7 @@ class TaskService:
         catalog: Catalog,
         engines: dict[str, Engine],
         limits: Limits,
+        accounts: AccountDefaults,
         metrics: Metrics,
         leases: Leases,
     ) -> None:
@@ -96,6 +101,7 @@ class TaskService:
         self.catalog = catalog
         self.engines = engines
         self.limits = limits
+        self.accounts = accounts
         self.metrics = metrics
         self.leases = leases
         self.records = TaskRecords(db, leases.owner)
@@ -117,7 +123,23 @@ class TaskService:
         """The Outcome of a successful task (image bytes read back where delivered inline), else None."""
         return await outcome_of(task, self.blobs) if task.state == "success" else None
 
-    def _checked(self, req: EditRequest) -> tuple[ModelSpec, Engine]:
+    def key_limits(self, key: ApiKey) -> KeyLimits:
+        """The limits that apply to `key` (its own, else the configured defaults)."""
+        return limits_of(key, self.accounts)
+
+    def _checked(self, key: ApiKey, req: EditRequest) -> tuple[ModelSpec, Engine]:
+        """`_validated`, and the key's own rules: allowed models, images per request."""
+        if key.models is not None and req.model not in key.models:
+            raise PermissionDenied(f"This key may not use model '{req.model}'.", param="model")
+        spec, engine = self._validated(req)
+        most = self.key_limits(key).max_images
+        if most and req.n > most:
+            raise BadRequest(
+                f"Invalid 'n': {req.n}; this key may ask for at most {most} images per request.", param="n"
+            )
+        return spec, engine
+
+    def _validated(self, req: EditRequest) -> tuple[ModelSpec, Engine]:
         spec = self.catalog.get(req.model)
         validate(req, spec, max_images=self.limits.max_images)
         engine = self.engine_for(spec)
@@ -147,21 +169,26 @@ class TaskService:
             attempts=0,
         )
 
-    async def prepare(self, key_id: str, req: EditRequest, origin: Origin) -> Prepared:
-        """Validate, record a running sync task, open inputs and resolve the size.
+    async def _record(self, key: ApiKey, row: Task, req: EditRequest, spec: ModelSpec) -> None:
+        """Add the task row and hold its price in one transaction (402/409 leave nothing behind)."""
+        async with self.db.session() as session, session.begin():
+            await ledger.open_task(session, row, price_before_inputs(req, spec), self.key_limits(key).max_active)
 
-        Raises the client's error (after marking the task failed, when one was recorded).
+    async def prepare(self, key: ApiKey, req: EditRequest, origin: Origin) -> Prepared:
+        """Validate, record a running sync task holding its price, open inputs and resolve the size.
+
+        Raises the client's error (after marking the task failed and releasing its hold, when one
+        was recorded).
         """
-        spec, engine = self._checked(req)
+        spec, engine = self._checked(key, req)
         task_id = new_task_id()
         started = time.perf_counter()
-        row = self._row(task_id, key_id, req, spec, engine, origin)
+        row = self._row(task_id, key.id, req, spec, engine, origin)
         row.state, row.mode, row.started_at, row.attempts = "running", "sync", now_ms(), 1
         row.lease_owner, row.lease_until = self.leases.owner, self.leases.expiry()
-        async with self.db.session() as session, session.begin():
-            session.add(row)
+        await self._record(key, row, req, spec)
         try:
-            return await self._open(task_id, key_id, req, spec, engine, started)
+            return await self._open(task_id, key.id, req, spec, engine, started)
         except BaseException as exc:
             await self._finish_failed(task_id, spec.id, engine.name, started, exc)
             raise
@@ -225,17 +252,54 @@ class TaskService:
             failures=failures,
         )
 
-    async def run(self, key_id: str, req: EditRequest, origin: Origin) -> Outcome:
+    async def run(self, key: ApiKey, req: EditRequest, origin: Origin) -> Outcome:
         """`prepare` then `execute`: the synchronous path."""
-        return await self.execute(await self.prepare(key_id, req, origin))
+        return await self.execute(await self.prepare(key, req, origin))
 
-    async def submit(self, key_id: str, req: EditRequest, origin: Origin) -> str:
-        """Validate and record an async task (state `waiting`) with durable copies of its inputs.
+    async def quote(self, key: ApiKey, req: EditRequest) -> dict[str, object]:
+        """What `req` would cost and resolve to, without recording, running or charging anything.
 
-        Client errors (bad fields, unreadable uploads, refused URLs or callback URL) raise before
-        anything is recorded. Returns the task id; the runner picks the task up.
+        Validates like a real request (inputs are opened, URLs fetched) and raises the same errors.
         """
-        spec, engine = self._checked(req)
+        spec, engine = self._checked(key, req)
+        async with AsyncExitStack() as resources:
+            sources = await open_inputs(req.images, self.fetcher, self.limits, resources, self.blobs)
+            masks = await open_inputs([req.mask] if req.mask else [], self.fetcher, self.limits, resources, self.blobs)
+            size = resolve_size(req, spec, (sources[0].width, sources[0].height) if sources else None)
+        quality = resolved_quality(req, spec)
+        total = price(spec, quality, size, req.n)
+        async with self.db.session() as session:
+            row = await session.get(ApiKey, key.id)
+        available = (row.credits - row.held) if row is not None else Decimal(0)
+        return {
+            "object": "image.quote",
+            "price": f"{total:f}",
+            "unit_price": f"{price(spec, quality, size, 1):f}",
+            "currency": "credits",
+            "available": f"{available:f}",
+            "sufficient": available >= price_before_inputs(req, spec),
+            "model": spec.id,
+            "engine": engine.name,
+            "kind": "edit" if req.is_edit else "generate",
+            "size": str(size),
+            "tier": tier_of(size),
+            "quality": quality.value,
+            "n": req.n,
+            "images": len(sources),
+            "mask": bool(masks),
+            "output_format": req.output_format.value,
+            "background": req.background.value,
+            "delivery": (req.delivery or spec.default_delivery).value,
+        }
+
+    async def submit(self, key: ApiKey, req: EditRequest, origin: Origin) -> str:
+        """Validate and record an async task (state `waiting`, its price held) with durable copies of
+        its inputs.
+
+        Client errors (bad fields, unreadable uploads, refused URLs or callback URL, 402, 409) raise
+        with nothing recorded. Returns the task id; the runner picks the task up.
+        """
+        spec, engine = self._checked(key, req)
         if req.callback_url:
             await self._check_callback(req.callback_url)
         task_id = new_task_id()
@@ -244,10 +308,9 @@ class TaskService:
             req.images = [await self._keep(ref, f"in_{task_id}_{i}", stored) for i, ref in enumerate(req.images)]
             if req.mask is not None:
                 req.mask = await self._keep(req.mask, f"in_{task_id}_mask", stored)
-            row = self._row(task_id, key_id, req, spec, engine, origin)
+            row = self._row(task_id, key.id, req, spec, engine, origin)
             row.state, row.mode = "waiting", "async"
-            async with self.db.session() as session, session.begin():
-                session.add(row)
+            await self._record(key, row, req, spec)
         except BaseException:
             for name in stored:
                 await self.blobs.delete(name)
@@ -291,7 +354,7 @@ class TaskService:
         req: EditRequest | None = None
         try:
             req = EditRequest.from_record(task.request)
-            spec, engine = self._checked(req)
+            spec, engine = self._validated(req)
             prepared = await self._open(task.id, task.key_id, req, spec, engine, started)
         except BaseException as exc:
             await self._finish_failed(task.id, task.model, task.engine or "", started, exc)

@@ -62,6 +62,15 @@ class ApiKey(Base):
     last_used_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     revoked_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     webhook_secret: Mapped[str | None] = mapped_column(String(80), nullable=True)
+    held: Mapped[Decimal] = mapped_column(Credits, default=Decimal(0))
+    """Credits reserved by unfinished tasks; `credits - held` is what new requests may spend."""
+    expires_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    models: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+    """The model ids this key may use; None for every model."""
+    rpm: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    """Requests per minute; None takes the configured default, 0 is unlimited (likewise below)."""
+    max_active: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    max_images: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class Task(Base):
@@ -70,6 +79,7 @@ class Task(Base):
         Index("ix_tasks_key_created", "key_id", "created_at"),
         Index("ix_tasks_state", "state"),
         Index("ix_tasks_queue", "mode", "state", "created_at"),
+        Index("ix_tasks_key_state", "key_id", "state"),
     )
 
     id: Mapped[str] = mapped_column(String(48), primary_key=True)
@@ -97,6 +107,12 @@ class Task(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     lease_owner: Mapped[str | None] = mapped_column(String(48), nullable=True)
     lease_until: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    held: Mapped[Decimal] = mapped_column(Credits, default=Decimal(0))
+    """Credits held for this task while it is unfinished; zero once it is final."""
+    cost: Mapped[Decimal | None] = mapped_column(Credits, nullable=True)
+    """Credits charged (settled) for the images it delivered; set when it finishes."""
+    images: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    """Images delivered, once it succeeded."""
 
 
 class StoredFile(Base):
@@ -132,6 +148,36 @@ class WebhookDelivery(Base):
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[int] = mapped_column(BigInteger, default=now_ms)
     finished_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
+class LedgerEntry(Base):
+    """One movement of a key's credits. `amount` changes the balance, `held` the reserved part:
+
+    grant (+amount), deduct (-amount), hold (+held), settle (-amount, -held), release (-held).
+    A key's balance is the sum of its `amount`s and its holds the sum of its `held`s.
+    """
+
+    __tablename__ = "ledger"
+    __table_args__ = (Index("ix_ledger_key", "key_id", "id"), Index("ix_ledger_task", "task_id"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    key_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id"))
+    task_id: Mapped[str | None] = mapped_column(ForeignKey("tasks.id"), nullable=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    amount: Mapped[Decimal] = mapped_column(Credits, default=Decimal(0))
+    held: Mapped[Decimal] = mapped_column(Credits, default=Decimal(0))
+    note: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now_ms)
+
+
+class RateWindow(Base):
+    """Requests a key made in one minute (`minute` since the epoch), for requests-per-minute limits."""
+
+    __tablename__ = "rate_windows"
+
+    key_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    minute: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    count: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class IdempotentResponse(Base):

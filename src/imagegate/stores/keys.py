@@ -1,4 +1,4 @@
-"""API keys: random, shown once, stored as SHA-256 hashes (SPEC §7)."""
+"""API keys: random, shown once, stored as SHA-256 hashes (SPEC §7), with their own limits."""
 
 from __future__ import annotations
 
@@ -6,11 +6,14 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from imagegate.errors import AuthenticationFailed, NotFound
+from imagegate.config import AccountDefaults
+from imagegate.errors import AuthenticationFailed, BadRequest, NotFound
+from imagegate.stores import ledger
 from imagegate.stores.db import ApiKey, now_ms
 from imagegate.webhooks import new_secret
 
@@ -19,6 +22,28 @@ KEY_PREFIX = "ig-"
 
 def hash_key(raw: str) -> str:
     return hashlib.sha256(raw.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class KeyLimits:
+    """A key's effective limits (its own, else the configured defaults); 0 means unlimited."""
+
+    rpm: int
+    max_active: int
+    max_images: int
+
+
+def limits_of(key: ApiKey, defaults: AccountDefaults) -> KeyLimits:
+    """The limits that apply to `key`."""
+    return KeyLimits(
+        rpm=defaults.requests_per_minute if key.rpm is None else key.rpm,
+        max_active=defaults.max_active_tasks if key.max_active is None else key.max_active,
+        max_images=defaults.max_images_per_request if key.max_images is None else key.max_images,
+    )
+
+
+EDITABLE = ("name", "rpm", "max_active", "max_images", "models", "expires_at")
+"""The fields an operator may change on an existing key (None restores the default)."""
 
 
 @dataclass(frozen=True)
@@ -34,24 +59,62 @@ class NewKey:
 
 
 async def create_key(
-    session: AsyncSession, *, name: str = "", credits: Decimal = Decimal(0), admin: bool = False
+    session: AsyncSession,
+    *,
+    name: str = "",
+    credits: Decimal = Decimal(0),
+    admin: bool = False,
+    **settings: Any,
 ) -> NewKey:
-    """Create a key with 256 random bits and its webhook signing secret; the caller commits."""
+    """Create a key with 256 random bits and its webhook signing secret; the caller commits.
+
+    `settings` are EDITABLE fields (limits, allowed models, expiry); a starting balance is a ledger grant.
+    """
+    if credits < 0:
+        raise BadRequest("A key cannot start with a negative balance.", param="credits")
     raw = KEY_PREFIX + secrets.token_urlsafe(32)
     key_id = "key_" + secrets.token_hex(8)
     secret = new_secret()
-    session.add(
-        ApiKey(
-            id=key_id,
-            name=name,
-            key_hash=hash_key(raw),
-            prefix=raw[:7],
-            credits=credits,
-            is_admin=admin,
-            webhook_secret=secret,
-        )
+    row = ApiKey(
+        id=key_id,
+        name=name,
+        key_hash=hash_key(raw),
+        prefix=raw[:7],
+        credits=Decimal(0),
+        held=Decimal(0),
+        is_admin=admin,
+        webhook_secret=secret,
     )
+    _apply(row, settings)
+    session.add(row)
+    await session.flush()
+    if credits:
+        await ledger.grant(session, key_id, credits, note="starting balance")
     return NewKey(key_id, raw, name, credits, admin, secret)
+
+
+def _apply(row: ApiKey, settings: dict[str, Any]) -> None:
+    unknown = set(settings) - set(EDITABLE)
+    if unknown:
+        raise BadRequest(f"Unknown key settings: {', '.join(sorted(unknown))}.")
+    for name in ("rpm", "max_active", "max_images"):
+        value = settings.get(name)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+            raise BadRequest(f"Invalid '{name}': {value!r}; use a whole number, 0 for unlimited.", param=name)
+    models = settings.get("models")
+    if models is not None and (not isinstance(models, list) or not all(isinstance(m, str) for m in models)):
+        raise BadRequest("Invalid 'models': expected an array of model ids.", param="models")
+    for name, value in settings.items():
+        setattr(row, name, value)
+
+
+async def update_key(session: AsyncSession, key_id: str, settings: dict[str, Any]) -> ApiKey:
+    """Change EDITABLE fields of a key; raises NotFound or BadRequest naming the bad field."""
+    row = await session.get(ApiKey, key_id)
+    if row is None:
+        raise NotFound(f"No key with id '{key_id}'.", param="key_id")
+    _apply(row, settings)
+    return row
 
 
 async def count_keys(session: AsyncSession) -> int:
@@ -63,9 +126,11 @@ async def authenticate(session: AsyncSession, raw: str | None) -> ApiKey:
     if not raw:
         raise AuthenticationFailed("You didn't provide an API key. Send it as 'Authorization: Bearer YOUR_KEY'.")
     row = await session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(raw)))
+    shown = raw[:7] + "…" if len(raw) > 7 else "…"
     if row is None or row.revoked_at is not None:
-        shown = raw[:7] + "…" if len(raw) > 7 else "…"
         raise AuthenticationFailed(f"Incorrect API key provided: {shown}")
+    if row.expires_at is not None and row.expires_at <= now_ms():
+        raise AuthenticationFailed(f"The API key {shown} has expired.")
     return row
 
 
@@ -83,14 +148,6 @@ async def revoke_key(session: AsyncSession, key_id: str) -> ApiKey:
         raise NotFound(f"No key with id '{key_id}'.")
     if row.revoked_at is None:
         row.revoked_at = now_ms()
-    return row
-
-
-async def grant_credits(session: AsyncSession, key_id: str, amount: Decimal) -> ApiKey:
-    row = await session.get(ApiKey, key_id)
-    if row is None:
-        raise NotFound(f"No key with id '{key_id}'.")
-    row.credits = row.credits + amount
     return row
 
 

@@ -1,0 +1,60 @@
+"""What a key may ask about its own account: `GET /v1/pricing` and `GET /v1/usage` (OpenAI error shape)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from imagegate.core.pricing import price_table
+from imagegate.dialects.fields import as_int
+from imagegate.errors import BadRequest
+from imagegate.responses import json_response
+from imagegate.runtime import runtime_of
+from imagegate.service import accounts
+
+MAX_LIMIT = 100
+
+
+def page_size(request: Request, default: int = 20) -> int:
+    """`?limit=` between 1 and MAX_LIMIT; BadRequest naming `limit` otherwise."""
+    raw = request.query_params.get("limit")
+    limit = default if raw is None else as_int(raw, "limit")
+    if not 1 <= limit <= MAX_LIMIT:
+        raise BadRequest(f"Invalid 'limit': {limit}; use 1 to {MAX_LIMIT}.", param="limit")
+    return limit
+
+
+async def pricing(request: Request) -> Response:
+    """GET /v1/pricing: every model the key may use, with its price per image (quality × tier) or per call."""
+    rt = runtime_of(request)
+    key = await rt.authenticate(request)
+    data = [
+        {"model": spec.id, "object": "model.pricing", **price_table(spec)}
+        for spec in rt.catalog
+        if key.models is None or spec.id in key.models
+    ]
+    return json_response(
+        {
+            "object": "list",
+            "currency": "credits",
+            "notes": "auto quality prices as medium; per-image prices are charged for images delivered",
+            "data": data,
+        }
+    )
+
+
+async def usage(request: Request) -> Response:
+    """GET /v1/usage: the calling key's balance, open holds and recent tasks with their cost."""
+    rt = runtime_of(request)
+    key = await rt.authenticate(request)
+    limit = page_size(request)
+    async with rt.db.session() as session:
+        body = await accounts.usage(session, key, rt.config.accounts, limit=limit)
+    return json_response(body)
+
+
+def router() -> APIRouter:
+    api = APIRouter()
+    api.add_api_route("/v1/pricing", pricing, methods=["GET"])
+    api.add_api_route("/v1/usage", usage, methods=["GET"])
+    return api

@@ -1,0 +1,174 @@
+"""Credits that stay exact under concurrency and faults (SPEC §1 Credits, §7).
+
+A key row caches its `credits` (the balance) and `held` (reserved by unfinished tasks); every change
+to either is one conditional UPDATE plus a LedgerEntry in the caller's transaction, so the ledger
+always sums to the cache. The conditions keep `credits - held >= 0`: a hold or a deduction that would
+break it is refused, and a settlement never charges more than its task held, so no balance goes
+negative. The UPDATE also locks the key's row (PostgreSQL) or the database (SQLite) until commit,
+which serialises the active-task count that follows it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+from enum import StrEnum
+
+from sqlalchemy import ColumnElement, func, literal, select, type_coerce, update
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import InstrumentedAttribute
+
+from imagegate.errors import BadRequest, Conflict, InsufficientCredits, NotFound
+from imagegate.stores.db import ApiKey, Credits, LedgerEntry, Task, now_ms
+
+ACTIVE_STATES = ("waiting", "running")
+
+
+class Kind(StrEnum):
+    GRANT = "grant"
+    DEDUCT = "deduct"
+    HOLD = "hold"
+    SETTLE = "settle"
+    RELEASE = "release"
+
+
+def _credits(value: Decimal) -> ColumnElement[Decimal]:
+    return literal(value, Credits())
+
+
+def _available() -> ColumnElement[Decimal]:
+    return ApiKey.credits - ApiKey.held
+
+
+def _check_amount(amount: Decimal) -> None:
+    if not amount.is_finite() or amount <= 0:
+        raise BadRequest(f"Invalid 'amount': {amount}; it must be a positive number of credits.", param="amount")
+    if amount.as_tuple().exponent < -6:  # type: ignore[operator]
+        raise BadRequest(f"Invalid 'amount': {amount}; credits have at most 6 decimal places.", param="amount")
+
+
+async def key(session: AsyncSession, key_id: str) -> ApiKey:
+    """The key row as the database has it now; NotFound when there is none."""
+    row = await session.get(ApiKey, key_id, populate_existing=True)
+    if row is None:
+        raise NotFound(f"No key with id '{key_id}'.", param="key_id")
+    return row
+
+
+async def open_task(session: AsyncSession, task: Task, price: Decimal, max_active: int) -> None:
+    """Hold `price` for the new `task` and add the task, in the caller's transaction.
+
+    Raises InsufficientCredits when the key's available balance is below `price`, and Conflict when
+    the key already has `max_active` (> 0) waiting or running tasks; the caller's rollback then
+    leaves nothing behind.
+    """
+    held = await session.execute(
+        update(ApiKey)
+        .where(ApiKey.id == task.key_id, _available() >= _credits(price))
+        .values(held=ApiKey.held + _credits(price), last_used_at=now_ms())
+    )
+    if held.rowcount != 1:  # type: ignore[attr-defined]
+        row = await key(session, task.key_id)
+        raise InsufficientCredits(
+            f"This request costs {price:f} credits but the key has {row.credits - row.held:f} available."
+        )
+    if max_active > 0:
+        active = await session.scalar(
+            select(func.count()).select_from(Task).where(Task.key_id == task.key_id, Task.state.in_(ACTIVE_STATES))
+        )
+        if (active or 0) >= max_active:
+            raise Conflict(
+                f"The key already has {active} unfinished tasks, its limit; wait for one to finish.",
+            )
+    task.held = price
+    session.add(task)
+    await session.flush()
+    if price:
+        session.add(LedgerEntry(key_id=task.key_id, task_id=task.id, kind=Kind.HOLD, amount=0, held=price))
+
+
+async def close_task(session: AsyncSession, task: Task, charge: Decimal) -> Decimal:
+    """Settle `charge` (at most what the task held) and release the rest of its hold; returns the charge.
+
+    Call in the transaction that writes the task's final state; a task with no hold left is untouched.
+    """
+    held = task.held
+    charge = min(max(charge, Decimal(0)), held)
+    release = held - charge
+    if held:
+        await session.execute(
+            update(ApiKey)
+            .where(ApiKey.id == task.key_id)
+            .values(credits=ApiKey.credits - _credits(charge), held=ApiKey.held - _credits(held))
+        )
+    if charge:
+        session.add(LedgerEntry(key_id=task.key_id, task_id=task.id, kind=Kind.SETTLE, amount=-charge, held=-charge))
+    if release:
+        session.add(LedgerEntry(key_id=task.key_id, task_id=task.id, kind=Kind.RELEASE, amount=0, held=-release))
+    await session.execute(update(Task).where(Task.id == task.id).values(held=_credits(Decimal(0)), cost=charge))
+    task.held, task.cost = Decimal(0), charge
+    return charge
+
+
+async def grant(session: AsyncSession, key_id: str, amount: Decimal, note: str = "") -> ApiKey:
+    """Add `amount` (> 0) to the key's balance; returns the key as it now stands."""
+    _check_amount(amount)
+    changed = await session.execute(
+        update(ApiKey).where(ApiKey.id == key_id).values(credits=ApiKey.credits + _credits(amount))
+    )
+    if changed.rowcount != 1:  # type: ignore[attr-defined]
+        raise NotFound(f"No key with id '{key_id}'.", param="key_id")
+    session.add(LedgerEntry(key_id=key_id, kind=Kind.GRANT, amount=amount, held=0, note=note))
+    return await key(session, key_id)
+
+
+async def deduct(session: AsyncSession, key_id: str, amount: Decimal, note: str = "") -> ApiKey:
+    """Take `amount` (> 0) from the key's available balance; InsufficientCredits when it has less."""
+    _check_amount(amount)
+    changed = await session.execute(
+        update(ApiKey)
+        .where(ApiKey.id == key_id, _available() >= _credits(amount))
+        .values(credits=ApiKey.credits - _credits(amount))
+    )
+    if changed.rowcount != 1:  # type: ignore[attr-defined]
+        row = await key(session, key_id)
+        raise InsufficientCredits(
+            f"Cannot deduct {amount:f} credits: the key has {row.credits - row.held:f} available."
+        )
+    session.add(LedgerEntry(key_id=key_id, kind=Kind.DEDUCT, amount=-amount, held=0, note=note))
+    return await key(session, key_id)
+
+
+@dataclass(frozen=True)
+class Totals:
+    """A key's ledger summed: `balance` must equal the key's credits and `held` its held credits."""
+
+    balance: Decimal
+    held: Decimal
+
+
+async def totals(session: AsyncSession, key_id: str) -> Totals:
+    """The sums of the key's ledger rows (an audit of the cached balance)."""
+    query = select(_sum(LedgerEntry.amount), _sum(LedgerEntry.held)).where(LedgerEntry.key_id == key_id)
+    amount, held = (await session.execute(query)).one()
+    return Totals(amount, held)
+
+
+def _sum(column: InstrumentedAttribute[Decimal]) -> ColumnElement[Decimal]:
+    return type_coerce(func.coalesce(func.sum(column), 0), Credits())
+
+
+async def entries(
+    session: AsyncSession, key_id: str, *, limit: int = 100, before: int | None = None
+) -> list[LedgerEntry]:
+    """The key's ledger rows, newest first; `before` (a row id) pages back."""
+    query = select(LedgerEntry).where(LedgerEntry.key_id == key_id)
+    if before is not None:
+        query = query.where(LedgerEntry.id < before)
+    return list(await session.scalars(query.order_by(LedgerEntry.id.desc()).limit(limit)))
+
+
+async def open_holds(session: AsyncSession, key_id: str) -> list[Task]:
+    """The key's tasks that still hold credits."""
+    query = select(Task).where(Task.key_id == key_id, Task.held > _credits(Decimal(0))).order_by(Task.created_at)
+    return list(await session.scalars(query))
