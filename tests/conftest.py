@@ -6,6 +6,7 @@ import asyncio
 import io
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -55,15 +56,36 @@ def config(tmp_path: Path) -> Config:
     return load_config(data_dir=tmp_path / "data", fetch_allow=LOOPBACK_ALLOW)
 
 
-async def create_key(cfg: Config, credits: int = 1000) -> str:
+async def create_key(cfg: Config, credits: int | str = 1000, *, admin: bool = False, **settings: object) -> str:
+    """A new key on `cfg`'s database with `credits` and key `settings` (limits, models, expiry)."""
     migrate(cfg.resolved_database_url)
     db = Database(cfg.resolved_database_url)
     try:
         async with db.session() as session, session.begin():
-            new = await keys.create_key(session, name="test", credits=Decimal(credits))
+            new = await keys.create_key(session, name="test", credits=Decimal(credits), admin=admin, **settings)
     finally:
         await db.aclose()
     return new.raw
+
+
+def audit_ledgers(database: Path) -> None:
+    """Assert the money invariants on an SQLite database: every key's ledger sums to its cached
+    balance and holds, no balance or available balance is negative, and only unfinished tasks hold
+    credits (their holds add up to the key's)."""
+    with sqlite3.connect(database) as db:
+        for key_id, credits, held in db.execute("SELECT id, credits, held FROM api_keys"):
+            sums = db.execute(
+                "SELECT COALESCE(SUM(amount), 0), COALESCE(SUM(held), 0) FROM ledger WHERE key_id = ?", (key_id,)
+            ).fetchone()
+            assert sums == (credits, held), f"{key_id}: ledger {sums} != key {(credits, held)}"
+            assert credits >= 0 and credits - held >= 0
+            (task_holds,) = db.execute(
+                "SELECT COALESCE(SUM(held), 0) FROM tasks WHERE key_id = ? AND state IN ('waiting', 'running')",
+                (key_id,),
+            ).fetchone()
+            assert task_holds == held, f"{key_id}: unfinished tasks hold {task_holds}, the key {held}"
+        (stale,) = db.execute("SELECT COUNT(*) FROM tasks WHERE state IN ('success', 'fail') AND held != 0").fetchone()
+        assert stale == 0, "a finished task still holds credits"
 
 
 @dataclass

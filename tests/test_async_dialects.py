@@ -17,14 +17,12 @@ import pytest
 from PIL import Image
 from sqlalchemy import select
 
-from imagegate.config import ImagingSettings, load_config
-from imagegate.engines.base import ImageOut, Job
-from imagegate.errors import EngineError
-from imagegate.imaging import encode
+from imagegate.config import load_config
 from imagegate.stores.db import ApiKey, Database, Task, WebhookDelivery
 from imagegate.stores.keys import hash_key
 from imagegate.webhooks import WebhookVerificationError, verify
 from tests.conftest import LOOPBACK_ALLOW, Api, FileServer, create_key, decode, make_image, open_api
+from tests.engines import OnePerCall
 from tests.receivers import webhook_receiver
 
 PNG = make_image(800, 600)
@@ -321,38 +319,6 @@ async def test_tasks_of_other_keys_are_404(api: Api) -> None:
 
 
 # --- SPEC §3: n fan-out ---------------------------------------------------------------------------
-
-
-class OnePerCall:
-    """An engine that makes one image per call and fails the calls listed in `fail_calls`."""
-
-    name = "one-per-call"
-    images_per_call = 1
-    can_generate = True
-
-    def __init__(self, fail_calls: set[int]) -> None:
-        self.fail_calls = fail_calls
-        self.calls = 0
-        self.in_flight = 0
-        self.most_in_flight = 0
-
-    async def run(self, job: Job) -> list[ImageOut]:
-        index = self.calls
-        self.calls += 1
-        self.in_flight += 1
-        self.most_in_flight = max(self.most_in_flight, self.in_flight)
-        try:
-            await asyncio.sleep(0.05)
-            if index in self.fail_calls:
-                raise EngineError("the upstream refused this one")
-            img = Image.new("RGB", (job.size.width, job.size.height), (index * 40 % 255, 0, 0))
-            data = encode(img, job.request.output_format, ImagingSettings())
-            return [ImageOut(data, job.request.output_format, job.size, False, f"image {index}")]
-        finally:
-            self.in_flight -= 1
-
-    async def aclose(self) -> None:
-        return None
 
 
 async def test_n_fans_out_concurrently_and_delivers_a_partial_success(tmp_path: Path) -> None:

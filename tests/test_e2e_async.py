@@ -3,6 +3,7 @@ webhooks checked with `imagegate.webhooks.verify`, and a SIGKILL in the middle o
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -10,8 +11,11 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
+from decimal import Decimal
 from pathlib import Path
 from typing import IO
 
@@ -20,7 +24,16 @@ import pytest
 from PIL import Image
 
 from imagegate.webhooks import verify
-from tests.conftest import LOOPBACK_ALLOW, FileServer, LiveServer, free_port, make_image, run_cli, start_serve
+from tests.conftest import (
+    LOOPBACK_ALLOW,
+    FileServer,
+    LiveServer,
+    audit_ledgers,
+    free_port,
+    make_image,
+    run_cli,
+    start_serve,
+)
 from tests.receivers import Receiver, webhook_receiver
 
 pytestmark = pytest.mark.e2e
@@ -202,12 +215,13 @@ def test_sigkill_during_40_tasks_loses_none(crashable: Server, file_server: File
             and sum(s == "success" for s in states(crashable, account["key"], ids).values()) < 2
         ):
             time.sleep(0.05)
-        crashable.kill()
+        with sync_edit_in_flight(crashable, account["key"], image):
+            crashable.kill()
         crashable.start()
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline:
             now = states(crashable, account["key"], ids)
-            if all(s in ("success", "fail") for s in now.values()):
+            if all(s in ("success", "fail") for s in now.values()) and not unfinished(crashable):
                 break
             time.sleep(0.25)
         assert all(s == "success" for s in now.values()), now
@@ -220,7 +234,42 @@ def test_sigkill_during_40_tasks_loses_none(crashable: Server, file_server: File
     assert all(len(msg_ids) == 1 for msg_ids in by_task.values()), "each task finished (and reported) exactly once"
     with sqlite3.connect(crashable.data_dir / "imagegate.db") as db:
         attempts = [row[0] for row in db.execute("SELECT attempts FROM tasks")]
+        sync = db.execute("SELECT state, error_code, held, cost FROM tasks WHERE mode = 'sync'").fetchall()
     assert max(attempts) == 2 and attempts.count(2) <= 2, "the tasks running at the kill were taken over, once"
+    assert sync == [("fail", "interrupted", 0, 0)], "the sync request cut off by the kill failed, its hold released"
+    audit_ledgers(crashable.data_dir / "imagegate.db")
+    spent = Decimal(1000) - 40 * 9  # 40 medium 2K images at 6 × 1.5
+    usage = httpx.get(f"{crashable.base}/v1/usage", headers={"Authorization": f"Bearer {account['key']}"}).json()
+    assert (usage["balance"], usage["held"], usage["holds"]) == (str(spent), "0", [])
+
+
+def unfinished(server: Server) -> int:
+    with sqlite3.connect(server.data_dir / "imagegate.db") as db:
+        (count,) = db.execute("SELECT COUNT(*) FROM tasks WHERE state IN ('waiting', 'running')").fetchone()
+    return int(count)
+
+
+@contextmanager
+def sync_edit_in_flight(server: Server, key: str, image: str) -> Iterator[None]:
+    """A synchronous 4K edit running on `server` while the block runs (its connection may then break)."""
+
+    def edit() -> None:
+        payload = {"prompt": "pencil sketch", "image": image, "size": "3840x2160", "quality": "high"}
+        with contextlib.suppress(httpx.HTTPError):
+            httpx.post(
+                f"{server.base}/v1/images/edits", json=payload, headers={"Authorization": f"Bearer {key}"}, timeout=60
+            )
+
+    thread = threading.Thread(target=edit, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with sqlite3.connect(server.data_dir / "imagegate.db") as db:
+            if db.execute("SELECT 1 FROM tasks WHERE mode = 'sync' AND state = 'running'").fetchone():
+                break
+        time.sleep(0.02)
+    yield
+    thread.join(60)
 
 
 def submit_40(server: Server, key: str, image: str, receiver: Receiver) -> list[str]:

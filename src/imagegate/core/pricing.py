@@ -10,6 +10,11 @@ from imagegate.core.sizing import TIERS, size_for_ratio, tier_of
 from imagegate.core.validation import resolve_size, resolved_quality
 
 
+def credits_text(value: Decimal) -> str:
+    """Credits as clients read them: a plain decimal string without trailing zeros (`"13.5"`, `"0.14"`)."""
+    return f"{value.normalize():f}"
+
+
 def unit_price(spec: ModelSpec, quality: Quality, size: Size | None) -> Decimal:
     """Credits for one delivered image (or one call, for per-call models)."""
     if spec.per_call_price is not None:
@@ -43,15 +48,13 @@ def price_before_inputs(req: EditRequest, spec: ModelSpec) -> Decimal:
 def price_table(spec: ModelSpec) -> dict[str, object]:
     """A model's prices as `GET /v1/pricing` lists them: per call, or per image by quality and tier."""
     if spec.per_call_price is not None:
-        return {"per": "call", "price": f"{spec.per_call_price.normalize():f}"}
+        return {"per": "call", "price": credits_text(spec.per_call_price)}
     tiers: tuple[str, ...] = TIERS
     if spec.size_mode is SizeMode.FIXED and spec.sizes:
         tiers = tuple(tier for tier in TIERS if any(tier_of(size) == tier for size in spec.sizes))
     qualities = [quality for quality in spec.qualities if quality is not Quality.AUTO]
     prices = {
-        quality.value: {
-            tier: f"{unit_price(spec, quality, size_for_ratio((1, 1), tier)).normalize():f}" for tier in tiers
-        }
+        quality.value: {tier: credits_text(unit_price(spec, quality, size_for_ratio((1, 1), tier))) for tier in tiers}
         for quality in qualities
     }
     return {"per": "image", "prices": prices}

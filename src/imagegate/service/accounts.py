@@ -14,6 +14,7 @@ from sqlalchemy import case, func, select, type_coerce
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from imagegate.config import AccountDefaults
+from imagegate.core.pricing import credits_text
 from imagegate.stores import ledger
 from imagegate.stores.db import ApiKey, Credits, LedgerEntry, Task, now_ms
 from imagegate.stores.keys import limits_of
@@ -26,7 +27,7 @@ def seconds(ms: int | None) -> int | None:
 
 
 def credits(value: Decimal | None) -> str | None:
-    return None if value is None else f"{value.normalize():f}"
+    return None if value is None else credits_text(value)
 
 
 def key_view(key: ApiKey, defaults: AccountDefaults) -> dict[str, Any]:

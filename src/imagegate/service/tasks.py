@@ -27,7 +27,7 @@ import anyio
 
 from imagegate.config import AccountDefaults, Limits
 from imagegate.core.catalog import Catalog, ModelSpec
-from imagegate.core.pricing import price, price_before_inputs
+from imagegate.core.pricing import credits_text, price, price_before_inputs
 from imagegate.core.request import Background, EditRequest, ImageRef, Size
 from imagegate.core.sizing import tier_of
 from imagegate.core.validation import resolve_size, resolved_quality, validate
@@ -273,10 +273,10 @@ class TaskService:
         available = (row.credits - row.held) if row is not None else Decimal(0)
         return {
             "object": "image.quote",
-            "price": f"{total:f}",
-            "unit_price": f"{price(spec, quality, size, 1):f}",
+            "price": credits_text(total),
+            "unit_price": credits_text(price(spec, quality, size, 1)),
             "currency": "credits",
-            "available": f"{available:f}",
+            "available": credits_text(available),
             "sufficient": available >= price_before_inputs(req, spec),
             "model": spec.id,
             "engine": engine.name,

@@ -18,6 +18,7 @@ from sqlalchemy import ColumnElement, func, literal, select, type_coerce, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
+from imagegate.core.pricing import credits_text
 from imagegate.errors import BadRequest, Conflict, InsufficientCredits, NotFound
 from imagegate.stores.db import ApiKey, Credits, LedgerEntry, Task, now_ms
 
@@ -70,7 +71,8 @@ async def open_task(session: AsyncSession, task: Task, price: Decimal, max_activ
     if held.rowcount != 1:  # type: ignore[attr-defined]
         row = await key(session, task.key_id)
         raise InsufficientCredits(
-            f"This request costs {price:f} credits but the key has {row.credits - row.held:f} available."
+            f"This request costs {credits_text(price)} credits but the key has "
+            f"{credits_text(row.credits - row.held)} available."
         )
     if max_active > 0:
         active = await session.scalar(
@@ -133,7 +135,7 @@ async def deduct(session: AsyncSession, key_id: str, amount: Decimal, note: str 
     if changed.rowcount != 1:  # type: ignore[attr-defined]
         row = await key(session, key_id)
         raise InsufficientCredits(
-            f"Cannot deduct {amount:f} credits: the key has {row.credits - row.held:f} available."
+            f"Cannot deduct {credits_text(amount)} credits: the key has {credits_text(row.credits - row.held)} available."
         )
     session.add(LedgerEntry(key_id=key_id, kind=Kind.DEDUCT, amount=-amount, held=0, note=note))
     return await key(session, key_id)

@@ -1,0 +1,321 @@
+"""Credits that stay exact under concurrency and faults, and per-key limits in every dialect (SPEC §4, §7)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import sqlite3
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from imagegate.config import Config, load_config
+from imagegate.core.pricing import credits_text
+from imagegate.stores.keys import hash_key
+from tests.conftest import LOOPBACK_ALLOW, Api, audit_ledgers, create_key, make_image, open_api
+from tests.engines import OnePerCall
+from tests.test_error_shapes import Shape, envelope_shape, jobs_shape, openai_shape
+
+PNG = make_image(64, 64)
+DATA_URL = "data:image/png;base64," + base64.b64encode(PNG).decode()
+UNLIMITED = {"requests_per_minute": 0, "max_active_tasks": 0}
+
+DIALECTS: dict[str, tuple[str, dict[str, Any], Shape]] = {
+    "openai": (
+        "/v1/images/edits",
+        {"model": "gpt-image-2", "prompt": "p", "image": DATA_URL, "size": "1024x1024"},
+        openai_shape,
+    ),
+    "envelope": (
+        "/v1/images/edit",
+        {"model": "gpt-image-2", "prompt": "p", "image": DATA_URL, "size": "1:1"},
+        envelope_shape,
+    ),
+    "jobs": (
+        "/api/v1/jobs/createTask",
+        {"model": "gpt-image-2-text-to-image", "input": {"prompt": "p", "aspect_ratio": "1:1"}},
+        jobs_shape,
+    ),
+}
+"""A valid paid request of each dialect (medium quality at 1K: 6 credits) and its error shape."""
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def error_code(body: Any) -> str | int:
+    code: str | int = body["error"]["code"] if "error" in body else body["code"]
+    return code
+
+
+def settings(tmp_path: Path, **accounts: int) -> Config:
+    return load_config(data_dir=tmp_path / "data", fetch_allow=LOOPBACK_ALLOW, accounts={**UNLIMITED, **accounts})
+
+
+def db_file(config: Config) -> Path:
+    return config.data_dir / "imagegate.db"
+
+
+def balance(config: Config, key: str) -> tuple[str, str]:
+    """(balance, held) of `key` as decimal strings, read straight from the database."""
+    with sqlite3.connect(db_file(config)) as db:
+        credits, held = db.execute("SELECT credits, held FROM api_keys WHERE key_hash = ?", (hash_key(key),)).fetchone()
+    return credits_text(Decimal(credits) / 1_000_000), credits_text(Decimal(held) / 1_000_000)
+
+
+def task_count(config: Config) -> int:
+    with sqlite3.connect(db_file(config)) as db:
+        (count,) = db.execute("SELECT COUNT(*) FROM tasks").fetchone()
+    return int(count)
+
+
+@contextmanager
+def watch_available(config: Config, key: str) -> Iterator[list[int]]:
+    """Sample the key's balance and available balance (in millionths) from another thread while the
+    block runs; yields the list of every value seen."""
+    seen: list[int] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        with sqlite3.connect(db_file(config)) as db:
+            while not stop.is_set():
+                credits, held = db.execute(
+                    "SELECT credits, held FROM api_keys WHERE key_hash = ?", (hash_key(key),)
+                ).fetchone()
+                seen.extend((credits, credits - held))
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield seen
+    finally:
+        stop.set()
+        thread.join(10)
+
+
+async def test_100_concurrent_requests_on_a_balance_for_50(tmp_path: Path) -> None:
+    config = settings(tmp_path)
+    async with open_api(config) as api:
+        key = await create_key(config, credits=100)
+        form = {"model": "dall-e-2", "prompt": "invert", "size": "256x256"}
+
+        async def edit() -> httpx.Response:
+            files = {"image": ("a.png", PNG, "image/png")}
+            return await api.client.post("/v1/images/edits", headers=bearer(key), data=form, files=files)
+
+        with watch_available(config, key) as seen:
+            responses = await asyncio.gather(*(edit() for _ in range(100)))
+    assert Counter(r.status_code for r in responses) == {200: 50, 402: 50}
+    refused = [r.json()["error"] for r in responses if r.status_code == 402]
+    assert {e["code"] for e in refused} == {"insufficient_credits"} and "costs 2 credits" in refused[0]["message"]
+    assert seen and min(seen) >= 0, "neither the balance nor the available balance ever went negative"
+    assert balance(config, key) == ("0", "0")
+    audit_ledgers(db_file(config))
+    with sqlite3.connect(db_file(config)) as db:
+        kinds = Counter(kind for (kind,) in db.execute("SELECT kind FROM ledger"))
+    assert kinds["hold"] == 50 and kinds["settle"] == 50 and kinds["release"] == 0
+
+
+async def test_engine_errors_and_client_errors_release_the_hold(tmp_path: Path) -> None:
+    engine = OnePerCall(fail_calls={0})
+    config = settings(tmp_path)
+    async with open_api(config, {"one-per-call": engine}) as api:
+        failed = await api.client.post("/v1/images/generations", headers=api.auth, json={"prompt": "x"})
+        assert failed.status_code == 502
+        unreadable = await api.client.post(
+            "/v1/images/edits", headers=api.auth, json={"prompt": "x", "image": "data:image/png;base64,AAAA"}
+        )
+        assert unreadable.status_code == 400, "a bad input found after the task was recorded"
+        assert balance(config, api.key) == ("1000", "0")
+        usage = (await api.client.get("/v1/usage", headers=api.auth)).json()
+    assert [t["state"] for t in usage["tasks"]] == ["fail", "fail"] and {t["cost"] for t in usage["tasks"]} == {"0"}
+    assert usage["holds"] == [] and usage["balance"] == "1000"
+    audit_ledgers(db_file(config))
+
+
+async def test_partial_success_charges_only_the_images_delivered(tmp_path: Path) -> None:
+    engine = OnePerCall(fail_calls={1})
+    config = settings(tmp_path)
+    async with open_api(config, {"one-per-call": engine}) as api:
+        r = await api.client.post(
+            "/v1/images/generations", headers=api.auth, json={"prompt": "x", "n": 3, "size": "1024x1024"}
+        )
+        assert r.status_code == 200 and len(r.json()["data"]) == 2
+        usage = (await api.client.get("/v1/usage", headers=api.auth)).json()
+    assert usage["tasks"][0]["cost"] == "12" and usage["tasks"][0]["images"] == 2
+    assert usage["balance"] == "988"
+    with sqlite3.connect(db_file(config)) as db:
+        rows = list(db.execute("SELECT kind, amount, held FROM ledger WHERE task_id IS NOT NULL ORDER BY id"))
+    assert rows == [("hold", 0, 18_000_000), ("settle", -12_000_000, -12_000_000), ("release", 0, -6_000_000)]
+    audit_ledgers(db_file(config))
+
+
+async def test_a_failing_async_task_releases_its_hold(tmp_path: Path) -> None:
+    engine = OnePerCall(fail_calls={0})
+    config = settings(tmp_path)
+    async with open_api(config, {"one-per-call": engine}) as api:
+        path, body, _ = DIALECTS["jobs"]
+        created = await api.client.post(path, headers=api.auth, json=body)
+        task_id = created.json()["data"]["taskId"]
+        assert balance(config, api.key) == ("1000", "6"), "the price is held while the task waits"
+        for _ in range(200):
+            info = await api.client.get("/api/v1/jobs/recordInfo", params={"taskId": task_id}, headers=api.auth)
+            if info.json()["data"]["state"] == "fail":
+                break
+            await asyncio.sleep(0.05)
+        assert info.json()["data"]["state"] == "fail"
+    assert balance(config, api.key) == ("1000", "0")
+    audit_ledgers(db_file(config))
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+async def test_402_in_each_dialect_records_nothing(tmp_path: Path, dialect: str) -> None:
+    path, body, shape = DIALECTS[dialect]
+    config = settings(tmp_path)
+    async with open_api(config, {"one-per-call": OnePerCall()}) as api:
+        poor = await create_key(config, credits="5.999999")
+        r = await api.client.post(path, headers=bearer(poor), json=body)
+    assert r.status_code == 402, r.text
+    shape(r.json(), 402)
+    assert error_code(r.json()) in ("insufficient_credits", 402)
+    assert task_count(config) == 0 and balance(config, poor) == ("5.999999", "0")
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+async def test_429_at_the_key_rpm_in_each_dialect(tmp_path: Path, dialect: str) -> None:
+    path, body, shape = DIALECTS[dialect]
+    config = settings(tmp_path, requests_per_minute=100)
+    async with open_api(config, {"one-per-call": OnePerCall()}) as api:
+        key = await create_key(config, rpm=2)
+        first = await api.client.post(path, headers=bearer(key), json=body)
+        second = await api.client.post(path, headers=bearer(key), json=body)
+        third = await api.client.post(path, headers=bearer(key), json=body)
+        default = await api.client.post(path, headers=api.auth, json=body)
+    assert (first.status_code, second.status_code, third.status_code) == (200, 200, 429), third.text
+    assert first.headers["x-ratelimit-limit-requests"] == "2"
+    assert first.headers["x-ratelimit-remaining-requests"] == "1"
+    assert second.headers["x-ratelimit-remaining-requests"] == "0"
+    shape(third.json(), 429)
+    assert error_code(third.json()) in ("rate_limit_exceeded", 429)
+    assert int(third.headers["retry-after"]) >= 1 and third.headers["x-ratelimit-remaining-requests"] == "0"
+    assert third.headers["x-ratelimit-reset-requests"].endswith("s")
+    assert default.headers["x-ratelimit-limit-requests"] == "100", "keys without their own limit take the default"
+    assert task_count(config) == 3, "the refused request recorded nothing"
+
+
+async def test_409_at_the_key_active_task_limit_in_each_dialect(tmp_path: Path) -> None:
+    gate = asyncio.Event()
+    engine = OnePerCall(gate=gate)
+    config = settings(tmp_path, max_active_tasks=5)
+    async with open_api(config, {"one-per-call": engine}) as api:
+        key = await create_key(config, max_active=1)
+        path, body, _ = DIALECTS["openai"]
+        running = asyncio.create_task(api.client.post(path, headers=bearer(key), json=body))
+        await engine.started.wait()
+        for dialect, (path, body, shape) in DIALECTS.items():
+            r = await api.client.post(path, headers=bearer(key), json=body)
+            assert r.status_code == 409, (dialect, r.text)
+            shape(r.json(), 409)
+            assert error_code(r.json()) in ("too_many_active_tasks", 409)
+        gate.set()
+        assert (await running).status_code == 200
+        path, body, _ = DIALECTS["jobs"]
+        assert (await api.client.post(path, headers=bearer(key), json=body)).status_code == 200
+    audit_ledgers(db_file(config))
+
+
+async def test_images_per_request_allowed_models_and_expiry_per_key(tmp_path: Path) -> None:
+    config = settings(tmp_path)
+    async with open_api(config, {"one-per-call": OnePerCall()}) as api:
+        few = await create_key(config, max_images=2)
+        r = await api.client.post("/v1/images/generations", headers=bearer(few), json={"prompt": "x", "n": 3})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "n"
+        assert "at most 2 images" in r.json()["error"]["message"]
+
+        narrow = await create_key(config, models=["dall-e-2"])
+        r = await api.client.post("/v1/images/generations", headers=bearer(narrow), json={"prompt": "x"})
+        assert r.status_code == 403 and r.json()["error"]["code"] == "permission_denied"
+        models = (await api.client.get("/v1/models", headers=bearer(narrow))).json()["data"]
+        pricing = (await api.client.get("/v1/pricing", headers=bearer(narrow))).json()["data"]
+        assert [m["id"] for m in models] == ["dall-e-2"] == [p["model"] for p in pricing]
+
+        expired = await create_key(config, expires_at=1)
+        r = await api.client.get("/v1/usage", headers=bearer(expired))
+        assert r.status_code == 401 and "expired" in r.json()["error"]["message"]
+
+
+async def test_dry_run_prices_every_dialect_without_running_or_charging(tmp_path: Path) -> None:
+    config = settings(tmp_path)
+    async with open_api(config, {"one-per-call": OnePerCall()}) as api:
+        edit = await api.client.post(
+            "/v1/images/edits?dry_run=true",
+            headers=api.auth,
+            files={"image": ("a.png", PNG, "image/png")},
+            data={"prompt": "x", "size": "2048x2048", "quality": "high", "n": "2"},
+        )
+        generate = await api.client.post(
+            "/v1/images/generations?dry_run=1", headers=api.auth, json={"prompt": "x", "quality": "low"}
+        )
+        envelope = await api.client.post(
+            "/v1/images/edit?dry_run=true", headers=api.auth, json={**DIALECTS["envelope"][1], "size": "16:9"}
+        )
+        jobs = await api.client.post(
+            "/api/v1/jobs/createTask?dry_run=true",
+            headers=api.auth,
+            json={"model": "gpt-image-2-text-to-image", "input": {"prompt": "x", "resolution": "4K", "quality": "low"}},
+        )
+        bad = await api.client.post("/v1/images/edits?dry_run=true", headers=api.auth, json={"prompt": "x"})
+    assert edit.json() | {"available": "1000"} == edit.json()
+    assert (edit.json()["price"], edit.json()["unit_price"], edit.json()["tier"]) == ("36", "18", "2K")
+    assert edit.json()["size"] == "2048x2048" and edit.json()["n"] == 2 and edit.json()["sufficient"] is True
+    assert (generate.json()["price"], generate.json()["kind"]) == ("2", "generate")
+    assert (envelope.json()["price"], envelope.json()["size"]) == ("6", "1536x864")
+    assert (jobs.json()["price"], jobs.json()["size"], jobs.json()["quality"]) == ("3", "2880x2880", "low")
+    assert bad.status_code == 400, "a dry run validates like a real request"
+    assert task_count(config) == 0 and balance(config, api.key) == ("1000", "0")
+
+
+async def test_pricing_lists_the_spec_defaults_and_configured_prices(tmp_path: Path) -> None:
+    config = load_config(
+        data_dir=tmp_path / "data",
+        accounts=UNLIMITED,
+        models={"gpt-image-1": {"prices": {"low": "1.25", "medium": "3", "high": "7.5"}}},
+    )
+    async with open_api(config) as api:
+        listed = (await api.client.get("/v1/pricing", headers=api.auth)).json()
+        by_model = {entry["model"]: entry for entry in listed["data"]}
+        quote = await api.client.post(
+            "/v1/images/edits?dry_run=true",
+            headers=api.auth,
+            json={"model": "gpt-image-1", "prompt": "x", "image": DATA_URL, "quality": "low", "n": 4},
+        )
+    assert listed["currency"] == "credits"
+    assert by_model["gpt-image-2"]["prices"]["low"] == {"1K": "2", "2K": "3", "4K": "3"}
+    assert by_model["gpt-image-2"]["prices"]["high"] == {"1K": "12", "2K": "18", "4K": "18"}
+    assert by_model["dall-e-2"]["prices"] == {"standard": {"1K": "2"}}
+    assert by_model["nano-banana-pro"] | {"per": "call", "price": "0.35"} == by_model["nano-banana-pro"]
+    assert by_model["gpt-image-1"]["prices"]["low"] == {"1K": "1.25"}
+    assert quote.json()["price"] == "5"
+
+
+async def test_usage_shows_only_the_callers_tasks(api: Api) -> None:
+    other = await create_key(api.config)
+    r = await api.client.post("/v1/images/edits", headers=api.auth, json={"prompt": "invert", "image": DATA_URL})
+    task_id = r.json()["task_id"]
+    mine = (await api.client.get("/v1/usage", headers=api.auth)).json()
+    theirs = (await api.client.get("/v1/usage", headers=bearer(other))).json()
+    assert [t["id"] for t in mine["tasks"]] == [task_id] and mine["tasks"][0]["cost"] == "6"
+    assert mine["balance"] == "994" and mine["available"] == "994" and mine["holds"] == []
+    assert theirs["tasks"] == [] and theirs["balance"] == "1000"
+    poll = await api.client.get("/api/v1/jobs/recordInfo", params={"taskId": task_id}, headers=bearer(other))
+    assert poll.status_code == 404 and poll.json()["code"] == 404
+    bad_limit = await api.client.get("/v1/usage?limit=0", headers=api.auth)
+    assert bad_limit.status_code == 400 and bad_limit.json()["error"]["param"] == "limit"
