@@ -6,6 +6,9 @@
     (loopback, b64_json) divided by the same edit called in-process on the engine.
 (b) upload memory: the server's peak RSS growth while it accepts and edits 16 × 10 MB images in one
     multipart request, divided by the upload size.
+(c) bookkeeping: wall time of a tiny paid edit (64² PNG to a 256² JPEG URL, dall-e-2) through the HTTP
+    API divided by its `?dry_run=true` (the same auth, rate limit, parsing and validation, but no task
+    row, credit hold, engine run, stored file or settlement).
 """
 
 from __future__ import annotations
@@ -94,6 +97,18 @@ def http_edit(base: str, key: str, png: bytes) -> float:
     return statistics.median(times)
 
 
+def tiny_edit(base: str, key: str, png: bytes, query: str) -> float:
+    times = []
+    form = {"model": "dall-e-2", "prompt": "invert", "size": "256x256", "response_format": "url"}
+    with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=60) as client:
+        for _ in range(ROUNDS * 2):
+            start = time.perf_counter()
+            r = client.post(f"/v1/images/edits{query}", data=form, files=[("image", ("a.png", png, "image/png"))])
+            r.raise_for_status()
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def peak_rss_during(pid: int, work: threading.Thread) -> int:
     proc = psutil.Process(pid)
     peak: int = proc.memory_info().rss
@@ -115,6 +130,15 @@ def main() -> None:
             print(
                 f"(a) gateway overhead, 1024² classic edit: HTTP {remote * 1000:.1f} ms / in-process "
                 f"{local * 1000:.1f} ms = {remote / local:.3f}x  (+{(remote - local) * 1000:.1f} ms)"
+            )
+
+            small = picture(64, 64)
+            tiny_edit(base, key, small, "?dry_run=true")
+            dry = tiny_edit(base, key, small, "?dry_run=true")
+            paid = tiny_edit(base, key, small, "")
+            print(
+                f"(c) bookkeeping, tiny paid edit: {paid * 1000:.1f} ms / its dry run {dry * 1000:.1f} ms = "
+                f"{paid / dry:.3f}x  (+{(paid - dry) * 1000:.1f} ms)"
             )
 
             big = picture(1825, 1825, level=0)

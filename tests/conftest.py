@@ -84,8 +84,17 @@ def audit_ledgers(database: Path) -> None:
                 (key_id,),
             ).fetchone()
             assert task_holds == held, f"{key_id}: unfinished tasks hold {task_holds}, the key {held}"
-        (stale,) = db.execute("SELECT COUNT(*) FROM tasks WHERE state IN ('success', 'fail') AND held != 0").fetchone()
+        (stale,) = db.execute(
+            "SELECT COUNT(*) FROM (SELECT ledger.task_id FROM ledger JOIN tasks ON tasks.id = ledger.task_id"
+            " WHERE tasks.state IN ('success', 'fail') GROUP BY ledger.task_id HAVING SUM(ledger.held) != 0)"
+        ).fetchone()
         assert stale == 0, "a finished task still holds credits"
+        (overcharged,) = db.execute(
+            "SELECT COUNT(*) FROM (SELECT tasks.id FROM tasks LEFT JOIN ledger ON ledger.task_id = tasks.id"
+            " AND ledger.kind = 'settle' GROUP BY tasks.id"
+            " HAVING COALESCE(-SUM(ledger.amount), 0) != COALESCE(MAX(tasks.cost), 0) OR MAX(tasks.cost) > MAX(tasks.held))"
+        ).fetchone()
+        assert overcharged == 0, "a task's settlement differs from its cost, or exceeds its hold"
 
 
 @dataclass

@@ -99,7 +99,7 @@ async def test_sync_tasks_of_a_dead_process_fail_as_interrupted_and_release_thei
     assert await TaskRecords(db, "proc_alive").fail_orphans() == 1
     task = await get(db, "task_sync")
     assert task.state == "fail" and task.error_code == "interrupted" and task.finished_at is not None
-    assert task.held == 0 and task.cost == 0
+    assert task.held == 6 and task.cost == 0, "it keeps what it held, and was charged nothing"
     assert await runner(db).claim() is None, "sync tasks are never re-run"
     async with db.session() as session:
         key = await ledger.key(session, "key_1")

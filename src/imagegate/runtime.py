@@ -23,6 +23,9 @@ from imagegate.stores import keys, ratelimit
 from imagegate.stores.blobs import BlobStore, LocalBlobStore
 from imagegate.stores.db import ApiKey, Database, migrate, now_ms
 
+LAST_USED_RESOLUTION_MS = 60_000
+"""A key's `last_used_at` is rewritten at most this often, so authenticating stays a read."""
+
 
 @dataclass
 class Runtime:
@@ -38,6 +41,7 @@ class Runtime:
     metrics: Metrics
     runner: TaskRunner
     webhooks: WebhookSender
+    limiter: ratelimit.RateLimiter
 
     def public_base(self, request: Request) -> str:
         """Base of result URLs: IMAGEGATE_PUBLIC_URL, or the URL the client used to reach us."""
@@ -50,6 +54,9 @@ class Runtime:
         raw = token.strip() if scheme.lower() == "bearer" else ""
         async with self.db.session() as session:
             row = await keys.authenticate(session, raw)
+            if row.last_used_at is None or row.last_used_at < now_ms() - LAST_USED_RESOLUTION_MS:
+                await keys.touch(session, row.id)
+                await session.commit()
         request.state.key_id = row.id
         return row
 
@@ -61,9 +68,7 @@ class Runtime:
         """
         key = await self.authenticate(request)
         limit = self.tasks.key_limits(key).rpm
-        async with self.db.session() as session, session.begin():
-            await keys.touch(session, key.id)
-            state = await ratelimit.hit(session, key.id, limit, now_ms()) if limit else None
+        state = await self.limiter.hit(key.id, limit, now_ms()) if limit else None
         if state is not None:
             request.state.response_headers = state.headers()
             if not state.allowed:
@@ -125,7 +130,8 @@ async def open_runtime(
     stack.callback(background.cancel_scope.cancel)
     background.start_soon(runner.run)
     background.start_soon(sender.run)
-    return Runtime(config, db, blobs, fetcher, catalog, engines, tasks, metrics, runner, sender)
+    limiter = ratelimit.limiter_for(db)
+    return Runtime(config, db, blobs, fetcher, catalog, engines, tasks, metrics, runner, sender, limiter)
 
 
 def runtime_of(request: Request) -> Runtime:

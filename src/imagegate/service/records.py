@@ -10,7 +10,7 @@ same transaction as the final state, so a crash can lose neither.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -24,7 +24,7 @@ from imagegate.core.request import Background, Delivery, OutputFormat, Quality, 
 from imagegate.errors import ImagegateError, Interrupted
 from imagegate.stores import ledger
 from imagegate.stores.blobs import BlobStore
-from imagegate.stores.db import Database, Task, WebhookDelivery, now_ms
+from imagegate.stores.db import Database, StoredFile, Task, WebhookDelivery, now_ms
 
 TERMINAL = frozenset({"success", "fail"})
 
@@ -133,8 +133,16 @@ class TaskRecords:
         self.renderers: dict[str, CallbackRenderer] = {}
         self.on_callback_queued: Callable[[], None] = lambda: None
 
-    async def finish(self, task_id: str, *, outcome: Outcome | None = None, error: BaseException | None = None) -> bool:
-        """Record success (`outcome`) or failure (`error`) if this process still owns the task.
+    async def finish(
+        self,
+        task_id: str,
+        *,
+        outcome: Outcome | None = None,
+        error: BaseException | None = None,
+        files: Sequence[StoredFile] = (),
+    ) -> bool:
+        """Record success (`outcome`, with its `files` rows) or failure (`error`) if this process still
+        owns the task, settling its credits and queueing its callback in the same transaction.
 
         Returns False (and writes nothing) when the task was reclaimed or already final.
         """
@@ -144,19 +152,15 @@ class TaskRecords:
         else:
             code, message = failure_of(error or RuntimeError("unknown"))
             values.update(state="fail", error_code=code, error_message=message)
+        values["cost"] = ledger.settled_cost(outcome.price if outcome is not None else Decimal(0))
+        owned = (Task.id == task_id, Task.lease_owner == self.owner, Task.state == "running")
         with anyio.CancelScope(shield=True):
             async with self.db.session() as session, session.begin():
-                changed = await session.execute(
-                    update(Task)
-                    .where(Task.id == task_id, Task.lease_owner == self.owner, Task.state == "running")
-                    .values(**values)
-                )
-                if changed.rowcount != 1:  # type: ignore[attr-defined]
-                    return False
-                task = await session.get(Task, task_id, populate_existing=True)
+                task = await session.scalar(update(Task).where(*owned).values(**values).returning(Task))
                 if task is None:
                     return False
-                await ledger.close_task(session, task, outcome.price if outcome is not None else Decimal(0))
+                session.add_all(files)
+                await ledger.close_task(session, task)
                 queued = await self._queue_callback(session, task, outcome)
             if queued:
                 self.on_callback_queued()
@@ -172,20 +176,21 @@ class TaskRecords:
         failed = 0
         async with self.db.session() as session, session.begin():
             for task_id in list(await session.scalars(select(Task.id).where(*orphaned).limit(500))):
-                changed = await session.execute(
+                task = await session.scalar(
                     update(Task)
                     .where(Task.id == task_id, *orphaned)
                     .values(
                         state="fail",
                         finished_at=now,
                         lease_until=None,
+                        cost=Decimal(0),
                         error_code=Interrupted.code,
                         error_message="the server stopped while this request was running",
                     )
+                    .returning(Task)
                 )
-                task = await session.get(Task, task_id, populate_existing=True)
-                if changed.rowcount == 1 and task is not None:  # type: ignore[attr-defined]
-                    await ledger.close_task(session, task, Decimal(0))
+                if task is not None:
+                    await ledger.close_task(session, task)
                     failed += 1
         return failed
 

@@ -218,14 +218,14 @@ class TaskService:
                 async with prepared.resources:
                     with self.metrics.engine_runs.labels(prepared.engine.name).track_inprogress():
                         outs, failures = await self._fan_out(prepared, on_partial)
-                delivered = await self._store(prepared, outs)
+                delivered, files = await self._store(prepared, outs)
             except BaseException as exc:
                 await self._finish_failed(
                     prepared.task_id, prepared.spec.id, prepared.engine.name, prepared.started, exc
                 )
                 raise
             outcome = self._outcome(prepared, outs, delivered, failures)
-            await self.records.finish(prepared.task_id, outcome=outcome)
+            await self.records.finish(prepared.task_id, outcome=outcome, files=files)
         seconds = time.perf_counter() - prepared.started
         self.metrics.task_finished(prepared.spec.id, prepared.engine.name, seconds, images=len(delivered))
         return outcome
@@ -426,7 +426,8 @@ class TaskService:
                 log.error("an engine call of task %s failed", prepared.task_id, exc_info=exc)
         return images, [dict(zip(("code", "message"), failure_of(exc), strict=True)) for exc in failed]
 
-    async def _store(self, prepared: Prepared, outs: list[ImageOut]) -> list[Delivered]:
+    async def _store(self, prepared: Prepared, outs: list[ImageOut]) -> tuple[list[Delivered], list[StoredFile]]:
+        """Write each distinct image once; returns what was delivered and the file rows to record."""
         by_content: dict[int, str] = {}
         delivered = []
         rows = []
@@ -449,6 +450,4 @@ class TaskService:
                     )
                 )
             delivered.append(Delivered(file_id, out.data, out.revised_prompt))
-        async with self.db.session() as session, session.begin():
-            session.add_all(rows)
-        return delivered
+        return delivered, rows

@@ -108,7 +108,8 @@ class Task(Base):
     lease_owner: Mapped[str | None] = mapped_column(String(48), nullable=True)
     lease_until: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     held: Mapped[Decimal] = mapped_column(Credits, default=Decimal(0))
-    """Credits held for this task while it is unfinished; zero once it is final."""
+    """Credits held for this task when it was recorded; reserved while it is unfinished, settled (`cost`) or
+    released when it is final."""
     cost: Mapped[Decimal | None] = mapped_column(Credits, nullable=True)
     """Credits charged (settled) for the images it delivered; set when it finishes."""
     images: Mapped[int | None] = mapped_column(Integer, nullable=True)

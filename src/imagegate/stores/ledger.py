@@ -14,13 +14,13 @@ from dataclasses import dataclass
 from decimal import Decimal
 from enum import StrEnum
 
-from sqlalchemy import ColumnElement, func, literal, select, type_coerce, update
+from sqlalchemy import ColumnElement, case, func, literal, select, type_coerce, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
 from imagegate.core.pricing import credits_text
 from imagegate.errors import BadRequest, Conflict, InsufficientCredits, NotFound
-from imagegate.stores.db import ApiKey, Credits, LedgerEntry, Task, now_ms
+from imagegate.stores.db import ApiKey, Credits, LedgerEntry, Task
 
 ACTIVE_STATES = ("waiting", "running")
 
@@ -66,7 +66,7 @@ async def open_task(session: AsyncSession, task: Task, price: Decimal, max_activ
     held = await session.execute(
         update(ApiKey)
         .where(ApiKey.id == task.key_id, _available() >= _credits(price))
-        .values(held=ApiKey.held + _credits(price), last_used_at=now_ms())
+        .values(held=ApiKey.held + _credits(price))
     )
     if held.rowcount != 1:  # type: ignore[attr-defined]
         row = await key(session, task.key_id)
@@ -89,27 +89,28 @@ async def open_task(session: AsyncSession, task: Task, price: Decimal, max_activ
         session.add(LedgerEntry(key_id=task.key_id, task_id=task.id, kind=Kind.HOLD, amount=0, held=price))
 
 
-async def close_task(session: AsyncSession, task: Task, charge: Decimal) -> Decimal:
-    """Settle `charge` (at most what the task held) and release the rest of its hold; returns the charge.
+def settled_cost(charge: Decimal) -> ColumnElement[Decimal]:
+    """SQL for a finishing task's `cost`: `charge`, but never more than the task held."""
+    return case((Task.held < _credits(charge), Task.held), else_=_credits(charge))
 
-    Call in the transaction that writes the task's final state; a task with no hold left is untouched.
+
+async def close_task(session: AsyncSession, task: Task) -> None:
+    """Settle the `cost` of a task just made final (see `settled_cost`) and release the rest of its hold.
+
+    Call once, in the transaction that wrote the final state; `task.held` keeps what it had held.
     """
-    held = task.held
-    charge = min(max(charge, Decimal(0)), held)
-    release = held - charge
-    if held:
+    cost = task.cost or Decimal(0)
+    release = task.held - cost
+    if task.held:
         await session.execute(
             update(ApiKey)
             .where(ApiKey.id == task.key_id)
-            .values(credits=ApiKey.credits - _credits(charge), held=ApiKey.held - _credits(held))
+            .values(credits=ApiKey.credits - _credits(cost), held=ApiKey.held - _credits(task.held))
         )
-    if charge:
-        session.add(LedgerEntry(key_id=task.key_id, task_id=task.id, kind=Kind.SETTLE, amount=-charge, held=-charge))
+    if cost:
+        session.add(LedgerEntry(key_id=task.key_id, task_id=task.id, kind=Kind.SETTLE, amount=-cost, held=-cost))
     if release:
         session.add(LedgerEntry(key_id=task.key_id, task_id=task.id, kind=Kind.RELEASE, amount=0, held=-release))
-    await session.execute(update(Task).where(Task.id == task.id).values(held=_credits(Decimal(0)), cost=charge))
-    task.held, task.cost = Decimal(0), charge
-    return charge
 
 
 async def grant(session: AsyncSession, key_id: str, amount: Decimal, note: str = "") -> ApiKey:
@@ -171,6 +172,7 @@ async def entries(
 
 
 async def open_holds(session: AsyncSession, key_id: str) -> list[Task]:
-    """The key's tasks that still hold credits."""
-    query = select(Task).where(Task.key_id == key_id, Task.held > _credits(Decimal(0))).order_by(Task.created_at)
+    """The key's unfinished tasks that hold credits."""
+    holding = (Task.key_id == key_id, Task.state.in_(ACTIVE_STATES), Task.held > _credits(Decimal(0)))
+    query = select(Task).where(*holding).order_by(Task.created_at)
     return list(await session.scalars(query))
