@@ -30,6 +30,8 @@ async def test_multipart_repeat_replays_the_first_answer_even_with_a_new_boundar
     assert first.content == again.content and again.headers["idempotent-replayed"] == "true"
     assert again.headers["x-imagegate-task"] == first.headers["x-imagegate-task"]
     assert await task_count(api) == 1
+    usage = (await api.client.get("/v1/usage", headers=api.auth)).json()
+    assert usage["balance"] == "994", "charged once: 6 credits for one medium 1K edit"
 
 
 async def test_same_key_with_another_body_is_422_in_each_dialect(api: Api) -> None:
