@@ -226,6 +226,15 @@ def keys_rotate_secret(key_id: str, data_dir: DataDir = None, config_file: Confi
 
 
 Note = Annotated[str, typer.Option("--note", help="Why (kept on the ledger row).")]
+Move = Callable[[AsyncSession, str, Decimal, str], Awaitable[ApiKey]]
+
+
+def _move_credits(
+    move: Move, key_id: str, amount: str, data_dir: Path | None, config_file: Path | None, note: str
+) -> None:
+    value = _decimal(amount)
+    row = _with_session(_config(data_dir, config_file), lambda s: move(s, key_id, value, note))
+    print(f"{row.id} now has {accounts.credits(row.credits)} credits")
 
 
 @credits_app.command("grant")
@@ -233,9 +242,7 @@ def credits_grant(
     key_id: str, amount: str, data_dir: DataDir = None, config_file: ConfigFile = None, note: Note = ""
 ) -> None:
     """Add AMOUNT credits to key ID (a ledger `grant`)."""
-    value = _decimal(amount)
-    row = _with_session(_config(data_dir, config_file), lambda s: ledger.grant(s, key_id, value, note))
-    print(f"{row.id} now has {accounts.credits(row.credits)} credits")
+    _move_credits(ledger.grant, key_id, amount, data_dir, config_file, note)
 
 
 @credits_app.command("deduct")
@@ -243,9 +250,7 @@ def credits_deduct(
     key_id: str, amount: str, data_dir: DataDir = None, config_file: ConfigFile = None, note: Note = ""
 ) -> None:
     """Take AMOUNT credits from key ID's available balance (a ledger `deduct`)."""
-    value = _decimal(amount)
-    row = _with_session(_config(data_dir, config_file), lambda s: ledger.deduct(s, key_id, value, note))
-    print(f"{row.id} now has {accounts.credits(row.credits)} credits")
+    _move_credits(ledger.deduct, key_id, amount, data_dir, config_file, note)
 
 
 @credits_app.command("ledger")
