@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import shutil
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import openai
 import pytest
 from PIL import Image
 
-from tests.conftest import FileServer, LiveServer, make_image
+from tests.conftest import FileServer, LiveServer, make_image, run_cli
 
 pytestmark = pytest.mark.e2e
 SEEDS = Path(__file__).with_name("seeds")
@@ -193,3 +194,28 @@ def test_seed004_json_edit(live_server: LiveServer, file_server: FileServer, wor
         200, content=_run(["bash", "-c", _seed("seed004_edit.sh", live_server, file_server)], work)
     ).json()
     assert body["size"] == "1024x1024" and body["data"][0]["url"].endswith(".png")
+
+
+def test_sdk_sees_402_and_429_as_its_own_errors(live_server: LiveServer, work: Path) -> None:
+    def key_with(*options: str) -> str:
+        made = run_cli("keys", "create", "--json", *options, env=live_server.env)
+        key: str = json.loads(made.stdout.strip().splitlines()[-1])["key"]
+        return key
+
+    base = f"{live_server.base}/v1"
+    with (
+        openai.OpenAI(base_url=base, api_key=key_with("--credits", "5"), max_retries=0) as poor,
+        (work / "photo.png").open("rb") as f,
+        pytest.raises(openai.APIStatusError) as broke,
+    ):
+        poor.images.edit(model="gpt-image-2", image=f, prompt="sepia")
+    assert broke.value.status_code == 402 and broke.value.code == "insufficient_credits"
+
+    with openai.OpenAI(base_url=base, api_key=key_with("--credits", "100", "--rpm", "1"), max_retries=0) as limited:
+        with (work / "photo.png").open("rb") as f:
+            limited.images.edit(model="gpt-image-2", image=f, prompt="sepia", size="1024x1024")
+        with (work / "photo.png").open("rb") as f, pytest.raises(openai.RateLimitError) as refused:
+            limited.images.edit(model="gpt-image-2", image=f, prompt="sepia", size="1024x1024")
+    headers = refused.value.response.headers
+    assert refused.value.code == "rate_limit_exceeded" and int(headers["retry-after"]) >= 1
+    assert headers["x-ratelimit-limit-requests"] == "1" and headers["x-ratelimit-remaining-requests"] == "0"
