@@ -19,7 +19,8 @@ from starlette.exceptions import HTTPException
 from imagegate import __version__
 from imagegate.api import account, admin
 from imagegate.config import Config
-from imagegate.dialects import envelope, jobs, openai
+from imagegate.dialects import envelope, jobs
+from imagegate.dialects.openai import inbound as openai
 from imagegate.engines.base import Engine
 from imagegate.errors import BadRequest, ImagegateError, NotFound, PayloadTooLarge
 from imagegate.idempotency import IdempotencyMiddleware

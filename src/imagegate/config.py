@@ -85,6 +85,41 @@ class AccountDefaults(BaseModel):
     """Images (`n`) one request may ask for, below each model's own maximum."""
 
 
+class ChannelSettings(BaseModel):
+    """One configured way to make pixels (SPEC §1 Channel): an engine and where it reaches."""
+
+    model_config = {"extra": "forbid"}
+
+    name: str = Field(min_length=1)
+    engine: str = "openai"
+    """`openai` (OpenAI or any compatible base URL), `envelope`, `jobs` (seed dialects) or `classic`."""
+    base_url: str | None = None
+    """As the provider's own SDK takes it, e.g. `https://api.openai.com/v1`."""
+    api_key_env: str | None = None
+    """The environment variable holding the upstream key (keys are never written in the file)."""
+    models: list[str] = Field(default_factory=list)
+    """Public model ids it serves; empty for every model in the catalog."""
+    model_map: dict[str, str] = Field(default_factory=dict)
+    """Public id -> the provider's id, where they differ."""
+    priority: int = 0
+    """Lower is tried first."""
+    weight: int = Field(default=1, ge=1)
+    """Share of traffic among channels of equal priority."""
+    timeout_s: float = Field(default=180.0, gt=0)
+    """The most one attempt may take (connection, upload, generation, download)."""
+    max_concurrency: int = Field(default=64, ge=1)
+    max_retries: int = Field(default=2, ge=0)
+    """Further attempts on this channel after a retryable fault (429, 5xx, timeout, connection)."""
+    retry_backoff_s: float = Field(default=0.5, ge=0)
+    """First backoff; doubled each retry, with full jitter, capped at 8 s; `retry-after` wins when given."""
+    breaker_failures: int = Field(default=5, ge=1)
+    """Consecutive failed attempts that open the circuit (the channel rests)."""
+    breaker_rest_s: float = Field(default=30.0, ge=0)
+    """How long an open circuit rests before one probe request may try it again."""
+    poll_interval_s: float = Field(default=2.0, gt=0)
+    """Task-jobs channels: the first wait between status polls (it grows to 10 s)."""
+
+
 DEFAULT_WEBHOOK_RETRY_DELAYS = [5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0]
 
 
@@ -106,6 +141,7 @@ class Config(BaseSettings):
     models: dict[str, dict[str, Any]] = Field(default_factory=dict)
     first_key_credits: int = 1000
     accounts: AccountDefaults = Field(default_factory=AccountDefaults)
+    channels: list[ChannelSettings] = Field(default_factory=list)
     runner: RunnerSettings = Field(default_factory=RunnerSettings)
     webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
     webhook_retry_delays: Annotated[list[float], NoDecode] = Field(
@@ -125,6 +161,15 @@ class Config(BaseSettings):
     def _non_negative(cls, value: list[float]) -> list[float]:
         if any(delay < 0 for delay in value):
             raise ValueError("delays must be zero or more seconds")
+        return value
+
+    @field_validator("channels")
+    @classmethod
+    def _unique_names(cls, value: list[ChannelSettings]) -> list[ChannelSettings]:
+        names = [channel.name for channel in value]
+        duplicated = sorted({name for name in names if names.count(name) > 1})
+        if duplicated:
+            raise ValueError(f"channel names must be unique; repeated: {', '.join(duplicated)}")
         return value
 
     @property

@@ -177,6 +177,21 @@ class EngineError(ImagegateError):
     code = "upstream_error"
     type = "server_error"
 
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        retryable: bool = True,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, param=param, code=code)
+        self.retryable = retryable
+        """Worth another attempt on the same channel (429, 5xx, timeouts, connection faults)."""
+        self.retry_after = retry_after
+        """Seconds the provider asked us to wait (`retry-after`), when it said."""
+
 
 class EngineTimeout(EngineError):
     """The engine (or its upstream) did not answer in time."""

@@ -15,6 +15,7 @@ from imagegate.engines.base import Engine
 from imagegate.errors import PermissionDenied, RateLimited
 from imagegate.metrics import Metrics
 from imagegate.net.fetch import FetchPolicy, SafeFetcher
+from imagegate.service.channels import open_channels, routes
 from imagegate.service.leases import Leases
 from imagegate.service.runner import TaskRunner
 from imagegate.service.tasks import TaskService
@@ -37,6 +38,7 @@ class Runtime:
     fetcher: SafeFetcher
     catalog: Catalog
     engines: dict[str, Engine]
+    """The engine serving each model id."""
     tasks: TaskService
     metrics: Metrics
     runner: TaskRunner
@@ -105,7 +107,8 @@ async def open_runtime(
     """Migrate the database, open every store and engine, and start the task runner and webhook
     sender in the background; `stack` stops and closes them all.
 
-    `engines` replaces the built-in engine choice (embedding and tests); by default `classic`.
+    Models are served by the configured channels; with none, by `engines` (embedding and tests: its
+    first engine serves every model) or else the built-in `classic` engine.
     """
     config.data_dir.mkdir(parents=True, exist_ok=True)
     url = config.resolved_database_url
@@ -114,14 +117,17 @@ async def open_runtime(
     stack.push_async_callback(db.aclose)
     fetcher = SafeFetcher(fetch_policy(config))
     stack.push_async_callback(fetcher.aclose)
-    if engines is None:
-        engines = {"classic": registry.create("classic", config)}
-    for engine in engines.values():
-        stack.push_async_callback(engine.aclose)
     catalog = Catalog.from_config(config.models)
+    channels = open_channels(config, catalog, fetcher)
+    if engines is None and not channels:
+        engines = {"classic": registry.create("classic", config)}
+    for engine in [*(engines or {}).values(), *(channel.engine for channel in channels)]:
+        stack.push_async_callback(engine.aclose)
+    default = next(iter(engines.values())) if engines else None
+    served = routes(catalog, channels, default)
     blobs = LocalBlobStore(config.files_dir)
     leases = Leases(db, config.runner.lease_s)
-    tasks = TaskService(db, blobs, fetcher, catalog, engines, config.limits, config.accounts, metrics, leases)
+    tasks = TaskService(db, blobs, fetcher, catalog, served, config.limits, config.accounts, metrics, leases)
     runner = TaskRunner(db, tasks, leases, config.runner)
     sender = WebhookSender(db, fetcher, config.webhooks, config.webhook_retry_delays)
     tasks.on_submitted = runner.wake
@@ -131,7 +137,7 @@ async def open_runtime(
     background.start_soon(runner.run)
     background.start_soon(sender.run)
     limiter = ratelimit.limiter_for(db)
-    return Runtime(config, db, blobs, fetcher, catalog, engines, tasks, metrics, runner, sender, limiter)
+    return Runtime(config, db, blobs, fetcher, catalog, served, tasks, metrics, runner, sender, limiter)
 
 
 def runtime_of(request: Request) -> Runtime:

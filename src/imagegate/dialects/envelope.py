@@ -9,8 +9,8 @@ from fastapi.responses import Response
 
 from imagegate.core.request import Delivery, EditRequest
 from imagegate.core.validation import ratio_size
-from imagegate.dialects import openai
 from imagegate.dialects.fields import dry_run, json_object
+from imagegate.dialects.openai import inbound as openai
 from imagegate.errors import ImagegateError, MissingParameter
 from imagegate.responses import json_response
 from imagegate.runtime import runtime_of

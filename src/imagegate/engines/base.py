@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from imagegate.core.catalog import ModelSpec
 from imagegate.core.request import EditRequest, OutputFormat, Size
@@ -22,6 +22,8 @@ class ImageOut:
     revised_prompt: str
     resampled_from: Size | None = None
     """The engine's native size when the server resampled to the requested one."""
+    upstream: dict[str, Any] | None = None
+    """For relayed images: the channel, the provider's model, `usage` and latency (kept on the task)."""
 
 
 PartialSink = Callable[[int, bytes], Awaitable[None]]

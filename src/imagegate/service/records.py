@@ -55,6 +55,8 @@ class Outcome:
     price: Decimal
     failures: list[dict[str, str]]
     """Engine calls that failed while others succeeded (SPEC §3 partial success)."""
+    upstream: list[dict[str, Any]] | None = None
+    """For relayed images: per provider call, the channel, model, usage, latency, attempts, failovers."""
 
 
 def file_name(file_id: str, fmt: OutputFormat) -> str:
@@ -89,7 +91,19 @@ def result_record(outcome: Outcome) -> dict[str, Any]:
         "usage": outcome.usage,
         "price": str(outcome.price),
         "failures": outcome.failures,
+        "upstream": _distinct(outcome.upstream),
     }
+
+
+def _distinct(reports: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+    """One report per provider call (the images of one call share theirs)."""
+    if reports is None:
+        return None
+    seen: list[dict[str, Any]] = []
+    for report in reports:
+        if not any(report is other for other in seen):
+            seen.append(report)
+    return seen
 
 
 async def outcome_of(task: Task, blobs: BlobStore) -> Outcome:
@@ -117,6 +131,7 @@ async def outcome_of(task: Task, blobs: BlobStore) -> Outcome:
         usage=result.get("usage", {}),
         price=Decimal(result.get("price", "0")),
         failures=list(result.get("failures", [])),
+        upstream=result.get("upstream"),
     )
 
 

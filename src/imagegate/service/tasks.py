@@ -22,6 +22,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from functools import partial
+from typing import Any
 
 import anyio
 
@@ -76,6 +77,28 @@ class Prepared:
     resources: AsyncExitStack = field(default_factory=AsyncExitStack)
 
 
+def _upstream_usage(outs: list[ImageOut]) -> dict[str, Any] | None:
+    """The providers' own `usage`, summed over the calls of a fan-out, when every call reported one."""
+    reports = {id(out.upstream): out.upstream for out in outs if out.upstream is not None}
+    usages = [report.get("usage") for report in reports.values()]
+    if not usages or not all(isinstance(u, dict) for u in usages):
+        return None
+    if len(usages) == 1:
+        return usages[0]
+    return _add_counts([u for u in usages if isinstance(u, dict)])
+
+
+def _add_counts(usages: list[dict[str, Any]]) -> dict[str, Any]:
+    total: dict[str, Any] = {}
+    for item in usages:
+        for name, value in item.items():
+            if isinstance(value, dict):
+                total[name] = _add_counts([total.get(name, {}), value])
+            elif isinstance(value, int | float) and not isinstance(value, bool):
+                total[name] = total.get(name, 0) + value
+    return total
+
+
 def new_task_id() -> str:
     return "task_" + secrets.token_hex(12)
 
@@ -108,8 +131,12 @@ class TaskService:
         self.on_submitted: Callable[[], None] = lambda: None
 
     def engine_for(self, spec: ModelSpec) -> Engine:
-        """The engine that serves `spec` (every model is served by the default engine until channels exist)."""
-        return next(iter(self.engines.values()))
+        """The engine that serves `spec` (its channels' router, or the default engine); ModelNotSupported
+        when channels are configured and none serves it."""
+        engine = self.engines.get(spec.id)
+        if engine is None:
+            raise ModelNotSupported(f"No channel of this server serves model '{spec.id}'.", param="model")
+        return engine
 
     async def get_task(self, key_id: str, task_id: str) -> Task:
         """The task `task_id` if it belongs to `key_id`; NotFound otherwise (another key's task included)."""
@@ -247,9 +274,10 @@ class TaskService:
             output_format=req.output_format,
             background=Background.TRANSPARENT if outs[0].transparent else Background.OPAQUE,
             delivery=req.delivery or spec.default_delivery,
-            usage=usage(req.prompt, inputs, prepared.size, quality, len(outs)),
+            usage=_upstream_usage(outs) or usage(req.prompt, inputs, prepared.size, quality, len(outs)),
             price=price(spec, quality, prepared.size, len(outs)),
             failures=failures,
+            upstream=[out.upstream for out in outs if out.upstream is not None] or None,
         )
 
     async def run(self, key: ApiKey, req: EditRequest, origin: Origin) -> Outcome:

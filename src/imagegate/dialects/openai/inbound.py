@@ -331,11 +331,11 @@ async def list_models(request: Request) -> JSONResponse:
             "object": "model",
             "created": 0,
             "owned_by": "imagegate",
-            "engine": rt.tasks.engine_for(spec).name,
+            "engine": rt.engines[spec.id].name,
             "description": spec.description,
         }
         for spec in rt.catalog
-        if key.models is None or spec.id in key.models
+        if (key.models is None or spec.id in key.models) and spec.id in rt.engines
     ]
     return JSONResponse({"object": "list", "data": data})
 

@@ -1,0 +1,140 @@
+"""The OpenAI Images dialect, outbound: a client for OpenAI and any OpenAI-compatible provider
+(another imagegate included). Edits go as multipart with the inputs' original bytes; generations as
+JSON. Provider failures become our error tree here, once (DESIGN principle 2).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+
+from imagegate.core.catalog import SizeMode
+from imagegate.core.request import Background, OutputFormat, Quality
+from imagegate.dialects.relay import (
+    UpstreamAnswer,
+    UpstreamImage,
+    decode_b64,
+    http_client,
+    mapped_faults,
+    rejection,
+)
+from imagegate.engines.base import Job
+from imagegate.errors import EngineError
+from imagegate.imaging import SourceImage
+
+
+def wire_fields(job: Job, model: str) -> dict[str, str]:
+    """The form/JSON fields of a request for `job` as OpenAI names them (defaults left out)."""
+    req = job.request
+    fields = {"model": model, "prompt": req.prompt}
+    if job.spec.basic_fields_only:
+        return fields
+    fields["n"] = str(req.n)
+    if job.spec.size_mode is not SizeMode.ENGINE:
+        fields["size"] = str(job.size)
+    if req.quality is not Quality.AUTO:
+        fields["quality"] = req.quality.value
+    if req.output_format is not OutputFormat.PNG:
+        fields["output_format"] = req.output_format.value
+    if req.output_compression is not None:
+        fields["output_compression"] = str(req.output_compression)
+    if req.background is not Background.AUTO:
+        fields["background"] = req.background.value
+    if req.user:
+        fields["user"] = req.user
+    if model.startswith("dall-e"):
+        fields["response_format"] = "b64_json"
+    for name, value in req.extra.items():
+        if isinstance(value, str | int | float) and not isinstance(value, bool) and name not in fields:
+            fields[name] = str(value)
+    return fields
+
+
+def _read(source: SourceImage) -> bytes:
+    with source.lock:
+        source.fp.seek(0)
+        return source.fp.read()
+
+
+async def upload_parts(job: Job) -> list[tuple[str, tuple[str, bytes, str]]]:
+    """The multipart file parts of an edit: `image` (one) or `image[]` (several), then `mask`."""
+    name = "image" if len(job.images) == 1 else "image[]"
+    parts = []
+    for index, source in enumerate(job.images):
+        data = await anyio.to_thread.run_sync(_read, source)
+        parts.append((name, (f"image{index}.{source.format.value}", data, source.format.content_type)))
+    if job.mask is not None:
+        data = await anyio.to_thread.run_sync(_read, job.mask)
+        parts.append(("mask", (f"mask.{job.mask.format.value}", data, job.mask.format.content_type)))
+    return parts
+
+
+def parse_images(body: Any) -> UpstreamAnswer:
+    """An ImagesResponse (`{"data": [{"b64_json"|"url", "revised_prompt"}], "usage"}`) as an answer."""
+    items = body.get("data") if isinstance(body, dict) else None
+    if not isinstance(items, list):
+        raise EngineError("The upstream's answer has no 'data' list of images.")
+    images = []
+    for item in items:
+        if not isinstance(item, dict):
+            continue
+        prompt = item.get("revised_prompt") or ""
+        if isinstance(item.get("b64_json"), str):
+            images.append(UpstreamImage(data=decode_b64(item["b64_json"]), revised_prompt=prompt))
+        elif isinstance(item.get("url"), str):
+            url = item["url"]
+            if url.startswith("data:"):
+                images.append(UpstreamImage(data=decode_b64(url), revised_prompt=prompt))
+            else:
+                images.append(UpstreamImage(url=url, revised_prompt=prompt))
+    usage = body.get("usage")
+    return UpstreamAnswer(images, usage if isinstance(usage, dict) else None)
+
+
+class OpenAIUpstream:
+    """OpenAI's Images API at `base_url` (as the OpenAI SDK takes it, ending in `/v1`)."""
+
+    images_per_call = 10
+    can_generate = True
+
+    def __init__(self, channel: str, base_url: str, api_key: str, *, timeout_s: float, max_connections: int) -> None:
+        self.channel = channel
+        self._secret = api_key
+        self._http = http_client(base_url, api_key, timeout_s=timeout_s, max_connections=max_connections)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def run(self, job: Job, model: str) -> UpstreamAnswer:
+        fields = wire_fields(job, model)
+        with mapped_faults(self.channel):
+            if job.images:
+                files = await upload_parts(job)
+                response = await self._http.post("/images/edits", data=fields, files=files)
+            else:
+                payload: dict[str, Any] = dict(fields)
+                if "n" in payload:
+                    payload["n"] = job.request.n
+                if "output_compression" in payload:
+                    payload["output_compression"] = job.request.output_compression
+                response = await self._http.post("/images/generations", json=payload)
+        if response.status_code >= 300:
+            raise rejection(response, self.channel, self._secret)
+        try:
+            body = response.json()
+        except ValueError as exc:
+            raise EngineError(f"The upstream channel '{self.channel}' answered something that is not JSON.") from exc
+        return parse_images(body)
+
+    async def probe(self) -> str:
+        with mapped_faults(self.channel):
+            response = await self._http.get("/models")
+        if response.status_code >= 300:
+            raise rejection(response, self.channel, self._secret)
+        data = (
+            response.json().get("data")
+            if response.headers.get("content-type", "").startswith("application/json")
+            else None
+        )
+        return f"ok ({len(data)} models listed)" if isinstance(data, list) else "ok"

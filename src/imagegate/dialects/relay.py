@@ -1,0 +1,148 @@
+"""What every outbound dialect client shares: the answer it returns, the protocol it implements, and
+the translation of HTTP faults into our error tree (DESIGN principle 2)."""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import httpx
+import pybase64
+
+from imagegate.engines.base import Job
+from imagegate.errors import BadRequest, EngineError, EngineTimeout, ImagegateError
+
+CLIENT_FAULTS = {400, 413, 415, 422}
+"""Statuses by which a provider rejects the request itself: passed to the client, never retried."""
+RETRYABLE = {408, 409, 425, 429}
+
+
+@dataclass
+class UpstreamImage:
+    """One image as a provider answered it: bytes (b64 or data URL, decoded) or a URL to fetch."""
+
+    data: bytes | None = None
+    url: str | None = None
+    revised_prompt: str = ""
+
+
+@dataclass
+class UpstreamAnswer:
+    images: list[UpstreamImage]
+    usage: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Anything else worth keeping on the task (the provider's task id, for example)."""
+
+
+class UpstreamClient(Protocol):
+    """A provider in one dialect. `run` makes one attempt and raises EngineError (retryable or not)
+    for the provider's faults, or a BadRequest leaf carrying the provider's message when the
+    provider rejected the request itself."""
+
+    images_per_call: int
+    can_generate: bool
+
+    async def run(self, job: Job, model: str) -> UpstreamAnswer: ...
+
+    async def probe(self) -> str:
+        """A one-line health report (raises EngineError when the provider cannot be reached)."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+def decode_b64(text: str) -> bytes:
+    """A b64 image value, with or without a `data:` prefix; EngineError when it is not base64."""
+    payload = text.split(",", 1)[1] if text.startswith("data:") else text
+    try:
+        return pybase64.b64decode(payload, validate=True)
+    except ValueError as exc:
+        raise EngineError("The upstream answered an image that is not valid base64.") from exc
+
+
+def scrub(text: str, secret: str) -> str:
+    """`text` with `secret` replaced, so an echoed upstream key never reaches a client or a log."""
+    return text.replace(secret, "***") if secret else text
+
+
+def error_parts(body: Any) -> tuple[str | None, str | None, str | None]:
+    """(message, code, param) from an error body: OpenAI's `{"error": {...}}`, seed 003's
+    `{"success": false, "error": {...}}`, or the seed dialects' `{"code", "message"|"msg"}`."""
+    if not isinstance(body, dict):
+        return None, None, None
+    error = body.get("error")
+    if isinstance(error, dict):
+        message, code, param = error.get("message"), error.get("code"), error.get("param")
+        return (str(message) if message else None, str(code) if code else None, str(param) if param else None)
+    if isinstance(error, str):
+        return error, None, None
+    message = body.get("message") or body.get("msg")
+    return (str(message) if message else None, None, None)
+
+
+def retry_after(headers: httpx.Headers) -> float | None:
+    """`retry-after` (seconds or an HTTP date) or OpenAI's `retry-after-ms`, in seconds."""
+    if "retry-after-ms" in headers:
+        try:
+            return float(headers["retry-after-ms"]) / 1000
+        except ValueError:
+            return None
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        try:
+            return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
+        except (TypeError, ValueError):
+            return None
+
+
+def rejection(response: httpx.Response, channel: str, secret: str) -> ImagegateError:
+    """The error for a non-2xx answer: the provider's own words for a rejected request, else ours."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    message, code, param = error_parts(body)
+    status = response.status_code
+    said = scrub(message or response.reason_phrase or "no message", secret)
+    if status in CLIENT_FAULTS:
+        return BadRequest(said, param=param, code=code or "invalid_value")
+    if status == 429 or status >= 500 or status in RETRYABLE:
+        return EngineError(
+            f"The upstream channel '{channel}' answered {status}: {said}",
+            retryable=True,
+            retry_after=retry_after(response.headers),
+        )
+    if status in (401, 403):
+        return EngineError(f"The upstream channel '{channel}' refused its credentials ({status}).", retryable=False)
+    return EngineError(f"The upstream channel '{channel}' answered {status}: {said}", retryable=False)
+
+
+@contextmanager
+def mapped_faults(channel: str) -> Iterator[None]:
+    """httpx's failures as EngineTimeout / EngineError (both worth retrying)."""
+    try:
+        yield
+    except httpx.TimeoutException as exc:
+        raise EngineTimeout(f"The upstream channel '{channel}' timed out ({type(exc).__name__}).") from exc
+    except httpx.HTTPError as exc:
+        raise EngineError(f"The upstream channel '{channel}' could not be reached ({type(exc).__name__}).") from exc
+
+
+def http_client(base_url: str, api_key: str, *, timeout_s: float, max_connections: int) -> httpx.AsyncClient:
+    """The pooled client of one channel: bearer auth, the channel's timeout, no proxies from the environment."""
+    headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+    return httpx.AsyncClient(
+        base_url=base_url.rstrip("/"),
+        headers=headers,
+        timeout=httpx.Timeout(timeout_s, connect=min(10.0, timeout_s)),
+        limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+        trust_env=False,
+    )

@@ -1,0 +1,108 @@
+"""The upstream engine: one attempt through a provider's dialect client, normalised into our images.
+
+A dialect client (`dialects/<name>/upstream.py`, see `dialects/relay.py`) speaks the wire format; this engine bounds the
+attempt by the channel's timeout, downloads URL results under the §8 fetch rules, decodes b64 and
+data URLs, and converts to the requested format and size where the provider did not. Retries and
+failover across channels are the router's (service/router.py), not this engine's.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from dataclasses import replace
+
+import anyio
+from PIL import Image
+
+from imagegate.config import ChannelSettings, ImagingSettings
+from imagegate.core.catalog import SizeMode
+from imagegate.core.request import OutputFormat, Size
+from imagegate.dialects.relay import UpstreamClient, UpstreamImage
+from imagegate.engines.base import ImageOut, Job
+from imagegate.errors import EngineError, EngineTimeout, ImagegateError
+from imagegate.imaging import encode, fit_cover, open_image, sniff
+from imagegate.net.fetch import SafeFetcher
+
+MAX_RESULT_PIXELS = 100_000_000
+
+
+class UpstreamEngine:
+    """An Engine that relays to one channel's provider."""
+
+    def __init__(
+        self, channel: ChannelSettings, client: UpstreamClient, fetcher: SafeFetcher, imaging: ImagingSettings
+    ) -> None:
+        self.channel = channel
+        self.client = client
+        self.fetcher = fetcher
+        self.imaging = imaging
+        self.name = channel.engine
+        self.images_per_call = client.images_per_call
+        self.can_generate = client.can_generate
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    async def run(self, job: Job) -> list[ImageOut]:
+        """One attempt within the channel's timeout; EngineTimeout when it runs out."""
+        model = self.channel.model_map.get(job.spec.id, job.spec.id)
+        started = time.perf_counter()
+        try:
+            with anyio.fail_after(self.channel.timeout_s):
+                answer = await self.client.run(job, model)
+                if not answer.images:
+                    raise EngineError("The upstream answered no image.")
+                outs = [await self._normalise(job, image, index) for index, image in enumerate(answer.images)]
+        except TimeoutError as exc:
+            raise EngineTimeout(
+                f"The upstream channel '{self.channel.name}' gave no complete answer within "
+                f"{self.channel.timeout_s:g} s."
+            ) from exc
+        report = {
+            "channel": self.channel.name,
+            "engine": self.channel.engine,
+            "model": model,
+            "latency_ms": round((time.perf_counter() - started) * 1000),
+            "usage": answer.usage,
+            **answer.extra,
+        }
+        return [replace(out, upstream=report) for out in outs]
+
+    async def _normalise(self, job: Job, image: UpstreamImage, index: int) -> ImageOut:
+        data = image.data if image.data is not None else await self._download(image.url or "", index)
+        return await anyio.to_thread.run_sync(self._convert, job, data, image.revised_prompt)
+
+    async def _download(self, url: str, index: int) -> bytes:
+        try:
+            fp = await self.fetcher.fetch(url, f"upstream result {index}")
+        except ImagegateError as exc:
+            raise EngineError(f"The upstream's result could not be downloaded: {exc.message}") from exc
+        with fp:
+            return fp.read()
+
+    def _convert(self, job: Job, data: bytes, revised_prompt: str) -> ImageOut:
+        """The provider's bytes as they are when they already match; else re-encoded at the requested
+        size (engine-sized models keep the provider's size)."""
+        fmt = sniff(data[:16])
+        if fmt is None:
+            raise EngineError("The upstream answered something that is not a png, jpeg or webp image.")
+        want = job.request.output_format
+        try:
+            source = open_image(io.BytesIO(data), max_pixels=MAX_RESULT_PIXELS, param="upstream result")
+        except ImagegateError as exc:
+            raise EngineError(f"The upstream's image could not be read: {exc.message}") from exc
+        native = Size(source.width, source.height)
+        size = native if job.spec.size_mode is SizeMode.ENGINE else job.size
+        if native == size and source.orientation == 1 and fmt is want:
+            return ImageOut(data, want, size, _has_alpha(source.image), revised_prompt)
+        img = fit_cover(source.decode(), size)
+        encoded = encode(img, want, self.imaging, job.request.output_compression)
+        transparent = want is not OutputFormat.JPEG and img.mode == "RGBA"
+        return ImageOut(
+            encoded, want, size, transparent, revised_prompt, resampled_from=None if native == size else native
+        )
+
+
+def _has_alpha(img: Image.Image) -> bool:
+    return img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)

@@ -1,0 +1,85 @@
+"""Channels from the configuration: checked at start (naming the bad key), opened into engines, and
+grouped into one Router per model. With no channel configured, the default engine serves every model.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from imagegate.config import ChannelSettings, Config, ConfigError
+from imagegate.core.catalog import Catalog
+from imagegate.dialects.openai.upstream import OpenAIUpstream
+from imagegate.dialects.relay import UpstreamClient
+from imagegate.engines import registry
+from imagegate.engines.base import Engine
+from imagegate.engines.upstream import UpstreamEngine
+from imagegate.net.fetch import SafeFetcher
+from imagegate.service.router import Channel, Router
+
+UPSTREAM_ENGINES = ("openai",)
+LOCAL_ENGINES = ("classic",)
+
+
+def _key(index: int, name: str) -> str:
+    return f"channels.{index}.{name}"
+
+
+def check_channels(config: Config, catalog: Catalog, env: Mapping[str, str] = os.environ) -> None:
+    """Raise ConfigError naming `channels.<i>.<field>` for the first thing wrong with a channel."""
+    known = {spec.id for spec in catalog}
+    for index, channel in enumerate(config.channels):
+        if channel.engine not in UPSTREAM_ENGINES + LOCAL_ENGINES:
+            choices = ", ".join(UPSTREAM_ENGINES + LOCAL_ENGINES)
+            raise ConfigError(
+                f"invalid configuration key '{_key(index, 'engine')}': '{channel.engine}' is not one of {choices}"
+            )
+        unknown = [model for model in [*channel.models, *channel.model_map] if model not in known]
+        if unknown:
+            raise ConfigError(
+                f"invalid configuration key '{_key(index, 'models')}': unknown model ids {', '.join(unknown)}"
+            )
+        if channel.engine in UPSTREAM_ENGINES:
+            if not channel.base_url or not channel.base_url.startswith(("http://", "https://")):
+                raise ConfigError(f"invalid configuration key '{_key(index, 'base_url')}': an http(s) URL is required")
+            if channel.api_key_env and not env.get(channel.api_key_env):
+                raise ConfigError(
+                    f"invalid configuration key '{_key(index, 'api_key_env')}': "
+                    f"the environment variable {channel.api_key_env} is not set"
+                )
+
+
+def upstream_client(channel: ChannelSettings, env: Mapping[str, str]) -> UpstreamClient:
+    """The dialect client a channel speaks through (its key read from the environment now)."""
+    key = env.get(channel.api_key_env, "") if channel.api_key_env else ""
+    return OpenAIUpstream(
+        channel.name, channel.base_url or "", key, timeout_s=channel.timeout_s, max_connections=channel.max_concurrency
+    )
+
+
+def open_channels(
+    config: Config, catalog: Catalog, fetcher: SafeFetcher, env: Mapping[str, str] = os.environ
+) -> list[Channel]:
+    """Every configured channel as a live Channel (the caller closes their engines)."""
+    check_channels(config, catalog, env)
+    opened = []
+    for settings in config.channels:
+        engine: Engine
+        if settings.engine in LOCAL_ENGINES:
+            engine = registry.create(settings.engine, config)
+        else:
+            engine = UpstreamEngine(settings, upstream_client(settings, env), fetcher, config.imaging)
+        opened.append(Channel(settings, engine))
+    return opened
+
+
+def routes(catalog: Catalog, channels: list[Channel], default: Engine | None) -> dict[str, Engine]:
+    """The engine of every served model: its Router, or `default` for all when no channel exists."""
+    if not channels:
+        return {spec.id: default for spec in catalog} if default is not None else {}
+    served: dict[str, Engine] = {}
+    for spec in catalog:
+        serving = [channel for channel in channels if channel.serves(spec.id)]
+        if serving:
+            served[spec.id] = Router(spec.id, serving)
+    return served
