@@ -1,0 +1,193 @@
+"""Upstream channels (SPEC §5): imagegate A relaying to imagegate B and to fault-injecting providers
+on loopback — retries, failover, breakers, the provider's own rejections, and released holds."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import sqlite3
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from imagegate.config import Config, ConfigError, load_config
+from imagegate.core.catalog import Catalog
+from imagegate.service.channels import check_channels
+from tests.conftest import LOOPBACK_ALLOW, FileServer, LiveServer, audit_ledgers, decode, make_image, open_api, run_cli
+from tests.test_accounts import DATA_URL, UNLIMITED
+from tests.test_error_shapes import envelope_shape, openai_shape
+from tests.upstreams import faulty_provider
+
+PNG = make_image(320, 240)
+
+
+def relay_config(tmp_path: Path, *channels: dict[str, Any]) -> Config:
+    return load_config(data_dir=tmp_path / "a", fetch_allow=LOOPBACK_ALLOW, accounts=UNLIMITED, channels=list(channels))
+
+
+def b_key(live: LiveServer, *options: str) -> str:
+    made = run_cli("keys", "create", "--credits", "100000", "--json", *options, env=live.env)
+    key: str = json.loads(made.stdout.strip().splitlines()[-1])["key"]
+    return key
+
+
+def task_result(config: Config, task_id: str) -> dict[str, Any]:
+    with sqlite3.connect(config.data_dir / "imagegate.db") as db:
+        (raw,) = db.execute("SELECT result FROM tasks WHERE id = ?", (task_id,)).fetchone()
+    result: dict[str, Any] = json.loads(raw)
+    return result
+
+
+async def test_a_relays_sync_edits_to_b_through_the_openai_dialect(
+    live_server: LiveServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("B_KEY", b_key(live_server))
+    channel = {"name": "b", "base_url": f"{live_server.base}/v1", "api_key_env": "B_KEY", "timeout_s": 60}
+    config = relay_config(tmp_path, channel)
+    async with open_api(config) as api:
+        r = await api.client.post(
+            "/v1/images/edits",
+            headers=api.auth,
+            files=[("image", ("a.png", PNG, "image/png"))],
+            data={"prompt": "make it black and white", "size": "1536x1024", "output_format": "webp"},
+        )
+        assert r.status_code == 200, r.text
+        assert r.headers["x-imagegate-engine"] == "openai"
+        image = decode(base64.b64decode(r.json()["data"][0]["b64_json"]))
+        assert (image.format, image.size) == ("WEBP", (1536, 1024))
+        red, green, blue = image.convert("RGB").getpixel((700, 500))  # type: ignore[misc]
+        assert red == green == blue, "B's classic engine made it grayscale"
+        assert "grayscale" in r.json()["data"][0]["revised_prompt"]
+        (report,) = task_result(config, r.json()["task_id"])["upstream"]
+        assert report["channel"] == "b" and report["attempts"] == 1 and report["failovers"] == 0
+        assert report["usage"]["total_tokens"] > 0 and report["latency_ms"] >= 0
+        assert r.json()["usage"] == report["usage"], "the client sees the provider's usage"
+
+        models = (await api.client.get("/v1/models", headers=api.auth)).json()["data"]
+        assert {m["engine"] for m in models} == {"openai"}
+
+
+async def test_a_relays_async_tasks_from_urls(
+    live_server: LiveServer, file_server: FileServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("B_KEY", b_key(live_server))
+    channel = {"name": "b", "base_url": f"{live_server.base}/v1", "api_key_env": "B_KEY", "timeout_s": 60}
+    config = relay_config(tmp_path, channel)
+    url = file_server.put("in.png", PNG)
+    async with open_api(config) as api:
+        created = await api.client.post(
+            "/api/v1/jobs/createTask",
+            headers=api.auth,
+            json={
+                "model": "gpt-image-2-image-to-image",
+                "input": {"prompt": "sepia", "image_urls": [url], "aspect_ratio": "16:9", "output_format": "jpg"},
+            },
+        )
+        task_id = created.json()["data"]["taskId"]
+        for _ in range(300):
+            info = (
+                await api.client.get("/api/v1/jobs/recordInfo", params={"taskId": task_id}, headers=api.auth)
+            ).json()
+            if info["data"]["state"] in ("success", "fail"):
+                break
+            await asyncio.sleep(0.05)
+        assert info["data"]["state"] == "success", info
+        result_url = json.loads(info["data"]["resultJson"])["resultUrls"][0]
+        image = decode((await api.client.get(httpx.URL(result_url).path)).content)
+    assert (image.format, image.size) == ("JPEG", (1536, 864))
+
+
+async def test_the_providers_rejection_reaches_the_client_in_its_dialect(
+    live_server: LiveServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("B_KEY", b_key(live_server, "--max-images", "1"))
+    channel = {"name": "b", "base_url": f"{live_server.base}/v1", "api_key_env": "B_KEY", "timeout_s": 60}
+    config = relay_config(tmp_path, channel)
+    async with open_api(config) as api:
+        two = {"prompt": "sepia", "image": DATA_URL, "n": 2}
+        openai_style = await api.client.post("/v1/images/edits", headers=api.auth, json=two)
+        envelope_style = await api.client.post("/v1/images/edit", headers=api.auth, json=two)
+        generation = await api.client.post("/v1/images/generations", headers=api.auth, json={"prompt": "a cat"})
+    assert openai_style.status_code == 400, openai_style.text
+    openai_shape(openai_style.json(), 400)
+    error = openai_style.json()["error"]
+    assert error["param"] == "n" and "at most 1 images" in error["message"], "B's own words"
+    assert envelope_style.status_code == 400 and "at most 1 images" in envelope_style.json()["message"]
+    envelope_shape(envelope_style.json(), 400)
+    assert generation.status_code == 400 and generation.json()["error"]["code"] == "model_not_supported"
+    audit_ledgers(config.data_dir / "imagegate.db")
+
+
+async def test_100_concurrent_requests_survive_a_half_faulty_channel(tmp_path: Path) -> None:
+    with faulty_provider(0.5, stall_s=1.5) as flaky, faulty_provider(0.0) as healthy:
+        common = {"timeout_s": 0.8, "max_retries": 2, "retry_backoff_s": 0.05, "breaker_rest_s": 0.5}
+        config = relay_config(
+            tmp_path,
+            {"name": "flaky", "base_url": flaky.base_url, "priority": 0, **common},
+            {"name": "healthy", "base_url": healthy.base_url, "priority": 1, **common},
+        )
+        async with open_api(config) as api:
+
+            async def edit() -> httpx.Response:
+                body = {"model": "dall-e-2", "prompt": "x", "image": DATA_URL, "size": "256x256"}
+                return await api.client.post("/v1/images/edits", headers=api.auth, json=body)
+
+            responses = await asyncio.gather(*(edit() for _ in range(100)))
+        assert Counter(r.status_code for r in responses) == {200: 100}, [
+            r.text for r in responses if r.status_code != 200
+        ][:3]
+        assert all(flaky.count(fault) > 0 for fault in ("429", "500", "drop", "stall")), flaky.seen
+        assert healthy.count("ok") > 0, "failover reached the second channel"
+    audit_ledgers(config.data_dir / "imagegate.db")
+
+
+async def test_with_every_channel_down_the_client_gets_502_or_504_in_time_and_its_hold_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("UP_KEY", "sk-upstream-secret-1234567890")
+    caplog.set_level(logging.DEBUG)
+    with faulty_provider(1.0, stall_s=1.0, seed=3) as down_one, faulty_provider(1.0, stall_s=1.0, seed=5) as down_two:
+        common = {"timeout_s": 0.5, "max_retries": 1, "retry_backoff_s": 0.01, "api_key_env": "UP_KEY"}
+        config = relay_config(
+            tmp_path,
+            {"name": "one", "base_url": down_one.base_url, "priority": 0, **common},
+            {"name": "two", "base_url": down_two.base_url, "priority": 1, **common},
+        )
+        async with open_api(config) as api:
+            started = time.monotonic()
+            body = {"prompt": "x", "image": DATA_URL, "size": "1024x1024"}
+            openai_style = await api.client.post("/v1/images/edits", headers=api.auth, json=body)
+            envelope_style = await api.client.post("/v1/images/edit", headers=api.auth, json=body)
+            elapsed = time.monotonic() - started
+            usage = (await api.client.get("/v1/usage", headers=api.auth)).json()
+        assert down_one.keys[0] == "Bearer sk-upstream-secret-1234567890", "the channel's key was sent"
+    assert openai_style.status_code in (502, 504) and envelope_style.status_code in (502, 504)
+    openai_shape(openai_style.json(), openai_style.status_code)
+    envelope_shape(envelope_style.json(), envelope_style.status_code)
+    assert elapsed < 2 * 2 * (0.5 + 0.1) * 2 + 1, "within the channels' timeouts and retries"
+    assert usage["balance"] == "1000" and usage["held"] == "0"
+    audit_ledgers(config.data_dir / "imagegate.db")
+    everything = openai_style.text + envelope_style.text + caplog.text
+    assert "sk-upstream-secret" not in everything, "upstream keys never reach responses or logs"
+
+
+def test_bad_channel_config_fails_naming_the_key(tmp_path: Path) -> None:
+    catalog = Catalog.from_config({})
+    cases = [
+        ({"name": "x", "engine": "telepathy", "base_url": "http://h/v1"}, "channels.0.engine"),
+        ({"name": "x", "base_url": "http://h/v1", "models": ["gpt-9"]}, "channels.0.models"),
+        ({"name": "x"}, "channels.0.base_url"),
+        ({"name": "x", "base_url": "http://h/v1", "api_key_env": "IMAGEGATE_TEST_UNSET"}, "channels.0.api_key_env"),
+    ]
+    for channel, key in cases:
+        config = load_config(data_dir=tmp_path, channels=[channel])
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            check_channels(config, catalog, env={})
+    with pytest.raises(ConfigError, match="unique"):
+        load_config(data_dir=tmp_path, channels=[{"name": "x"}, {"name": "x"}])
