@@ -19,7 +19,17 @@ import pytest
 from imagegate.config import Config, ConfigError, load_config
 from imagegate.core.catalog import Catalog
 from imagegate.service.channels import check_channels
-from tests.conftest import LOOPBACK_ALLOW, FileServer, LiveServer, audit_ledgers, decode, make_image, open_api, run_cli
+from tests.conftest import (
+    LOOPBACK_ALLOW,
+    FileServer,
+    LiveServer,
+    audit_ledgers,
+    decode,
+    free_port,
+    make_image,
+    open_api,
+    run_cli,
+)
 from tests.test_accounts import DATA_URL, UNLIMITED
 from tests.test_error_shapes import envelope_shape, openai_shape
 from tests.upstreams import faulty_provider
@@ -191,3 +201,24 @@ def test_bad_channel_config_fails_naming_the_key(tmp_path: Path) -> None:
             check_channels(config, catalog, env={})
     with pytest.raises(ConfigError, match="unique"):
         load_config(data_dir=tmp_path, channels=[{"name": "x"}, {"name": "x"}])
+
+
+def test_channels_check_probes_each_channel_and_serve_refuses_a_bad_one(
+    live_server: LiveServer, tmp_path: Path
+) -> None:
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    config = tmp_path / "channels.toml"
+    config.write_text(
+        f'[[channels]]\nname = "b"\nbase_url = "{live_server.base}/v1"\napi_key_env = "B_KEY"\n'
+        f'[[channels]]\nname = "gone"\nbase_url = "{dead}"\ntimeout_s = 2\n'
+    )
+    env = {**live_server.env, "IMAGEGATE_DATA_DIR": str(tmp_path / "d"), "B_KEY": b_key(live_server)}
+    checked = run_cli("channels", "check", "--config", str(config), env=env)
+    assert checked.returncode == 1, checked.stdout + checked.stderr
+    rows = {line.split()[1]: line for line in checked.stdout.splitlines() if line.startswith("│")}
+    assert "ok" in rows["b"] and "down" in rows["gone"] and "ConnectError" in rows["gone"]
+    assert env["B_KEY"] not in checked.stdout
+
+    config.write_text('[[channels]]\nname = "x"\nbase_url = "http://h/v1"\napi_key_env = "IMAGEGATE_UNSET_KEY"\n')
+    refused = run_cli("serve", "--config", str(config), "--port", str(free_port()), env=env)
+    assert refused.returncode == 2 and "channels.0.api_key_env" in refused.stderr

@@ -7,6 +7,7 @@ import asyncio
 import datetime as dt
 import json
 from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -17,6 +18,7 @@ from rich.table import Table
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from imagegate.config import Config, ConfigError, load_config
+from imagegate.core.catalog import Catalog
 from imagegate.errors import ImagegateError
 from imagegate.service import accounts
 from imagegate.stores import keys, ledger
@@ -27,7 +29,9 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help="imagegate: a
 keys_app = typer.Typer(no_args_is_help=True, help="Create, list and revoke API keys.")
 credits_app = typer.Typer(no_args_is_help=True, help="Grant, deduct and audit a key's credits.")
 app.add_typer(keys_app, name="keys")
+channels_app = typer.Typer(no_args_is_help=True, help="Inspect the configured upstream channels.")
 app.add_typer(credits_app, name="credits")
+app.add_typer(channels_app, name="channels")
 err = Console(stderr=True)
 
 DataDir = Annotated[
@@ -45,6 +49,19 @@ def _config(data_dir: Path | None, config_file: Path | None) -> Config:
     except ConfigError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
+
+
+def _catalog_with_channels(config: Config) -> Catalog:
+    """The catalog, after checking every channel of `config` (exit 2 naming the bad key)."""
+    from imagegate.service.channels import check_channels
+
+    try:
+        catalog = Catalog.from_config(config.models)
+        check_channels(config, catalog)
+    except (ConfigError, ValueError) as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    return catalog
 
 
 def _with_session(config: Config, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
@@ -87,6 +104,7 @@ def serve(
     from imagegate.app import create_app
 
     config = _config(data_dir, config_file)
+    _catalog_with_channels(config)
 
     async def first_key(session: AsyncSession) -> keys.NewKey | None:
         if await keys.count_keys(session):
@@ -264,6 +282,53 @@ def credits_ledger(
     rows = _with_session(_config(data_dir, config_file), lambda s: ledger.entries(s, key_id, limit=limit))
     for row in rows:
         _print_json(accounts.entry_view(row))
+
+
+@channels_app.command("check")
+def channels_check(data_dir: DataDir = None, config_file: ConfigFile = None) -> None:
+    """Probe every configured channel and print its health; exits 1 when any cannot be reached."""
+    from imagegate.net.fetch import SafeFetcher
+    from imagegate.runtime import fetch_policy
+    from imagegate.service.channels import open_channels, probe
+    from imagegate.service.router import Channel
+
+    config = _config(data_dir, config_file)
+    catalog = _catalog_with_channels(config)
+    if not config.channels:
+        print("No channel is configured: the built-in classic engine serves every model.")
+        return
+
+    async def probe_all() -> list[tuple[Channel, str, bool]]:
+        async with AsyncExitStack() as stack:
+            fetcher = SafeFetcher(fetch_policy(config))
+            stack.push_async_callback(fetcher.aclose)
+            channels = open_channels(config, catalog, fetcher)
+            for channel in channels:
+                stack.push_async_callback(channel.engine.aclose)
+            results = []
+            for channel in channels:
+                try:
+                    results.append((channel, await probe(channel), True))
+                except ImagegateError as exc:
+                    results.append((channel, exc.message, False))
+            return results
+
+    results = asyncio.run(probe_all())
+    table = Table("channel", "engine", "base url", "models", "priority", "weight", "health")
+    for channel, health, ok in results:
+        settings = channel.settings
+        table.add_row(
+            settings.name,
+            settings.engine,
+            settings.base_url or "",
+            ", ".join(settings.models) or "all",
+            str(settings.priority),
+            str(settings.weight),
+            health if ok else f"[red]down: {health}[/red]",
+        )
+    Console(width=200).print(table)
+    if not all(ok for _, _, ok in results):
+        raise typer.Exit(1)
 
 
 def main() -> None:

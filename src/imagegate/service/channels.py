@@ -83,3 +83,11 @@ def routes(catalog: Catalog, channels: list[Channel], default: Engine | None) ->
         if serving:
             served[spec.id] = Router(spec.id, serving)
     return served
+
+
+async def probe(channel: Channel) -> str:
+    """A one-line health report of a channel; raises ImagegateError when it cannot be reached."""
+    engine = channel.engine
+    if isinstance(engine, UpstreamEngine):
+        return await engine.client.probe()
+    return f"ok (built-in {engine.name} engine)"
