@@ -29,6 +29,7 @@ from tests.conftest import (
     make_image,
     open_api,
     run_cli,
+    start_serve,
 )
 from tests.test_accounts import DATA_URL, UNLIMITED
 from tests.test_error_shapes import envelope_shape, openai_shape
@@ -222,3 +223,61 @@ def test_channels_check_probes_each_channel_and_serve_refuses_a_bad_one(
     config.write_text('[[channels]]\nname = "x"\nbase_url = "http://h/v1"\napi_key_env = "IMAGEGATE_UNSET_KEY"\n')
     refused = run_cli("serve", "--config", str(config), "--port", str(free_port()), env=env)
     assert refused.returncode == 2 and "channels.0.api_key_env" in refused.stderr
+
+
+async def test_a_relays_to_b_through_the_envelope_dialect(
+    live_server: LiveServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("B_KEY", b_key(live_server))
+    channel = {"name": "b", "engine": "envelope", "base_url": f"{live_server.base}/v1", "api_key_env": "B_KEY"}
+    config = relay_config(tmp_path, channel)
+    async with open_api(config) as api:
+        r = await api.client.post(
+            "/v1/images/edits",
+            headers=api.auth,
+            files=[("image", ("a.png", PNG, "image/png"))],
+            data={"prompt": "invert the colors", "size": "1024x1536", "n": "2"},
+        )
+        generation = await api.client.post("/v1/images/generations", headers=api.auth, json={"prompt": "a cat"})
+    assert r.status_code == 200, r.text
+    assert [decode(base64.b64decode(item["b64_json"])).size for item in r.json()["data"]] == [(1024, 1536)] * 2
+    (report,) = task_result(config, r.json()["task_id"])["upstream"]
+    assert report["engine"] == "envelope" and report["channel"] == "b"
+    assert generation.status_code == 400, "an envelope channel only edits"
+
+
+def test_a_relays_to_b_through_the_jobs_dialect_with_signed_input_urls(live_server: LiveServer, tmp_path: Path) -> None:
+    port = free_port()
+    config = tmp_path / "a.toml"
+    config.write_text(
+        f'[[channels]]\nname = "b-jobs"\nengine = "jobs"\nbase_url = "{live_server.base}/api/v1"\n'
+        f'api_key_env = "B_KEY"\npoll_interval_s = 0.1\ntimeout_s = 60\n'
+    )
+    data_dir = tmp_path / "a"
+    env = {
+        **live_server.env,
+        "IMAGEGATE_DATA_DIR": str(data_dir),
+        "IMAGEGATE_CONFIG": str(config),
+        "IMAGEGATE_PUBLIC_URL": f"http://127.0.0.1:{port}",
+        "B_KEY": b_key(live_server),
+    }
+    key = json.loads(run_cli("keys", "create", "--credits", "100", "--json", env=env).stdout)["key"]
+    with (data_dir / "serve.log").open("w") as log:
+        server = start_serve(port, env, log)
+        try:
+            r = httpx.post(
+                f"http://127.0.0.1:{port}/v1/images/edits",
+                headers={"Authorization": f"Bearer {key}"},
+                files=[("image", ("a.png", PNG, "image/png"))],
+                data={"prompt": "mirror it", "size": "2048x1152", "output_format": "jpeg"},
+                timeout=60,
+            )
+            forged = httpx.get(f"http://127.0.0.1:{port}/inputs/relay.x.png~9999999999~{'0' * 32}")
+        finally:
+            server.terminate()
+            server.wait(10)
+    assert r.status_code == 200, r.text
+    image = decode(base64.b64decode(r.json()["data"][0]["b64_json"]))
+    assert (image.format, image.size) == ("JPEG", (2048, 1152))
+    assert forged.status_code == 404
+    assert not list(data_dir.glob("files/*/relay.*")), "published inputs are withdrawn after the attempt"

@@ -19,7 +19,8 @@ from starlette.exceptions import HTTPException
 from imagegate import __version__
 from imagegate.api import account, admin
 from imagegate.config import Config
-from imagegate.dialects import envelope, jobs
+from imagegate.dialects.envelope import inbound as envelope
+from imagegate.dialects.jobs import inbound as jobs
 from imagegate.dialects.openai import inbound as openai
 from imagegate.engines.base import Engine
 from imagegate.errors import BadRequest, ImagegateError, NotFound, PayloadTooLarge
@@ -175,6 +176,16 @@ def create_app(config: Config, engines: dict[str, Engine] | None = None) -> Fast
             raise NotFound("No such file.")
         headers = {"cache-control": "public, max-age=31536000, immutable"}
         return FileResponse(path, media_type=f"image/{match.group(2)}", headers=headers)
+
+    @app.get("/inputs/{token}")
+    async def inputs(token: str, request: Request) -> Response:
+        """An input published for a provider, under a signed URL until it expires or is withdrawn."""
+        rt = runtime_of(request)
+        name = rt.inputs.resolve(token)
+        path = rt.blobs.local_path(name) if name is not None else None
+        if name is None or path is None or not path.exists():
+            raise NotFound("No such input, or its URL has expired.")
+        return FileResponse(path, media_type=f"image/{name.rsplit('.', 1)[-1]}", headers={"cache-control": "no-store"})
 
     app.add_middleware(IdempotencyMiddleware, render_error=_error_response, max_body_bytes=config.limits.max_body_bytes)
     app.add_middleware(EdgeMiddleware, max_body_bytes=config.limits.max_body_bytes, metrics=metrics)

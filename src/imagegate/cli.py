@@ -291,6 +291,7 @@ def channels_check(data_dir: DataDir = None, config_file: ConfigFile = None) -> 
     from imagegate.runtime import fetch_policy
     from imagegate.service.channels import open_channels, probe
     from imagegate.service.router import Channel
+    from imagegate.stores.blobs import LocalBlobStore
 
     config = _config(data_dir, config_file)
     catalog = _catalog_with_channels(config)
@@ -302,7 +303,7 @@ def channels_check(data_dir: DataDir = None, config_file: ConfigFile = None) -> 
         async with AsyncExitStack() as stack:
             fetcher = SafeFetcher(fetch_policy(config))
             stack.push_async_callback(fetcher.aclose)
-            channels = open_channels(config, catalog, fetcher)
+            channels = open_channels(config, catalog, fetcher, LocalBlobStore(config.files_dir))
             for channel in channels:
                 stack.push_async_callback(channel.engine.aclose)
             results = []

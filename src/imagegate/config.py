@@ -142,6 +142,9 @@ class Config(BaseSettings):
     first_key_credits: int = 1000
     accounts: AccountDefaults = Field(default_factory=AccountDefaults)
     channels: list[ChannelSettings] = Field(default_factory=list)
+    signing_secret: str | None = None
+    """Signs the expiring URLs of relayed inputs; by default a random key kept in the data dir.
+    Set it (`IMAGEGATE_SIGNING_SECRET`) where several processes must honour each other's URLs."""
     runner: RunnerSettings = Field(default_factory=RunnerSettings)
     webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
     webhook_retry_delays: Annotated[list[float], NoDecode] = Field(

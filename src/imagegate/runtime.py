@@ -15,8 +15,9 @@ from imagegate.engines.base import Engine
 from imagegate.errors import PermissionDenied, RateLimited
 from imagegate.metrics import Metrics
 from imagegate.net.fetch import FetchPolicy, SafeFetcher
-from imagegate.service.channels import open_channels, routes
+from imagegate.service.channels import open_channels, published_inputs, routes
 from imagegate.service.leases import Leases
+from imagegate.service.published import PublishedInputs
 from imagegate.service.runner import TaskRunner
 from imagegate.service.tasks import TaskService
 from imagegate.service.webhooks import WebhookSender
@@ -44,6 +45,7 @@ class Runtime:
     runner: TaskRunner
     webhooks: WebhookSender
     limiter: ratelimit.RateLimiter
+    inputs: PublishedInputs
 
     def public_base(self, request: Request) -> str:
         """Base of result URLs: IMAGEGATE_PUBLIC_URL, or the URL the client used to reach us."""
@@ -118,14 +120,14 @@ async def open_runtime(
     fetcher = SafeFetcher(fetch_policy(config))
     stack.push_async_callback(fetcher.aclose)
     catalog = Catalog.from_config(config.models)
-    channels = open_channels(config, catalog, fetcher)
+    blobs = LocalBlobStore(config.files_dir)
+    channels = open_channels(config, catalog, fetcher, blobs)
     if engines is None and not channels:
         engines = {"classic": registry.create("classic", config)}
     for engine in [*(engines or {}).values(), *(channel.engine for channel in channels)]:
         stack.push_async_callback(engine.aclose)
     default = next(iter(engines.values())) if engines else None
     served = routes(catalog, channels, default)
-    blobs = LocalBlobStore(config.files_dir)
     leases = Leases(db, config.runner.lease_s)
     tasks = TaskService(db, blobs, fetcher, catalog, served, config.limits, config.accounts, metrics, leases)
     runner = TaskRunner(db, tasks, leases, config.runner)
@@ -137,7 +139,8 @@ async def open_runtime(
     background.start_soon(runner.run)
     background.start_soon(sender.run)
     limiter = ratelimit.limiter_for(db)
-    return Runtime(config, db, blobs, fetcher, catalog, served, tasks, metrics, runner, sender, limiter)
+    inputs = published_inputs(config, blobs)
+    return Runtime(config, db, blobs, fetcher, catalog, served, tasks, metrics, runner, sender, limiter, inputs)
 
 
 def runtime_of(request: Request) -> Runtime:

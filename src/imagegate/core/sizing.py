@@ -133,3 +133,11 @@ def nearest_by_ratio(sizes: tuple[Size, ...], width: int, height: int) -> Size:
     """Of `sizes`, the one whose aspect ratio is closest (in log space) to `width:height`."""
     target = math.log(width / max(height, 1))
     return min(sizes, key=lambda s: abs(math.log(s.width / s.height) - target))
+
+
+def ratio_and_tier(size: Size) -> tuple[str, str]:
+    """The table's ratio nearest to `size`'s shape (`16:9`) and `size`'s tier, for dialects that take
+    a ratio and a resolution instead of exact sizes."""
+    target = math.log(size.width / size.height)
+    ratio = min(RATIOS, key=lambda r: abs(math.log(int(r.split(":")[0]) / int(r.split(":")[1])) - target))
+    return ratio, tier_of(size)

@@ -13,8 +13,10 @@ from typing import Any, Protocol
 import httpx
 import pybase64
 
+from imagegate.core.request import OutputFormat
 from imagegate.engines.base import Job
 from imagegate.errors import BadRequest, EngineError, EngineTimeout, ImagegateError
+from imagegate.imaging import SourceImage
 
 CLIENT_FAULTS = {400, 413, 415, 422}
 """Statuses by which a provider rejects the request itself: passed to the client, never retried."""
@@ -53,6 +55,28 @@ class UpstreamClient(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+class InputHost(Protocol):
+    """Makes input images fetchable by a provider that takes only URLs, for as long as an attempt lasts."""
+
+    async def publish(self, data: bytes, fmt: OutputFormat) -> tuple[str, str]:
+        """A public, signed, expiring URL for `data`, and the handle to withdraw it by."""
+        ...
+
+    async def withdraw(self, handle: str) -> None: ...
+
+
+def read_source(source: SourceImage) -> bytes:
+    """An input's original bytes (no re-encoding)."""
+    with source.lock:
+        source.fp.seek(0)
+        return source.fp.read()
+
+
+def data_url(source: SourceImage) -> str:
+    """An input as a `data:` URL of its original bytes."""
+    return f"data:{source.format.content_type};base64,{pybase64.b64encode(read_source(source)).decode('ascii')}"
 
 
 def decode_b64(text: str) -> bytes:

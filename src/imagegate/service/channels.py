@@ -9,15 +9,20 @@ from collections.abc import Mapping
 
 from imagegate.config import ChannelSettings, Config, ConfigError
 from imagegate.core.catalog import Catalog
+from imagegate.dialects.envelope.upstream import EnvelopeUpstream
+from imagegate.dialects.jobs.upstream import JobsUpstream
 from imagegate.dialects.openai.upstream import OpenAIUpstream
-from imagegate.dialects.relay import UpstreamClient
+from imagegate.dialects.relay import InputHost, UpstreamClient
 from imagegate.engines import registry
 from imagegate.engines.base import Engine
 from imagegate.engines.upstream import UpstreamEngine
 from imagegate.net.fetch import SafeFetcher
+from imagegate.net.signed import UrlSigner, secret_for
+from imagegate.service.published import PublishedInputs
 from imagegate.service.router import Channel, Router
+from imagegate.stores.blobs import BlobStore
 
-UPSTREAM_ENGINES = ("openai",)
+UPSTREAM_ENGINES = ("openai", "envelope", "jobs")
 LOCAL_ENGINES = ("classic",)
 
 
@@ -42,6 +47,11 @@ def check_channels(config: Config, catalog: Catalog, env: Mapping[str, str] = os
         if channel.engine in UPSTREAM_ENGINES:
             if not channel.base_url or not channel.base_url.startswith(("http://", "https://")):
                 raise ConfigError(f"invalid configuration key '{_key(index, 'base_url')}': an http(s) URL is required")
+            if channel.engine == "jobs" and not config.public_url:
+                raise ConfigError(
+                    f"invalid configuration key '{_key(index, 'engine')}': a jobs channel fetches inputs from "
+                    "this server, so public_url (IMAGEGATE_PUBLIC_URL) must be set"
+                )
             if channel.api_key_env and not env.get(channel.api_key_env):
                 raise ConfigError(
                     f"invalid configuration key '{_key(index, 'api_key_env')}': "
@@ -49,28 +59,46 @@ def check_channels(config: Config, catalog: Catalog, env: Mapping[str, str] = os
                 )
 
 
-def upstream_client(channel: ChannelSettings, env: Mapping[str, str]) -> UpstreamClient:
+def upstream_client(channel: ChannelSettings, env: Mapping[str, str], inputs: InputHost) -> UpstreamClient:
     """The dialect client a channel speaks through (its key read from the environment now)."""
     key = env.get(channel.api_key_env, "") if channel.api_key_env else ""
-    return OpenAIUpstream(
-        channel.name, channel.base_url or "", key, timeout_s=channel.timeout_s, max_connections=channel.max_concurrency
-    )
+    base, timeout_s, connections = channel.base_url or "", channel.timeout_s, channel.max_concurrency
+    if channel.engine == "envelope":
+        return EnvelopeUpstream(channel.name, base, key, timeout_s=timeout_s, max_connections=connections)
+    if channel.engine == "jobs":
+        return JobsUpstream(
+            channel.name,
+            base,
+            key,
+            inputs,
+            timeout_s=timeout_s,
+            max_connections=connections,
+            poll_interval_s=channel.poll_interval_s,
+        )
+    return OpenAIUpstream(channel.name, base, key, timeout_s=timeout_s, max_connections=connections)
 
 
 def open_channels(
-    config: Config, catalog: Catalog, fetcher: SafeFetcher, env: Mapping[str, str] = os.environ
+    config: Config, catalog: Catalog, fetcher: SafeFetcher, blobs: BlobStore, env: Mapping[str, str] = os.environ
 ) -> list[Channel]:
     """Every configured channel as a live Channel (the caller closes their engines)."""
     check_channels(config, catalog, env)
+    inputs = published_inputs(config, blobs)
     opened = []
     for settings in config.channels:
         engine: Engine
         if settings.engine in LOCAL_ENGINES:
             engine = registry.create(settings.engine, config)
         else:
-            engine = UpstreamEngine(settings, upstream_client(settings, env), fetcher, config.imaging)
+            engine = UpstreamEngine(settings, upstream_client(settings, env, inputs), fetcher, config.imaging)
         opened.append(Channel(settings, engine))
     return opened
+
+
+def published_inputs(config: Config, blobs: BlobStore) -> PublishedInputs:
+    """Where relayed inputs are published (signed under the configured or the data dir's secret)."""
+    signer = UrlSigner(secret_for(config.signing_secret, config.data_dir))
+    return PublishedInputs(blobs, signer, config.public_url or "http://127.0.0.1")
 
 
 def routes(catalog: Catalog, channels: list[Channel], default: Engine | None) -> dict[str, Engine]:

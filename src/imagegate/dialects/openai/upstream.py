@@ -17,11 +17,11 @@ from imagegate.dialects.relay import (
     decode_b64,
     http_client,
     mapped_faults,
+    read_source,
     rejection,
 )
 from imagegate.engines.base import Job
 from imagegate.errors import EngineError
-from imagegate.imaging import SourceImage
 
 
 def wire_fields(job: Job, model: str) -> dict[str, str]:
@@ -51,21 +51,15 @@ def wire_fields(job: Job, model: str) -> dict[str, str]:
     return fields
 
 
-def _read(source: SourceImage) -> bytes:
-    with source.lock:
-        source.fp.seek(0)
-        return source.fp.read()
-
-
 async def upload_parts(job: Job) -> list[tuple[str, tuple[str, bytes, str]]]:
     """The multipart file parts of an edit: `image` (one) or `image[]` (several), then `mask`."""
     name = "image" if len(job.images) == 1 else "image[]"
     parts = []
     for index, source in enumerate(job.images):
-        data = await anyio.to_thread.run_sync(_read, source)
+        data = await anyio.to_thread.run_sync(read_source, source)
         parts.append((name, (f"image{index}.{source.format.value}", data, source.format.content_type)))
     if job.mask is not None:
-        data = await anyio.to_thread.run_sync(_read, job.mask)
+        data = await anyio.to_thread.run_sync(read_source, job.mask)
         parts.append(("mask", (f"mask.{job.mask.format.value}", data, job.mask.format.content_type)))
     return parts
 

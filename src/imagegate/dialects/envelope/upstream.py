@@ -1,0 +1,79 @@
+"""The envelope dialect (seed 000), outbound: `POST {base_url}/images/edit` with the inputs as data
+URLs, `{"code": 0, "data": {"images": [{"url"}]}}` back. It only edits."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+
+from imagegate.core.request import Quality
+from imagegate.dialects.relay import (
+    UpstreamAnswer,
+    UpstreamImage,
+    data_url,
+    decode_b64,
+    http_client,
+    mapped_faults,
+    rejection,
+)
+from imagegate.engines.base import Job
+from imagegate.errors import EngineError
+
+
+def parse_envelope(body: Any) -> UpstreamAnswer:
+    """A success envelope's images; EngineError for a non-zero `code` or a missing image list."""
+    if not isinstance(body, dict) or body.get("code") != 0:
+        message = body.get("message") if isinstance(body, dict) else None
+        raise EngineError(f"The upstream answered an error envelope: {message or body!r}")
+    data = body.get("data")
+    items = data.get("images") if isinstance(data, dict) else None
+    if not isinstance(items, list):
+        raise EngineError("The upstream's envelope has no 'data.images' list.")
+    images = []
+    for item in items:
+        url = item.get("url") if isinstance(item, dict) else item
+        if isinstance(url, str):
+            prompt = item.get("revised_prompt", "") if isinstance(item, dict) else ""
+            image = UpstreamImage(data=decode_b64(url)) if url.startswith("data:") else UpstreamImage(url=url)
+            image.revised_prompt = prompt or ""
+            images.append(image)
+    return UpstreamAnswer(images)
+
+
+class EnvelopeUpstream:
+    """A seed-000 provider at `base_url` (the root its `/images/edit` hangs from, e.g. `https://host/v1`)."""
+
+    images_per_call = 10
+    can_generate = False
+
+    def __init__(self, channel: str, base_url: str, api_key: str, *, timeout_s: float, max_connections: int) -> None:
+        self.channel = channel
+        self._secret = api_key
+        self._http = http_client(base_url, api_key, timeout_s=timeout_s, max_connections=max_connections)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def run(self, job: Job, model: str) -> UpstreamAnswer:
+        images = [await anyio.to_thread.run_sync(data_url, source) for source in job.images]
+        body: dict[str, Any] = {"model": model, "prompt": job.request.prompt, "image": images, "size": str(job.size)}
+        if job.request.quality in (Quality.LOW, Quality.MEDIUM, Quality.HIGH):
+            body["quality"] = job.request.quality.value
+        if job.request.n != 1:
+            body["n"] = job.request.n
+        with mapped_faults(self.channel):
+            response = await self._http.post("/images/edit", json=body)
+        if response.status_code >= 300:
+            raise rejection(response, self.channel, self._secret)
+        try:
+            return parse_envelope(response.json())
+        except ValueError as exc:
+            raise EngineError(f"The upstream channel '{self.channel}' answered something that is not JSON.") from exc
+
+    async def probe(self) -> str:
+        with mapped_faults(self.channel):
+            response = await self._http.post("/images/edit", json={})
+        if response.status_code in (401, 403):
+            raise rejection(response, self.channel, self._secret)
+        return f"ok (answers {response.status_code} to an empty request)"

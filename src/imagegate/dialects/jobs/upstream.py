@@ -1,0 +1,149 @@
+"""The task-jobs dialect (seed 002), outbound: `POST {base_url}/jobs/createTask`, then poll
+`GET {base_url}/jobs/recordInfo` with a growing interval until the task ends (the engine's timeout
+bounds the whole wait). Inputs go as signed, expiring URLs the provider fetches from us."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import orjson
+
+from imagegate.core.request import Quality
+from imagegate.core.sizing import ratio_and_tier
+from imagegate.dialects.relay import (
+    InputHost,
+    UpstreamAnswer,
+    UpstreamImage,
+    http_client,
+    mapped_faults,
+    read_source,
+    rejection,
+)
+from imagegate.engines.base import Job
+from imagegate.errors import EngineError
+
+EDIT_MODEL = "gpt-image-2-image-to-image"
+GENERATE_MODEL = "gpt-image-2-text-to-image"
+MAX_POLL_INTERVAL_S = 10.0
+
+
+def job_model(model: str, is_edit: bool) -> str:
+    """The provider's model id: one of its two gpt-image-2 task models unless mapped to another."""
+    if model.startswith("gpt-image-2") and model not in (EDIT_MODEL, GENERATE_MODEL):
+        return EDIT_MODEL if is_edit else GENERATE_MODEL
+    return model
+
+
+def parse_record(body: Any) -> tuple[UpstreamAnswer | None, str | None]:
+    """(the answer when the task succeeded, the failure when it failed) of a recordInfo answer;
+    (None, None) while it is still waiting."""
+    data = body.get("data") if isinstance(body, dict) else None
+    if not isinstance(data, dict):
+        raise EngineError("The upstream's recordInfo answer has no 'data'.")
+    state = str(data.get("state") or "waiting")
+    if state == "success":
+        raw = data.get("resultJson")
+        try:
+            result = orjson.loads(raw) if isinstance(raw, str) else raw
+        except orjson.JSONDecodeError as exc:
+            raise EngineError("The upstream's resultJson is not JSON.") from exc
+        urls = result.get("resultUrls") if isinstance(result, dict) else None
+        if not isinstance(urls, list) or not urls:
+            raise EngineError("The upstream's task succeeded without resultUrls.")
+        images = [UpstreamImage(url=str(url)) for url in urls]
+        return UpstreamAnswer(images, extra={"upstream_task": data.get("taskId")}), None
+    if state == "fail":
+        return None, f"{data.get('failCode') or 'failed'}: {data.get('failMsg') or 'no message'}"
+    return None, None
+
+
+class JobsUpstream:
+    """A seed-002 provider at `base_url` (the root of `/jobs/...`, e.g. `https://host/api/v1`)."""
+
+    images_per_call = 1
+    can_generate = True
+
+    def __init__(
+        self,
+        channel: str,
+        base_url: str,
+        api_key: str,
+        inputs: InputHost,
+        *,
+        timeout_s: float,
+        max_connections: int,
+        poll_interval_s: float,
+    ) -> None:
+        self.channel = channel
+        self._secret = api_key
+        self._inputs = inputs
+        self._poll_s = poll_interval_s
+        self._http = http_client(base_url, api_key, timeout_s=timeout_s, max_connections=max_connections)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def run(self, job: Job, model: str) -> UpstreamAnswer:
+        handles: list[str] = []
+        try:
+            urls = []
+            for source in job.images:
+                data = await anyio.to_thread.run_sync(read_source, source)
+                url, handle = await self._inputs.publish(data, source.format)
+                handles.append(handle)
+                urls.append(url)
+            task_id = await self._create(job, job_model(model, bool(urls)), urls)
+            return await self._wait(task_id)
+        finally:
+            with anyio.CancelScope(shield=True):
+                for handle in handles:
+                    await self._inputs.withdraw(handle)
+
+    async def _create(self, job: Job, model: str, urls: list[str]) -> str:
+        ratio, tier = ratio_and_tier(job.size)
+        given: dict[str, Any] = {"prompt": job.request.prompt, "aspect_ratio": ratio, "resolution": tier}
+        if urls:
+            given["image_urls"] = urls
+        if job.request.quality in (Quality.LOW, Quality.MEDIUM, Quality.HIGH):
+            given["quality"] = job.request.quality.value
+        given["output_format"] = job.request.output_format.value
+        with mapped_faults(self.channel):
+            response = await self._http.post("/jobs/createTask", json={"model": model, "input": given})
+        body = self._json(response)
+        data = body.get("data") if isinstance(body, dict) else None
+        task_id = data.get("taskId") if isinstance(data, dict) else None
+        if not isinstance(task_id, str):
+            raise EngineError(f"The upstream channel '{self.channel}' created no task: {body!r}"[:300])
+        return task_id
+
+    async def _wait(self, task_id: str) -> UpstreamAnswer:
+        interval = self._poll_s
+        while True:
+            await anyio.sleep(interval)
+            with mapped_faults(self.channel):
+                response = await self._http.get("/jobs/recordInfo", params={"taskId": task_id})
+            answer, failure = parse_record(self._json(response))
+            if answer is not None:
+                return answer
+            if failure is not None:
+                raise EngineError(f"The upstream task failed: {failure}", retryable=False)
+            interval = min(MAX_POLL_INTERVAL_S, interval * 1.5)
+
+    def _json(self, response: Any) -> Any:
+        if response.status_code >= 300:
+            raise rejection(response, self.channel, self._secret)
+        try:
+            body = response.json()
+        except ValueError as exc:
+            raise EngineError(f"The upstream channel '{self.channel}' answered something that is not JSON.") from exc
+        if isinstance(body, dict) and isinstance(body.get("code"), int) and body["code"] >= 300:
+            raise rejection(response, self.channel, self._secret)
+        return body
+
+    async def probe(self) -> str:
+        with mapped_faults(self.channel):
+            response = await self._http.get("/jobs/recordInfo", params={"taskId": "probe"})
+        if response.status_code in (401, 403):
+            raise rejection(response, self.channel, self._secret)
+        return f"ok (answers {response.status_code} to an unknown task)"
