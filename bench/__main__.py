@@ -9,6 +9,8 @@
 (c) bookkeeping: wall time of a tiny paid edit (64² PNG to a 256² JPEG URL, dall-e-2) through the HTTP
     API divided by its `?dry_run=true` (the same auth, rate limit, parsing and validation, but no task
     row, credit hold, engine run, stored file or settlement).
+(d) relay overhead: throughput and p50/p99 latency of 32 concurrent clients sending 1 MB images through
+    imagegate A (its one channel: imagegate B) divided by the same load sent to B directly.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import httpx
 import psutil
 from PIL import Image
 
+from bench.relay import relay_overhead
 from imagegate.config import ImagingSettings
 from imagegate.core.catalog import Catalog
 from imagegate.core.request import EditRequest, Size
@@ -167,6 +170,7 @@ def main() -> None:
         finally:
             proc.terminate()
             proc.wait(10)
+        print(relay_overhead(Path(tmp), picture(580, 580, level=0)))
 
 
 if __name__ == "__main__":
