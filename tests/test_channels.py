@@ -281,3 +281,25 @@ def test_a_relays_to_b_through_the_jobs_dialect_with_signed_input_urls(live_serv
     assert (image.format, image.size) == ("JPEG", (2048, 1152))
     assert forged.status_code == 404
     assert not list(data_dir.glob("files/*/relay.*")), "published inputs are withdrawn after the attempt"
+
+
+async def test_a_streams_b_partials_through_to_a_streaming_client(
+    live_server: LiveServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("B_KEY", b_key(live_server))
+    channel = {"name": "b", "base_url": f"{live_server.base}/v1", "api_key_env": "B_KEY"}
+    config = relay_config(tmp_path, channel)
+    async with open_api(config) as api:
+        r = await api.client.post(
+            "/v1/images/edits",
+            headers=api.auth,
+            files=[("image", ("a.png", PNG, "image/png"))],
+            data={"prompt": "sepia", "size": "1024x1024", "stream": "true", "partial_images": "2"},
+        )
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+    events = [json.loads(line[5:]) for line in r.text.splitlines() if line.startswith("data:")]
+    kinds = [event["type"] for event in events]
+    assert kinds == ["image_edit.partial_image"] * 2 + ["image_edit.completed"], kinds
+    assert [event["partial_image_index"] for event in events[:2]] == [0, 1]
+    final = decode(base64.b64decode(events[-1]["b64_json"]))
+    assert final.size == (1024, 1024) and events[-1]["usage"]["total_tokens"] > 0

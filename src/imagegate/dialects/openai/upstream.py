@@ -8,6 +8,8 @@ from __future__ import annotations
 from typing import Any
 
 import anyio
+import httpx
+import orjson
 
 from imagegate.core.catalog import SizeMode
 from imagegate.core.request import Background, OutputFormat, Quality
@@ -15,6 +17,7 @@ from imagegate.dialects.relay import (
     UpstreamAnswer,
     UpstreamImage,
     decode_b64,
+    error_parts,
     http_client,
     mapped_faults,
     read_source,
@@ -86,6 +89,29 @@ def parse_images(body: Any) -> UpstreamAnswer:
     return UpstreamAnswer(images, usage if isinstance(usage, dict) else None)
 
 
+async def relay_events(response: httpx.Response, job: Job) -> UpstreamAnswer:
+    """Read an SSE answer: partial images go to `job.on_partial` as they arrive, completed ones are kept."""
+    images: list[UpstreamImage] = []
+    usage: dict[str, Any] | None = None
+    async for line in response.aiter_lines():
+        if not line.startswith("data:"):
+            continue
+        try:
+            event = orjson.loads(line[5:].strip())
+        except orjson.JSONDecodeError:
+            continue
+        kind = str(event.get("type", "")) if isinstance(event, dict) else ""
+        if kind.endswith(".partial_image") and job.on_partial is not None:
+            await job.on_partial(int(event.get("partial_image_index", 0)), decode_b64(str(event.get("b64_json", ""))))
+        elif kind.endswith(".completed"):
+            images.append(UpstreamImage(data=decode_b64(str(event.get("b64_json", "")))))
+            usage = event.get("usage") if isinstance(event.get("usage"), dict) else usage
+        elif kind == "error":
+            message, code, param = error_parts(event)
+            raise EngineError(f"The upstream's stream ended with an error: {message or code or 'unknown'}", param=param)
+    return UpstreamAnswer(images, usage)
+
+
 class OpenAIUpstream:
     """OpenAI's Images API at `base_url` (as the OpenAI SDK takes it, ending in `/v1`)."""
 
@@ -102,24 +128,36 @@ class OpenAIUpstream:
 
     async def run(self, job: Job, model: str) -> UpstreamAnswer:
         fields = wire_fields(job, model)
+        streamed = job.on_partial is not None
+        if streamed:
+            fields.update(stream="true", partial_images=str(job.request.partial_images))
+        request = await self._request(job, fields)
         with mapped_faults(self.channel):
-            if job.images:
-                files = await upload_parts(job)
-                response = await self._http.post("/images/edits", data=fields, files=files)
-            else:
-                payload: dict[str, Any] = dict(fields)
-                if "n" in payload:
-                    payload["n"] = job.request.n
-                if "output_compression" in payload:
-                    payload["output_compression"] = job.request.output_compression
-                response = await self._http.post("/images/generations", json=payload)
-        if response.status_code >= 300:
-            raise rejection(response, self.channel, self._secret)
+            response = await self._http.send(request, stream=streamed)
+            try:
+                if response.status_code >= 300:
+                    await response.aread()
+                    raise rejection(response, self.channel, self._secret)
+                if streamed and response.headers.get("content-type", "").startswith("text/event-stream"):
+                    return await relay_events(response, job)
+                body = (await response.aread()) if streamed else response.content
+            finally:
+                await response.aclose()
         try:
-            body = response.json()
-        except ValueError as exc:
+            return parse_images(orjson.loads(body))
+        except orjson.JSONDecodeError as exc:
             raise EngineError(f"The upstream channel '{self.channel}' answered something that is not JSON.") from exc
-        return parse_images(body)
+
+    async def _request(self, job: Job, fields: dict[str, str]) -> httpx.Request:
+        if job.images:
+            return self._http.build_request("POST", "/images/edits", data=fields, files=await upload_parts(job))
+        payload: dict[str, Any] = dict(fields)
+        for name in ("n", "output_compression", "partial_images"):
+            if name in payload:
+                payload[name] = int(payload[name])
+        if "stream" in payload:
+            payload["stream"] = True
+        return self._http.build_request("POST", "/images/generations", json=payload)
 
     async def probe(self) -> str:
         with mapped_faults(self.channel):
