@@ -10,6 +10,8 @@ import logging
 import sqlite3
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -246,41 +248,65 @@ async def test_a_relays_to_b_through_the_envelope_dialect(
     assert generation.status_code == 400, "an envelope channel only edits"
 
 
-def test_a_relays_to_b_through_the_jobs_dialect_with_signed_input_urls(live_server: LiveServer, tmp_path: Path) -> None:
+@contextmanager
+def relay_server(live: LiveServer, tmp_path: Path, channel_toml: str) -> Iterator[tuple[str, str, Path]]:
+    """Imagegate A as a real process (B must reach it back) with one channel to B; yields its base
+    URL, a key with credits, and its data dir."""
     port = free_port()
     config = tmp_path / "a.toml"
-    config.write_text(
-        f'[[channels]]\nname = "b-jobs"\nengine = "jobs"\nbase_url = "{live_server.base}/api/v1"\n'
-        f'api_key_env = "B_KEY"\npoll_interval_s = 0.1\ntimeout_s = 60\n'
-    )
+    config.write_text(f'[[channels]]\nname = "b"\napi_key_env = "B_KEY"\ntimeout_s = 60\n{channel_toml}')
     data_dir = tmp_path / "a"
     env = {
-        **live_server.env,
+        **live.env,
         "IMAGEGATE_DATA_DIR": str(data_dir),
         "IMAGEGATE_CONFIG": str(config),
         "IMAGEGATE_PUBLIC_URL": f"http://127.0.0.1:{port}",
-        "B_KEY": b_key(live_server),
+        "B_KEY": b_key(live),
     }
     key = json.loads(run_cli("keys", "create", "--credits", "100", "--json", env=env).stdout)["key"]
     with (data_dir / "serve.log").open("w") as log:
         server = start_serve(port, env, log)
         try:
-            r = httpx.post(
-                f"http://127.0.0.1:{port}/v1/images/edits",
-                headers={"Authorization": f"Bearer {key}"},
-                files=[("image", ("a.png", PNG, "image/png"))],
-                data={"prompt": "mirror it", "size": "2048x1152", "output_format": "jpeg"},
-                timeout=60,
-            )
-            forged = httpx.get(f"http://127.0.0.1:{port}/inputs/relay.x.png~9999999999~{'0' * 32}")
+            yield f"http://127.0.0.1:{port}", key, data_dir
         finally:
             server.terminate()
             server.wait(10)
+
+
+def relayed_edit(base: str, key: str, **form: str) -> httpx.Response:
+    return httpx.post(
+        f"{base}/v1/images/edits",
+        headers={"Authorization": f"Bearer {key}"},
+        files=[("image", ("a.png", PNG, "image/png"))],
+        data=form,
+        timeout=60,
+    )
+
+
+def test_a_relays_to_b_through_the_jobs_dialect_with_signed_input_urls(live_server: LiveServer, tmp_path: Path) -> None:
+    channel = f'engine = "jobs"\nbase_url = "{live_server.base}/api/v1"\npoll_interval_s = 0.1\n'
+    with relay_server(live_server, tmp_path, channel) as (base, key, data_dir):
+        r = relayed_edit(base, key, prompt="mirror it", size="2048x1152", output_format="jpeg")
+        forged = httpx.get(f"{base}/inputs/relay.x.png~9999999999~{'0' * 32}")
     assert r.status_code == 200, r.text
     image = decode(base64.b64decode(r.json()["data"][0]["b64_json"]))
     assert (image.format, image.size) == ("JPEG", (2048, 1152))
     assert forged.status_code == 404
     assert not list(data_dir.glob("files/*/relay.*")), "published inputs are withdrawn after the attempt"
+
+
+def test_a_relays_to_b_by_callback_in_seed_003s_async_mode(live_server: LiveServer, tmp_path: Path) -> None:
+    channel = f'base_url = "{live_server.base}/v1"\ncallback = true\n'
+    with relay_server(live_server, tmp_path, channel) as (base, key, data_dir):
+        r = relayed_edit(base, key, prompt="cartoon style", size="1024x1024")
+        stray = httpx.post(f"{base}/relay/callbacks/cb.x~9999999999~{'0' * 32}", json={"success": True})
+    assert r.status_code == 200, r.text
+    assert decode(base64.b64decode(r.json()["data"][0]["b64_json"])).size == (1024, 1024)
+    with sqlite3.connect(data_dir / "imagegate.db") as db:
+        (raw,) = db.execute("SELECT result FROM tasks").fetchone()
+    (report,) = json.loads(raw)["upstream"]
+    assert report["upstream_task"].startswith("task_"), "B's task id, from its callback"
+    assert stray.status_code == 404
 
 
 async def test_a_streams_b_partials_through_to_a_streaming_client(

@@ -20,6 +20,7 @@ from imagegate import __version__
 from imagegate.api import account, admin
 from imagegate.config import Config
 from imagegate.dialects.envelope import inbound as envelope
+from imagegate.dialects.fields import json_object
 from imagegate.dialects.jobs import inbound as jobs
 from imagegate.dialects.openai import inbound as openai
 from imagegate.engines.base import Engine
@@ -186,6 +187,14 @@ def create_app(config: Config, engines: dict[str, Engine] | None = None) -> Fast
         if name is None or path is None or not path.exists():
             raise NotFound("No such input, or its URL has expired.")
         return FileResponse(path, media_type=f"image/{name.rsplit('.', 1)[-1]}", headers={"cache-control": "no-store"})
+
+    @app.post("/relay/callbacks/{token}")
+    async def relay_callback(token: str, request: Request) -> Response:
+        """A provider's callback for a request this process relayed (seed 003's async mode)."""
+        body = json_object(await request.body())
+        if not runtime_of(request).inbox.deliver(token, body):
+            raise NotFound("No request waits on this callback.")
+        return json_response({"received": True})
 
     app.add_middleware(IdempotencyMiddleware, render_error=_error_response, max_body_bytes=config.limits.max_body_bytes)
     app.add_middleware(EdgeMiddleware, max_body_bytes=config.limits.max_body_bytes, metrics=metrics)

@@ -289,7 +289,7 @@ def channels_check(data_dir: DataDir = None, config_file: ConfigFile = None) -> 
     """Probe every configured channel and print its health; exits 1 when any cannot be reached."""
     from imagegate.net.fetch import SafeFetcher
     from imagegate.runtime import fetch_policy
-    from imagegate.service.channels import open_channels, probe
+    from imagegate.service.channels import callback_inbox, open_channels, probe
     from imagegate.service.router import Channel
     from imagegate.stores.blobs import LocalBlobStore
 
@@ -303,7 +303,8 @@ def channels_check(data_dir: DataDir = None, config_file: ConfigFile = None) -> 
         async with AsyncExitStack() as stack:
             fetcher = SafeFetcher(fetch_policy(config))
             stack.push_async_callback(fetcher.aclose)
-            channels = open_channels(config, catalog, fetcher, LocalBlobStore(config.files_dir))
+            blobs = LocalBlobStore(config.files_dir)
+            channels = open_channels(config, catalog, fetcher, blobs, callback_inbox(config))
             for channel in channels:
                 stack.push_async_callback(channel.engine.aclose)
             results = []

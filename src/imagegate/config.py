@@ -118,6 +118,9 @@ class ChannelSettings(BaseModel):
     """How long an open circuit rests before one probe request may try it again."""
     poll_interval_s: float = Field(default=2.0, gt=0)
     """Task-jobs channels: the first wait between status polls (it grows to 10 s)."""
+    callback: bool = False
+    """OpenAI channels: ask for the result by `callback_url` (seed 003's async mode) instead of holding
+    the connection open; the provider posts it to IMAGEGATE_PUBLIC_URL/relay/callbacks/..."""
 
 
 DEFAULT_WEBHOOK_RETRY_DELAYS = [5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0]

@@ -15,7 +15,8 @@ from imagegate.engines.base import Engine
 from imagegate.errors import PermissionDenied, RateLimited
 from imagegate.metrics import Metrics
 from imagegate.net.fetch import FetchPolicy, SafeFetcher
-from imagegate.service.channels import open_channels, published_inputs, routes
+from imagegate.service.callbacks_in import CallbackInbox
+from imagegate.service.channels import callback_inbox, open_channels, published_inputs, routes
 from imagegate.service.leases import Leases
 from imagegate.service.published import PublishedInputs
 from imagegate.service.runner import TaskRunner
@@ -46,6 +47,7 @@ class Runtime:
     webhooks: WebhookSender
     limiter: ratelimit.RateLimiter
     inputs: PublishedInputs
+    inbox: CallbackInbox
 
     def public_base(self, request: Request) -> str:
         """Base of result URLs: IMAGEGATE_PUBLIC_URL, or the URL the client used to reach us."""
@@ -121,7 +123,8 @@ async def open_runtime(
     stack.push_async_callback(fetcher.aclose)
     catalog = Catalog.from_config(config.models)
     blobs = LocalBlobStore(config.files_dir)
-    channels = open_channels(config, catalog, fetcher, blobs)
+    inbox = callback_inbox(config)
+    channels = open_channels(config, catalog, fetcher, blobs, inbox)
     if engines is None and not channels:
         engines = {"classic": registry.create("classic", config)}
     for engine in [*(engines or {}).values(), *(channel.engine for channel in channels)]:
@@ -140,7 +143,7 @@ async def open_runtime(
     background.start_soon(sender.run)
     limiter = ratelimit.limiter_for(db)
     inputs = published_inputs(config, blobs)
-    return Runtime(config, db, blobs, fetcher, catalog, served, tasks, metrics, runner, sender, limiter, inputs)
+    return Runtime(config, db, blobs, fetcher, catalog, served, tasks, metrics, runner, sender, limiter, inputs, inbox)
 
 
 def runtime_of(request: Request) -> Runtime:

@@ -67,6 +67,25 @@ class InputHost(Protocol):
     async def withdraw(self, handle: str) -> None: ...
 
 
+class CallbackSlot(Protocol):
+    """Where one provider callback lands."""
+
+    url: str
+    """The `callback_url` to give the provider."""
+
+    async def wait(self) -> Any:
+        """The callback's JSON body, once it arrived."""
+        ...
+
+
+class CallbackInbox(Protocol):
+    """Receives providers' callbacks for the requests waiting on them."""
+
+    def expect(self) -> CallbackSlot: ...
+
+    def discard(self, slot: CallbackSlot) -> None: ...
+
+
 def read_source(source: SourceImage) -> bytes:
     """An input's original bytes (no re-encoding)."""
     with source.lock:

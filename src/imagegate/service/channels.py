@@ -18,6 +18,7 @@ from imagegate.engines.base import Engine
 from imagegate.engines.upstream import UpstreamEngine
 from imagegate.net.fetch import SafeFetcher
 from imagegate.net.signed import UrlSigner, secret_for
+from imagegate.service.callbacks_in import CallbackInbox
 from imagegate.service.published import PublishedInputs
 from imagegate.service.router import Channel, Router
 from imagegate.stores.blobs import BlobStore
@@ -47,10 +48,10 @@ def check_channels(config: Config, catalog: Catalog, env: Mapping[str, str] = os
         if channel.engine in UPSTREAM_ENGINES:
             if not channel.base_url or not channel.base_url.startswith(("http://", "https://")):
                 raise ConfigError(f"invalid configuration key '{_key(index, 'base_url')}': an http(s) URL is required")
-            if channel.engine == "jobs" and not config.public_url:
+            if (channel.engine == "jobs" or channel.callback) and not config.public_url:
                 raise ConfigError(
-                    f"invalid configuration key '{_key(index, 'engine')}': a jobs channel fetches inputs from "
-                    "this server, so public_url (IMAGEGATE_PUBLIC_URL) must be set"
+                    f"invalid configuration key '{_key(index, 'engine')}': this channel's provider calls this "
+                    "server back (inputs or callbacks), so public_url (IMAGEGATE_PUBLIC_URL) must be set"
                 )
             if channel.api_key_env and not env.get(channel.api_key_env):
                 raise ConfigError(
@@ -59,7 +60,9 @@ def check_channels(config: Config, catalog: Catalog, env: Mapping[str, str] = os
                 )
 
 
-def upstream_client(channel: ChannelSettings, env: Mapping[str, str], inputs: InputHost) -> UpstreamClient:
+def upstream_client(
+    channel: ChannelSettings, env: Mapping[str, str], inputs: InputHost, inbox: CallbackInbox
+) -> UpstreamClient:
     """The dialect client a channel speaks through (its key read from the environment now)."""
     key = env.get(channel.api_key_env, "") if channel.api_key_env else ""
     base, timeout_s, connections = channel.base_url or "", channel.timeout_s, channel.max_concurrency
@@ -75,11 +78,23 @@ def upstream_client(channel: ChannelSettings, env: Mapping[str, str], inputs: In
             max_connections=connections,
             poll_interval_s=channel.poll_interval_s,
         )
-    return OpenAIUpstream(channel.name, base, key, timeout_s=timeout_s, max_connections=connections)
+    return OpenAIUpstream(
+        channel.name,
+        base,
+        key,
+        timeout_s=timeout_s,
+        max_connections=connections,
+        callbacks=inbox if channel.callback else None,
+    )
 
 
 def open_channels(
-    config: Config, catalog: Catalog, fetcher: SafeFetcher, blobs: BlobStore, env: Mapping[str, str] = os.environ
+    config: Config,
+    catalog: Catalog,
+    fetcher: SafeFetcher,
+    blobs: BlobStore,
+    inbox: CallbackInbox,
+    env: Mapping[str, str] = os.environ,
 ) -> list[Channel]:
     """Every configured channel as a live Channel (the caller closes their engines)."""
     check_channels(config, catalog, env)
@@ -90,15 +105,24 @@ def open_channels(
         if settings.engine in LOCAL_ENGINES:
             engine = registry.create(settings.engine, config)
         else:
-            engine = UpstreamEngine(settings, upstream_client(settings, env, inputs), fetcher, config.imaging)
+            engine = UpstreamEngine(settings, upstream_client(settings, env, inputs, inbox), fetcher, config.imaging)
         opened.append(Channel(settings, engine))
     return opened
 
 
+def signer(config: Config) -> UrlSigner:
+    """The signer of relayed inputs' and callbacks' URLs (the configured or the data dir's secret)."""
+    return UrlSigner(secret_for(config.signing_secret, config.data_dir))
+
+
 def published_inputs(config: Config, blobs: BlobStore) -> PublishedInputs:
-    """Where relayed inputs are published (signed under the configured or the data dir's secret)."""
-    signer = UrlSigner(secret_for(config.signing_secret, config.data_dir))
-    return PublishedInputs(blobs, signer, config.public_url or "http://127.0.0.1")
+    """Where relayed inputs are published for providers to fetch."""
+    return PublishedInputs(blobs, signer(config), config.public_url or "http://127.0.0.1")
+
+
+def callback_inbox(config: Config) -> CallbackInbox:
+    """Where providers' callbacks for this process's waiting requests land."""
+    return CallbackInbox(signer(config), config.public_url or "http://127.0.0.1")
 
 
 def routes(catalog: Catalog, channels: list[Channel], default: Engine | None) -> dict[str, Engine]:

@@ -14,6 +14,7 @@ import orjson
 from imagegate.core.catalog import SizeMode
 from imagegate.core.request import Background, OutputFormat, Quality
 from imagegate.dialects.relay import (
+    CallbackInbox,
     UpstreamAnswer,
     UpstreamImage,
     decode_b64,
@@ -89,6 +90,16 @@ def parse_images(body: Any) -> UpstreamAnswer:
     return UpstreamAnswer(images, usage if isinstance(usage, dict) else None)
 
 
+def parse_callback(body: Any) -> UpstreamAnswer:
+    """A seed-003 callback: `{"success": true, "task_id", "data": <ImagesResponse>}` or its failure."""
+    if isinstance(body, dict) and body.get("success") is True and isinstance(body.get("data"), dict):
+        answer = parse_images(body["data"])
+        answer.extra["upstream_task"] = body.get("task_id")
+        return answer
+    message, code, _ = error_parts(body)
+    raise EngineError(f"The upstream task failed: {message or code or 'no reason given'}")
+
+
 async def relay_events(response: httpx.Response, job: Job) -> UpstreamAnswer:
     """Read an SSE answer: partial images go to `job.on_partial` as they arrive, completed ones are kept."""
     images: list[UpstreamImage] = []
@@ -118,8 +129,19 @@ class OpenAIUpstream:
     images_per_call = 10
     can_generate = True
 
-    def __init__(self, channel: str, base_url: str, api_key: str, *, timeout_s: float, max_connections: int) -> None:
+    def __init__(
+        self,
+        channel: str,
+        base_url: str,
+        api_key: str,
+        *,
+        timeout_s: float,
+        max_connections: int,
+        callbacks: CallbackInbox | None = None,
+    ) -> None:
         self.channel = channel
+        self._callbacks = callbacks
+        """With an inbox, results are asked for by `callback_url` (seed 003's async mode)."""
         self._secret = api_key
         self._http = http_client(base_url, api_key, timeout_s=timeout_s, max_connections=max_connections)
 
@@ -131,6 +153,8 @@ class OpenAIUpstream:
         streamed = job.on_partial is not None
         if streamed:
             fields.update(stream="true", partial_images=str(job.request.partial_images))
+        elif self._callbacks is not None:
+            return await self._by_callback(job, fields, self._callbacks)
         request = await self._request(job, fields)
         with mapped_faults(self.channel):
             response = await self._http.send(request, stream=streamed)
@@ -147,6 +171,28 @@ class OpenAIUpstream:
             return parse_images(orjson.loads(body))
         except orjson.JSONDecodeError as exc:
             raise EngineError(f"The upstream channel '{self.channel}' answered something that is not JSON.") from exc
+
+    async def _by_callback(self, job: Job, fields: dict[str, str], inbox: CallbackInbox) -> UpstreamAnswer:
+        """Seed 003's async mode: the provider answers `{"task_id"}` at once and posts the result to us."""
+        slot = inbox.expect()
+        try:
+            fields["callback_url"] = slot.url
+            request = await self._request(job, fields)
+            with mapped_faults(self.channel):
+                response = await self._http.send(request)
+            if response.status_code >= 300:
+                raise rejection(response, self.channel, self._secret)
+            try:
+                body = response.json()
+            except ValueError as exc:
+                raise EngineError(
+                    f"The upstream channel '{self.channel}' answered something that is not JSON."
+                ) from exc
+            if isinstance(body, dict) and isinstance(body.get("data"), list):
+                return parse_images(body)
+            return parse_callback(await slot.wait())
+        finally:
+            inbox.discard(slot)
 
     async def _request(self, job: Job, fields: dict[str, str]) -> httpx.Request:
         if job.images:
