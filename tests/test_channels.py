@@ -178,15 +178,27 @@ async def test_with_every_channel_down_the_client_gets_502_or_504_in_time_and_it
             openai_style = await api.client.post("/v1/images/edits", headers=api.auth, json=body)
             envelope_style = await api.client.post("/v1/images/edit", headers=api.auth, json=body)
             elapsed = time.monotonic() - started
+            created = await api.client.post(
+                "/api/v1/jobs/createTask",
+                headers=api.auth,
+                json={"model": "gpt-image-2-text-to-image", "input": {"prompt": "x"}},
+            )
+            task_id = created.json()["data"]["taskId"]
+            for _ in range(200):
+                info = await api.client.get("/api/v1/jobs/recordInfo", params={"taskId": task_id}, headers=api.auth)
+                if info.json()["data"]["state"] == "fail":
+                    break
+                await asyncio.sleep(0.05)
             usage = (await api.client.get("/v1/usage", headers=api.auth)).json()
         assert down_one.keys[0] == "Bearer sk-upstream-secret-1234567890", "the channel's key was sent"
     assert openai_style.status_code in (502, 504) and envelope_style.status_code in (502, 504)
     openai_shape(openai_style.json(), openai_style.status_code)
     envelope_shape(envelope_style.json(), envelope_style.status_code)
     assert elapsed < 2 * 2 * (0.5 + 0.1) * 2 + 1, "within the channels' timeouts and retries"
+    assert info.json()["data"]["failCode"] in ("upstream_error", "upstream_timeout"), info.text
     assert usage["balance"] == "1000" and usage["held"] == "0"
     audit_ledgers(config.data_dir / "imagegate.db")
-    everything = openai_style.text + envelope_style.text + caplog.text
+    everything = openai_style.text + envelope_style.text + info.text + caplog.text
     assert "sk-upstream-secret" not in everything, "upstream keys never reach responses or logs"
 
 
@@ -307,6 +319,26 @@ def test_a_relays_to_b_by_callback_in_seed_003s_async_mode(live_server: LiveServ
     (report,) = json.loads(raw)["upstream"]
     assert report["upstream_task"].startswith("task_"), "B's task id, from its callback"
     assert stray.status_code == 404
+
+
+def test_openai_channels_may_send_inputs_as_signed_urls_in_json(live_server: LiveServer, tmp_path: Path) -> None:
+    channel = f'base_url = "{live_server.base}/v1"\nsend_inputs = "urls"\n'
+    with relay_server(live_server, tmp_path, channel) as (base, key, data_dir):
+        r = relayed_edit(base, key, prompt="invert", size="1536x1024")
+    assert r.status_code == 200, r.text
+    assert decode(base64.b64decode(r.json()["data"][0]["b64_json"])).size == (1536, 1024)
+    assert not list(data_dir.glob("files/*/relay.*"))
+
+
+async def test_openai_channels_may_send_inputs_as_data_urls_in_json(
+    live_server: LiveServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("B_KEY", b_key(live_server))
+    channel = {"name": "b", "base_url": f"{live_server.base}/v1", "api_key_env": "B_KEY", "send_inputs": "data_urls"}
+    async with open_api(relay_config(tmp_path, channel)) as api:
+        r = await api.client.post("/v1/images/edits", headers=api.auth, json={"prompt": "emboss", "image": DATA_URL})
+    assert r.status_code == 200, r.text
+    assert "emboss" in r.json()["data"][0]["revised_prompt"]
 
 
 async def test_a_streams_b_partials_through_to_a_streaming_client(

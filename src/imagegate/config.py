@@ -8,7 +8,7 @@ from __future__ import annotations
 import ipaddress
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
 from pydantic_settings import (
@@ -118,6 +118,9 @@ class ChannelSettings(BaseModel):
     """How long an open circuit rests before one probe request may try it again."""
     poll_interval_s: float = Field(default=2.0, gt=0)
     """Task-jobs channels: the first wait between status polls (it grows to 10 s)."""
+    send_inputs: Literal["multipart", "urls", "data_urls"] = "multipart"
+    """OpenAI channels: edits as multipart uploads (`image[]`), or as JSON whose `image` list holds
+    signed URLs of the inputs published at IMAGEGATE_PUBLIC_URL (`urls`) or data URLs (`data_urls`)."""
     callback: bool = False
     """OpenAI channels: ask for the result by `callback_url` (seed 003's async mode) instead of holding
     the connection open; the provider posts it to IMAGEGATE_PUBLIC_URL/relay/callbacks/..."""

@@ -48,7 +48,8 @@ def check_channels(config: Config, catalog: Catalog, env: Mapping[str, str] = os
         if channel.engine in UPSTREAM_ENGINES:
             if not channel.base_url or not channel.base_url.startswith(("http://", "https://")):
                 raise ConfigError(f"invalid configuration key '{_key(index, 'base_url')}': an http(s) URL is required")
-            if (channel.engine == "jobs" or channel.callback) and not config.public_url:
+            calls_back = channel.engine == "jobs" or channel.callback or channel.send_inputs == "urls"
+            if calls_back and not config.public_url:
                 raise ConfigError(
                     f"invalid configuration key '{_key(index, 'engine')}': this channel's provider calls this "
                     "server back (inputs or callbacks), so public_url (IMAGEGATE_PUBLIC_URL) must be set"
@@ -85,6 +86,8 @@ def upstream_client(
         timeout_s=timeout_s,
         max_connections=connections,
         callbacks=inbox if channel.callback else None,
+        send_inputs=channel.send_inputs,
+        inputs=inputs,
     )
 
 

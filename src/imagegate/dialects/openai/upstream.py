@@ -15,8 +15,10 @@ from imagegate.core.catalog import SizeMode
 from imagegate.core.request import Background, OutputFormat, Quality
 from imagegate.dialects.relay import (
     CallbackInbox,
+    InputHost,
     UpstreamAnswer,
     UpstreamImage,
+    data_url,
     decode_b64,
     error_parts,
     http_client,
@@ -26,6 +28,7 @@ from imagegate.dialects.relay import (
 )
 from imagegate.engines.base import Job
 from imagegate.errors import EngineError
+from imagegate.imaging import SourceImage
 
 
 def wire_fields(job: Job, model: str) -> dict[str, str]:
@@ -138,8 +141,12 @@ class OpenAIUpstream:
         timeout_s: float,
         max_connections: int,
         callbacks: CallbackInbox | None = None,
+        send_inputs: str = "multipart",
+        inputs: InputHost | None = None,
     ) -> None:
         self.channel = channel
+        self._send_inputs = send_inputs
+        self._inputs = inputs
         self._callbacks = callbacks
         """With an inbox, results are asked for by `callback_url` (seed 003's async mode)."""
         self._secret = api_key
@@ -149,13 +156,23 @@ class OpenAIUpstream:
         await self._http.aclose()
 
     async def run(self, job: Job, model: str) -> UpstreamAnswer:
+        handles: list[str] = []
+        try:
+            return await self._run(job, model, handles)
+        finally:
+            if self._inputs is not None:
+                with anyio.CancelScope(shield=True):
+                    for handle in handles:
+                        await self._inputs.withdraw(handle)
+
+    async def _run(self, job: Job, model: str, handles: list[str]) -> UpstreamAnswer:
         fields = wire_fields(job, model)
         streamed = job.on_partial is not None
         if streamed:
             fields.update(stream="true", partial_images=str(job.request.partial_images))
         elif self._callbacks is not None:
-            return await self._by_callback(job, fields, self._callbacks)
-        request = await self._request(job, fields)
+            return await self._by_callback(job, fields, self._callbacks, handles)
+        request = await self._request(job, fields, handles)
         with mapped_faults(self.channel):
             response = await self._http.send(request, stream=streamed)
             try:
@@ -172,12 +189,14 @@ class OpenAIUpstream:
         except orjson.JSONDecodeError as exc:
             raise EngineError(f"The upstream channel '{self.channel}' answered something that is not JSON.") from exc
 
-    async def _by_callback(self, job: Job, fields: dict[str, str], inbox: CallbackInbox) -> UpstreamAnswer:
+    async def _by_callback(
+        self, job: Job, fields: dict[str, str], inbox: CallbackInbox, handles: list[str]
+    ) -> UpstreamAnswer:
         """Seed 003's async mode: the provider answers `{"task_id"}` at once and posts the result to us."""
         slot = inbox.expect()
         try:
             fields["callback_url"] = slot.url
-            request = await self._request(job, fields)
+            request = await self._request(job, fields, handles)
             with mapped_faults(self.channel):
                 response = await self._http.send(request)
             if response.status_code >= 300:
@@ -194,8 +213,8 @@ class OpenAIUpstream:
         finally:
             inbox.discard(slot)
 
-    async def _request(self, job: Job, fields: dict[str, str]) -> httpx.Request:
-        if job.images:
+    async def _request(self, job: Job, fields: dict[str, str], handles: list[str]) -> httpx.Request:
+        if job.images and self._send_inputs == "multipart":
             return self._http.build_request("POST", "/images/edits", data=fields, files=await upload_parts(job))
         payload: dict[str, Any] = dict(fields)
         for name in ("n", "output_compression", "partial_images"):
@@ -203,7 +222,20 @@ class OpenAIUpstream:
                 payload[name] = int(payload[name])
         if "stream" in payload:
             payload["stream"] = True
-        return self._http.build_request("POST", "/images/generations", json=payload)
+        if not job.images:
+            return self._http.build_request("POST", "/images/generations", json=payload)
+        payload["image"] = [await self._reference(source, handles) for source in job.images]
+        if job.mask is not None:
+            payload["mask"] = await self._reference(job.mask, handles)
+        return self._http.build_request("POST", "/images/edits", json=payload)
+
+    async def _reference(self, source: SourceImage, handles: list[str]) -> str:
+        """An input as a JSON edit names it: a published signed URL, or a data URL."""
+        if self._send_inputs == "urls" and self._inputs is not None:
+            url, handle = await self._inputs.publish(await anyio.to_thread.run_sync(read_source, source), source.format)
+            handles.append(handle)
+            return url
+        return await anyio.to_thread.run_sync(data_url, source)
 
     async def probe(self) -> str:
         with mapped_faults(self.channel):
