@@ -152,11 +152,14 @@ async def test_100_concurrent_requests_survive_a_half_faulty_channel(tmp_path: P
                 return await api.client.post("/v1/images/edits", headers=api.auth, json=body)
 
             responses = await asyncio.gather(*(edit() for _ in range(100)))
+            metrics = (await api.client.get("/metrics")).text
         assert Counter(r.status_code for r in responses) == {200: 100}, [
             r.text for r in responses if r.status_code != 200
         ][:3]
         assert all(flaky.count(fault) > 0 for fault in ("429", "500", "drop", "stall")), flaky.seen
         assert healthy.count("ok") > 0, "failover reached the second channel"
+    assert 'imagegate_upstream_attempts_total{channel="flaky",result="retryable"}' in metrics
+    assert 'imagegate_upstream_attempts_total{channel="healthy",result="ok"}' in metrics
     audit_ledgers(config.data_dir / "imagegate.db")
 
 

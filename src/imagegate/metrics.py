@@ -72,6 +72,19 @@ class Metrics:
             registry=registry,
         )
 
+        self.upstream_attempts = Counter(
+            "imagegate_upstream_attempts",
+            "Attempts on upstream channels, by channel and result (ok, rejected, retryable, failed).",
+            ["channel", "result"],
+            registry=registry,
+        )
+        self.channel_open = Gauge(
+            "imagegate_channel_circuit_open",
+            "1 while a channel's circuit breaker rests it (open or half-open), else 0.",
+            ["channel"],
+            registry=registry,
+        )
+
     def task_finished(
         self, model: str, engine: str, seconds: float, *, images: int = 0, error: str | None = None
     ) -> None:

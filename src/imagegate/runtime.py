@@ -130,7 +130,7 @@ async def open_runtime(
     for engine in [*(engines or {}).values(), *(channel.engine for channel in channels)]:
         stack.push_async_callback(engine.aclose)
     default = next(iter(engines.values())) if engines else None
-    served = routes(catalog, channels, default)
+    served = routes(catalog, channels, default, metrics)
     leases = Leases(db, config.runner.lease_s)
     tasks = TaskService(db, blobs, fetcher, catalog, served, config.limits, config.accounts, metrics, leases)
     runner = TaskRunner(db, tasks, leases, config.runner)

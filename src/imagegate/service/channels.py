@@ -16,6 +16,7 @@ from imagegate.dialects.relay import InputHost, UpstreamClient
 from imagegate.engines import registry
 from imagegate.engines.base import Engine
 from imagegate.engines.upstream import UpstreamEngine
+from imagegate.metrics import Metrics
 from imagegate.net.fetch import SafeFetcher
 from imagegate.net.signed import UrlSigner, secret_for
 from imagegate.service.callbacks_in import CallbackInbox
@@ -128,7 +129,9 @@ def callback_inbox(config: Config) -> CallbackInbox:
     return CallbackInbox(signer(config), config.public_url or "http://127.0.0.1")
 
 
-def routes(catalog: Catalog, channels: list[Channel], default: Engine | None) -> dict[str, Engine]:
+def routes(
+    catalog: Catalog, channels: list[Channel], default: Engine | None, metrics: Metrics | None = None
+) -> dict[str, Engine]:
     """The engine of every served model: its Router, or `default` for all when no channel exists."""
     if not channels:
         return {spec.id: default for spec in catalog} if default is not None else {}
@@ -136,7 +139,7 @@ def routes(catalog: Catalog, channels: list[Channel], default: Engine | None) ->
     for spec in catalog:
         serving = [channel for channel in channels if channel.serves(spec.id)]
         if serving:
-            served[spec.id] = Router(spec.id, serving)
+            served[spec.id] = Router(spec.id, serving, metrics=metrics)
     return served
 
 

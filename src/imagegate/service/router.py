@@ -22,6 +22,7 @@ import anyio
 from imagegate.config import ChannelSettings
 from imagegate.engines.base import Engine, ImageOut, Job
 from imagegate.errors import EngineError, ImagegateError
+from imagegate.metrics import Metrics
 
 log = logging.getLogger("imagegate.router")
 MAX_BACKOFF_S = 8.0
@@ -93,12 +94,19 @@ def backoff_s(attempt: int, base_s: float, retry_after: float | None, rng: rando
 class Router:
     """The Engine for one model: its channels, tried in order with retries and failover."""
 
-    def __init__(self, model_id: str, channels: Sequence[Channel], rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        model_id: str,
+        channels: Sequence[Channel],
+        rng: random.Random | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
         if not channels:
             raise ValueError(f"no channel serves model '{model_id}'")
         self.model_id = model_id
         self.channels = list(channels)
         self.rng = rng or random.Random()
+        self.metrics = metrics
         kinds = {channel.engine.name for channel in self.channels}
         self.name = kinds.pop() if len(kinds) == 1 else "router"
         self.images_per_call = min(channel.engine.images_per_call for channel in self.channels)
@@ -152,6 +160,7 @@ class Router:
                     outs = await channel.engine.run(job)
             except EngineError as exc:
                 channel.breaker.failed()
+                self._count(channel, "retryable" if exc.retryable else "failed")
                 final = attempt == settings.max_retries or not exc.retryable or not channel.breaker.admits()
                 if final:
                     raise
@@ -159,8 +168,16 @@ class Router:
                 continue
             except ImagegateError:
                 channel.breaker.succeeded()  # the channel answered; the request itself was refused
+                self._count(channel, "rejected")
                 raise
             channel.breaker.succeeded()
+            self._count(channel, "ok")
             report = {"channel": settings.name, **(outs[0].upstream or {}), "attempts": attempt + 1} if outs else {}
             return [replace(out, upstream=report) for out in outs]
         raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _count(self, channel: Channel, result: str) -> None:
+        if self.metrics is not None:
+            name = channel.settings.name
+            self.metrics.upstream_attempts.labels(name, result).inc()
+            self.metrics.channel_open.labels(name).set(0 if channel.breaker.state == "closed" else 1)
