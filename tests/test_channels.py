@@ -364,3 +364,20 @@ async def test_a_streams_b_partials_through_to_a_streaming_client(
     assert [event["partial_image_index"] for event in events[:2]] == [0, 1]
     final = decode(base64.b64decode(events[-1]["b64_json"]))
     assert final.size == (1024, 1024) and events[-1]["usage"]["total_tokens"] > 0
+
+
+async def test_results_are_converted_to_the_requested_format_and_size_when_the_provider_did_not(
+    tmp_path: Path,
+) -> None:
+    with faulty_provider(0.0, size=300) as provider:
+        config = relay_config(tmp_path, {"name": "p", "base_url": provider.base_url})
+        async with open_api(config) as api:
+            r = await api.client.post(
+                "/v1/images/generations",
+                headers=api.auth,
+                json={"prompt": "x", "size": "1536x1024", "output_format": "webp", "n": 2},
+            )
+    assert r.status_code == 200, r.text
+    images = [decode(base64.b64decode(item["b64_json"])) for item in r.json()["data"]]
+    assert [(image.format, image.size) for image in images] == [("WEBP", (1536, 1024))] * 2
+    assert r.json()["usage"] == {"total_tokens": 14}, "two provider calls (it ignores n), their usage summed"

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import secrets
 import time
 from collections.abc import Callable
@@ -422,30 +421,17 @@ class TaskService:
         self, prepared: Prepared, on_partial: PartialSink | None
     ) -> tuple[list[ImageOut], list[dict[str, str]]]:
         """n images from ceil(n / per-call) concurrent engine calls; failed calls are reported, not fatal,
-        while at least one call succeeds."""
+        while at least one call succeeds. A call that returns fewer images than it asked for (a provider
+        that ignores `n`) is made up for by one more round of single-image calls."""
         req = prepared.request
         per_call = max(1, prepared.engine.images_per_call)
-        calls = math.ceil(req.n / per_call)
-        results: list[list[ImageOut]] = [[] for _ in range(calls)]
-        errors: list[Exception | None] = [None] * calls
-
-        async def call(index: int) -> None:
-            count = min(per_call, req.n - index * per_call)
-            job = Job(
-                replace(req, n=count),
-                prepared.spec,
-                prepared.size,
-                prepared.sources,
-                prepared.mask,
-                on_partial if index == 0 else None,
-            )
-            try:
-                results[index] = await prepared.engine.run(job)
-            except Exception as exc:  # kept per call; raised below if every call failed
-                errors[index] = exc
-
-        await run_all([partial(call, index) for index in range(calls)])
-        images = [image for batch in results for image in batch]
+        counts = [min(per_call, req.n - start) for start in range(0, req.n, per_call)]
+        images, errors = await self._calls(prepared, counts, on_partial)
+        shortfall = req.n - len(images) - sum(count for count, exc in zip(counts, errors, strict=True) if exc)
+        if images and shortfall > 0:
+            more, more_errors = await self._calls(prepared, [1] * shortfall, None)
+            images += more
+            errors += more_errors
         failed = [exc for exc in errors if exc is not None]
         if not images:
             raise failed[0]
@@ -453,6 +439,31 @@ class TaskService:
             if not isinstance(exc, ImagegateError):
                 log.error("an engine call of task %s failed", prepared.task_id, exc_info=exc)
         return images, [dict(zip(("code", "message"), failure_of(exc), strict=True)) for exc in failed]
+
+    async def _calls(
+        self, prepared: Prepared, counts: list[int], on_partial: PartialSink | None
+    ) -> tuple[list[ImageOut], list[Exception | None]]:
+        """One concurrent engine call per entry of `counts` (images it asks for); the images made and
+        each call's error (None where it succeeded). Only the first call streams partial images."""
+        results: list[list[ImageOut]] = [[] for _ in counts]
+        errors: list[Exception | None] = [None] * len(counts)
+
+        async def call(index: int) -> None:
+            job = Job(
+                replace(prepared.request, n=counts[index]),
+                prepared.spec,
+                prepared.size,
+                prepared.sources,
+                prepared.mask,
+                on_partial if index == 0 else None,
+            )
+            try:
+                results[index] = (await prepared.engine.run(job))[: counts[index]]
+            except Exception as exc:  # kept per call; the caller decides
+                errors[index] = exc
+
+        await run_all([partial(call, index) for index in range(len(counts))])
+        return [image for batch in results for image in batch], errors
 
     async def _store(self, prepared: Prepared, outs: list[ImageOut]) -> tuple[list[Delivered], list[StoredFile]]:
         """Write each distinct image once; returns what was delivered and the file rows to record."""
