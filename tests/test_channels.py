@@ -40,7 +40,7 @@ from tests.upstreams import faulty_provider
 PNG = make_image(320, 240)
 
 
-def relay_config(tmp_path: Path, *channels: dict[str, Any]) -> Config:
+def relay_config(tmp_path: Path, *channels: dict[str, object]) -> Config:
     return load_config(data_dir=tmp_path / "a", fetch_allow=LOOPBACK_ALLOW, accounts=UNLIMITED, channels=list(channels))
 
 
@@ -48,6 +48,13 @@ def b_key(live: LiveServer, *options: str) -> str:
     made = run_cli("keys", "create", "--credits", "100000", "--json", *options, env=live.env)
     key: str = json.loads(made.stdout.strip().splitlines()[-1])["key"]
     return key
+
+
+def to_b(live: LiveServer, monkeypatch: pytest.MonkeyPatch, *options: str, **channel: object) -> dict[str, object]:
+    """A channel to imagegate B over the OpenAI dialect (unless `engine` says otherwise), with a new
+    key on B (created with `options`) in B_KEY."""
+    monkeypatch.setenv("B_KEY", b_key(live, *options))
+    return {"name": "b", "base_url": f"{live.base}/v1", "api_key_env": "B_KEY", **channel}
 
 
 def task_result(config: Config, task_id: str) -> dict[str, Any]:
@@ -60,8 +67,7 @@ def task_result(config: Config, task_id: str) -> dict[str, Any]:
 async def test_a_relays_sync_edits_to_b_through_the_openai_dialect(
     live_server: LiveServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("B_KEY", b_key(live_server))
-    channel = {"name": "b", "base_url": f"{live_server.base}/v1", "api_key_env": "B_KEY", "timeout_s": 60}
+    channel = to_b(live_server, monkeypatch, timeout_s=60)
     config = relay_config(tmp_path, channel)
     async with open_api(config) as api:
         r = await api.client.post(
@@ -89,8 +95,7 @@ async def test_a_relays_sync_edits_to_b_through_the_openai_dialect(
 async def test_a_relays_async_tasks_from_urls(
     live_server: LiveServer, file_server: FileServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("B_KEY", b_key(live_server))
-    channel = {"name": "b", "base_url": f"{live_server.base}/v1", "api_key_env": "B_KEY", "timeout_s": 60}
+    channel = to_b(live_server, monkeypatch, timeout_s=60)
     config = relay_config(tmp_path, channel)
     url = file_server.put("in.png", PNG)
     async with open_api(config) as api:
@@ -119,8 +124,7 @@ async def test_a_relays_async_tasks_from_urls(
 async def test_the_providers_rejection_reaches_the_client_in_its_dialect(
     live_server: LiveServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("B_KEY", b_key(live_server, "--max-images", "1"))
-    channel = {"name": "b", "base_url": f"{live_server.base}/v1", "api_key_env": "B_KEY", "timeout_s": 60}
+    channel = to_b(live_server, monkeypatch, "--max-images", "1", timeout_s=60)
     config = relay_config(tmp_path, channel)
     async with open_api(config) as api:
         two = {"prompt": "sepia", "image": DATA_URL, "n": 2}
@@ -245,8 +249,7 @@ def test_channels_check_probes_each_channel_and_serve_refuses_a_bad_one(
 async def test_a_relays_to_b_through_the_envelope_dialect(
     live_server: LiveServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("B_KEY", b_key(live_server))
-    channel = {"name": "b", "engine": "envelope", "base_url": f"{live_server.base}/v1", "api_key_env": "B_KEY"}
+    channel = to_b(live_server, monkeypatch, engine="envelope")
     config = relay_config(tmp_path, channel)
     async with open_api(config) as api:
         r = await api.client.post(
@@ -336,8 +339,7 @@ def test_openai_channels_may_send_inputs_as_signed_urls_in_json(live_server: Liv
 async def test_openai_channels_may_send_inputs_as_data_urls_in_json(
     live_server: LiveServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("B_KEY", b_key(live_server))
-    channel = {"name": "b", "base_url": f"{live_server.base}/v1", "api_key_env": "B_KEY", "send_inputs": "data_urls"}
+    channel = to_b(live_server, monkeypatch, send_inputs="data_urls")
     async with open_api(relay_config(tmp_path, channel)) as api:
         r = await api.client.post("/v1/images/edits", headers=api.auth, json={"prompt": "emboss", "image": DATA_URL})
     assert r.status_code == 200, r.text
@@ -347,8 +349,7 @@ async def test_openai_channels_may_send_inputs_as_data_urls_in_json(
 async def test_a_streams_b_partials_through_to_a_streaming_client(
     live_server: LiveServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("B_KEY", b_key(live_server))
-    channel = {"name": "b", "base_url": f"{live_server.base}/v1", "api_key_env": "B_KEY"}
+    channel = to_b(live_server, monkeypatch)
     config = relay_config(tmp_path, channel)
     async with open_api(config) as api:
         r = await api.client.post(

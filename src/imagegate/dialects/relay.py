@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import email.utils
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import anyio
 import httpx
 import pybase64
 
@@ -84,6 +85,33 @@ class CallbackInbox(Protocol):
     def expect(self) -> CallbackSlot: ...
 
     def discard(self, slot: CallbackSlot) -> None: ...
+
+
+class Publications:
+    """The inputs published for one attempt; `published` withdraws them all when the attempt ends."""
+
+    def __init__(self, host: InputHost) -> None:
+        self.host = host
+        self.handles: list[str] = []
+
+    async def url(self, source: SourceImage) -> str:
+        """A signed URL the provider may fetch `source`'s original bytes from."""
+        data = await anyio.to_thread.run_sync(read_source, source)
+        url, handle = await self.host.publish(data, source.format)
+        self.handles.append(handle)
+        return url
+
+
+@asynccontextmanager
+async def published(host: InputHost) -> AsyncIterator[Publications]:
+    """Publications for one attempt, withdrawn on the way out (even when it is cancelled)."""
+    publications = Publications(host)
+    try:
+        yield publications
+    finally:
+        with anyio.CancelScope(shield=True):
+            for handle in publications.handles:
+                await host.withdraw(handle)
 
 
 def read_source(source: SourceImage) -> bytes:

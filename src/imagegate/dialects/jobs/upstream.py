@@ -17,7 +17,7 @@ from imagegate.dialects.relay import (
     UpstreamImage,
     http_client,
     mapped_faults,
-    read_source,
+    published,
     rejection,
 )
 from imagegate.engines.base import Job
@@ -85,20 +85,10 @@ class JobsUpstream:
         await self._http.aclose()
 
     async def run(self, job: Job, model: str) -> UpstreamAnswer:
-        handles: list[str] = []
-        try:
-            urls = []
-            for source in job.images:
-                data = await anyio.to_thread.run_sync(read_source, source)
-                url, handle = await self._inputs.publish(data, source.format)
-                handles.append(handle)
-                urls.append(url)
+        async with published(self._inputs) as inputs:
+            urls = [await inputs.url(source) for source in job.images]
             task_id = await self._create(job, job_model(model, bool(urls)), urls)
             return await self._wait(task_id)
-        finally:
-            with anyio.CancelScope(shield=True):
-                for handle in handles:
-                    await self._inputs.withdraw(handle)
 
     async def _create(self, job: Job, model: str, urls: list[str]) -> str:
         ratio, tier = ratio_and_tier(job.size)

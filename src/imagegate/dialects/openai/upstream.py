@@ -16,6 +16,7 @@ from imagegate.core.request import Background, OutputFormat, Quality
 from imagegate.dialects.relay import (
     CallbackInbox,
     InputHost,
+    Publications,
     UpstreamAnswer,
     UpstreamImage,
     data_url,
@@ -23,6 +24,7 @@ from imagegate.dialects.relay import (
     error_parts,
     http_client,
     mapped_faults,
+    published,
     read_source,
     rejection,
 )
@@ -126,6 +128,13 @@ async def relay_events(response: httpx.Response, job: Job) -> UpstreamAnswer:
     return UpstreamAnswer(images, usage)
 
 
+async def _reference(source: SourceImage, inputs: Publications | None) -> str:
+    """An input as a JSON edit names it: a published signed URL, else a data URL."""
+    if inputs is not None:
+        return await inputs.url(source)
+    return await anyio.to_thread.run_sync(data_url, source)
+
+
 class OpenAIUpstream:
     """OpenAI's Images API at `base_url` (as the OpenAI SDK takes it, ending in `/v1`)."""
 
@@ -156,23 +165,19 @@ class OpenAIUpstream:
         await self._http.aclose()
 
     async def run(self, job: Job, model: str) -> UpstreamAnswer:
-        handles: list[str] = []
-        try:
-            return await self._run(job, model, handles)
-        finally:
-            if self._inputs is not None:
-                with anyio.CancelScope(shield=True):
-                    for handle in handles:
-                        await self._inputs.withdraw(handle)
+        if self._send_inputs == "urls" and self._inputs is not None and job.images:
+            async with published(self._inputs) as inputs:
+                return await self._run(job, model, inputs)
+        return await self._run(job, model, None)
 
-    async def _run(self, job: Job, model: str, handles: list[str]) -> UpstreamAnswer:
+    async def _run(self, job: Job, model: str, inputs: Publications | None) -> UpstreamAnswer:
         fields = wire_fields(job, model)
         streamed = job.on_partial is not None
         if streamed:
             fields.update(stream="true", partial_images=str(job.request.partial_images))
         elif self._callbacks is not None:
-            return await self._by_callback(job, fields, self._callbacks, handles)
-        request = await self._request(job, fields, handles)
+            return await self._by_callback(job, fields, self._callbacks, inputs)
+        request = await self._request(job, fields, inputs)
         with mapped_faults(self.channel):
             response = await self._http.send(request, stream=streamed)
             try:
@@ -190,13 +195,13 @@ class OpenAIUpstream:
             raise EngineError(f"The upstream channel '{self.channel}' answered something that is not JSON.") from exc
 
     async def _by_callback(
-        self, job: Job, fields: dict[str, str], inbox: CallbackInbox, handles: list[str]
+        self, job: Job, fields: dict[str, str], inbox: CallbackInbox, inputs: Publications | None
     ) -> UpstreamAnswer:
         """Seed 003's async mode: the provider answers `{"task_id"}` at once and posts the result to us."""
         slot = inbox.expect()
         try:
             fields["callback_url"] = slot.url
-            request = await self._request(job, fields, handles)
+            request = await self._request(job, fields, inputs)
             with mapped_faults(self.channel):
                 response = await self._http.send(request)
             if response.status_code >= 300:
@@ -213,7 +218,7 @@ class OpenAIUpstream:
         finally:
             inbox.discard(slot)
 
-    async def _request(self, job: Job, fields: dict[str, str], handles: list[str]) -> httpx.Request:
+    async def _request(self, job: Job, fields: dict[str, str], inputs: Publications | None) -> httpx.Request:
         if job.images and self._send_inputs == "multipart":
             return self._http.build_request("POST", "/images/edits", data=fields, files=await upload_parts(job))
         payload: dict[str, Any] = dict(fields)
@@ -224,18 +229,10 @@ class OpenAIUpstream:
             payload["stream"] = True
         if not job.images:
             return self._http.build_request("POST", "/images/generations", json=payload)
-        payload["image"] = [await self._reference(source, handles) for source in job.images]
+        payload["image"] = [await _reference(source, inputs) for source in job.images]
         if job.mask is not None:
-            payload["mask"] = await self._reference(job.mask, handles)
+            payload["mask"] = await _reference(job.mask, inputs)
         return self._http.build_request("POST", "/images/edits", json=payload)
-
-    async def _reference(self, source: SourceImage, handles: list[str]) -> str:
-        """An input as a JSON edit names it: a published signed URL, or a data URL."""
-        if self._send_inputs == "urls" and self._inputs is not None:
-            url, handle = await self._inputs.publish(await anyio.to_thread.run_sync(read_source, source), source.format)
-            handles.append(handle)
-            return url
-        return await anyio.to_thread.run_sync(data_url, source)
 
     async def probe(self) -> str:
         with mapped_faults(self.channel):
