@@ -217,3 +217,29 @@ def http_client(base_url: str, api_key: str, *, timeout_s: float, max_connection
         limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
         trust_env=False,
     )
+
+
+class HttpUpstream:
+    """What every HTTP dialect client holds: its channel's name, its key (only ever sent, never shown)
+    and a pooled client; `answer` turns a response into its JSON body or the right error."""
+
+    def __init__(self, channel: str, base_url: str, api_key: str, *, timeout_s: float, max_connections: int) -> None:
+        self.channel = channel
+        self._secret = api_key
+        self._http = http_client(base_url, api_key, timeout_s=timeout_s, max_connections=max_connections)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    def refused(self, response: httpx.Response) -> ImagegateError:
+        """The error for a non-2xx `response` (its body already read)."""
+        return rejection(response, self.channel, self._secret)
+
+    def answer(self, response: httpx.Response) -> Any:
+        """The JSON body of a 2xx `response`; raises `refused(...)` or EngineError for a non-JSON body."""
+        if response.status_code >= 300:
+            raise self.refused(response)
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise EngineError(f"The upstream channel '{self.channel}' answered something that is not JSON.") from exc

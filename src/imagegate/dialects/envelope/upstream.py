@@ -9,13 +9,12 @@ import anyio
 
 from imagegate.core.request import Quality
 from imagegate.dialects.relay import (
+    HttpUpstream,
     UpstreamAnswer,
     UpstreamImage,
     data_url,
     decode_b64,
-    http_client,
     mapped_faults,
-    rejection,
 )
 from imagegate.engines.base import Job
 from imagegate.errors import EngineError
@@ -41,19 +40,11 @@ def parse_envelope(body: Any) -> UpstreamAnswer:
     return UpstreamAnswer(images)
 
 
-class EnvelopeUpstream:
+class EnvelopeUpstream(HttpUpstream):
     """A seed-000 provider at `base_url` (the root its `/images/edit` hangs from, e.g. `https://host/v1`)."""
 
     images_per_call = 10
     can_generate = False
-
-    def __init__(self, channel: str, base_url: str, api_key: str, *, timeout_s: float, max_connections: int) -> None:
-        self.channel = channel
-        self._secret = api_key
-        self._http = http_client(base_url, api_key, timeout_s=timeout_s, max_connections=max_connections)
-
-    async def aclose(self) -> None:
-        await self._http.aclose()
 
     async def run(self, job: Job, model: str) -> UpstreamAnswer:
         images = [await anyio.to_thread.run_sync(data_url, source) for source in job.images]
@@ -64,16 +55,11 @@ class EnvelopeUpstream:
             body["n"] = job.request.n
         with mapped_faults(self.channel):
             response = await self._http.post("/images/edit", json=body)
-        if response.status_code >= 300:
-            raise rejection(response, self.channel, self._secret)
-        try:
-            return parse_envelope(response.json())
-        except ValueError as exc:
-            raise EngineError(f"The upstream channel '{self.channel}' answered something that is not JSON.") from exc
+        return parse_envelope(self.answer(response))
 
     async def probe(self) -> str:
         with mapped_faults(self.channel):
             response = await self._http.post("/images/edit", json={})
         if response.status_code in (401, 403):
-            raise rejection(response, self.channel, self._secret)
+            raise self.refused(response)
         return f"ok (answers {response.status_code} to an empty request)"

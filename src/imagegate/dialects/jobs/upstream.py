@@ -7,18 +7,18 @@ from __future__ import annotations
 from typing import Any
 
 import anyio
+import httpx
 import orjson
 
 from imagegate.core.request import Quality
 from imagegate.core.sizing import ratio_and_tier
 from imagegate.dialects.relay import (
+    HttpUpstream,
     InputHost,
     UpstreamAnswer,
     UpstreamImage,
-    http_client,
     mapped_faults,
     published,
-    rejection,
 )
 from imagegate.engines.base import Job
 from imagegate.errors import EngineError
@@ -58,7 +58,7 @@ def parse_record(body: Any) -> tuple[UpstreamAnswer | None, str | None]:
     return None, None
 
 
-class JobsUpstream:
+class JobsUpstream(HttpUpstream):
     """A seed-002 provider at `base_url` (the root of `/jobs/...`, e.g. `https://host/api/v1`)."""
 
     images_per_call = 1
@@ -75,14 +75,9 @@ class JobsUpstream:
         max_connections: int,
         poll_interval_s: float,
     ) -> None:
-        self.channel = channel
-        self._secret = api_key
+        super().__init__(channel, base_url, api_key, timeout_s=timeout_s, max_connections=max_connections)
         self._inputs = inputs
         self._poll_s = poll_interval_s
-        self._http = http_client(base_url, api_key, timeout_s=timeout_s, max_connections=max_connections)
-
-    async def aclose(self) -> None:
-        await self._http.aclose()
 
     async def run(self, job: Job, model: str) -> UpstreamAnswer:
         async with published(self._inputs) as inputs:
@@ -120,20 +115,15 @@ class JobsUpstream:
                 raise EngineError(f"The upstream task failed: {failure}", retryable=False)
             interval = min(MAX_POLL_INTERVAL_S, interval * 1.5)
 
-    def _json(self, response: Any) -> Any:
-        if response.status_code >= 300:
-            raise rejection(response, self.channel, self._secret)
-        try:
-            body = response.json()
-        except ValueError as exc:
-            raise EngineError(f"The upstream channel '{self.channel}' answered something that is not JSON.") from exc
+    def _json(self, response: httpx.Response) -> Any:
+        body = self.answer(response)
         if isinstance(body, dict) and isinstance(body.get("code"), int) and body["code"] >= 300:
-            raise rejection(response, self.channel, self._secret)
+            raise self.refused(response)
         return body
 
     async def probe(self) -> str:
         with mapped_faults(self.channel):
             response = await self._http.get("/jobs/recordInfo", params={"taskId": "probe"})
         if response.status_code in (401, 403):
-            raise rejection(response, self.channel, self._secret)
+            raise self.refused(response)
         return f"ok (answers {response.status_code} to an unknown task)"

@@ -15,6 +15,7 @@ from imagegate.core.catalog import SizeMode
 from imagegate.core.request import Background, OutputFormat, Quality
 from imagegate.dialects.relay import (
     CallbackInbox,
+    HttpUpstream,
     InputHost,
     Publications,
     UpstreamAnswer,
@@ -22,11 +23,9 @@ from imagegate.dialects.relay import (
     data_url,
     decode_b64,
     error_parts,
-    http_client,
     mapped_faults,
     published,
     read_source,
-    rejection,
 )
 from imagegate.engines.base import Job
 from imagegate.errors import EngineError
@@ -135,7 +134,7 @@ async def _reference(source: SourceImage, inputs: Publications | None) -> str:
     return await anyio.to_thread.run_sync(data_url, source)
 
 
-class OpenAIUpstream:
+class OpenAIUpstream(HttpUpstream):
     """OpenAI's Images API at `base_url` (as the OpenAI SDK takes it, ending in `/v1`)."""
 
     images_per_call = 10
@@ -153,16 +152,11 @@ class OpenAIUpstream:
         send_inputs: str = "multipart",
         inputs: InputHost | None = None,
     ) -> None:
-        self.channel = channel
+        super().__init__(channel, base_url, api_key, timeout_s=timeout_s, max_connections=max_connections)
         self._send_inputs = send_inputs
         self._inputs = inputs
         self._callbacks = callbacks
         """With an inbox, results are asked for by `callback_url` (seed 003's async mode)."""
-        self._secret = api_key
-        self._http = http_client(base_url, api_key, timeout_s=timeout_s, max_connections=max_connections)
-
-    async def aclose(self) -> None:
-        await self._http.aclose()
 
     async def run(self, job: Job, model: str) -> UpstreamAnswer:
         if self._send_inputs == "urls" and self._inputs is not None and job.images:
@@ -183,7 +177,7 @@ class OpenAIUpstream:
             try:
                 if response.status_code >= 300:
                     await response.aread()
-                    raise rejection(response, self.channel, self._secret)
+                    raise self.refused(response)
                 if streamed and response.headers.get("content-type", "").startswith("text/event-stream"):
                     return await relay_events(response, job)
                 body = (await response.aread()) if streamed else response.content
@@ -204,14 +198,7 @@ class OpenAIUpstream:
             request = await self._request(job, fields, inputs)
             with mapped_faults(self.channel):
                 response = await self._http.send(request)
-            if response.status_code >= 300:
-                raise rejection(response, self.channel, self._secret)
-            try:
-                body = response.json()
-            except ValueError as exc:
-                raise EngineError(
-                    f"The upstream channel '{self.channel}' answered something that is not JSON."
-                ) from exc
+            body = self.answer(response)
             if isinstance(body, dict) and isinstance(body.get("data"), list):
                 return parse_images(body)
             return parse_callback(await slot.wait())
@@ -237,11 +224,6 @@ class OpenAIUpstream:
     async def probe(self) -> str:
         with mapped_faults(self.channel):
             response = await self._http.get("/models")
-        if response.status_code >= 300:
-            raise rejection(response, self.channel, self._secret)
-        data = (
-            response.json().get("data")
-            if response.headers.get("content-type", "").startswith("application/json")
-            else None
-        )
+        body = self.answer(response)
+        data = body.get("data") if isinstance(body, dict) else None
         return f"ok ({len(data)} models listed)" if isinstance(data, list) else "ok"
