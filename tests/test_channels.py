@@ -23,6 +23,7 @@ from imagegate.core.catalog import Catalog
 from imagegate.service.channels import check_channels
 from tests.conftest import (
     LOOPBACK_ALLOW,
+    Api,
     FileServer,
     LiveServer,
     audit_ledgers,
@@ -57,6 +58,13 @@ def to_b(live: LiveServer, monkeypatch: pytest.MonkeyPatch, *options: str, **cha
     return {"name": "b", "base_url": f"{live.base}/v1", "api_key_env": "B_KEY", **channel}
 
 
+async def upload_edit(api: Api, form: dict[str, str]) -> httpx.Response:
+    """A multipart edit of PNG on `api` with the fields `form`."""
+    return await api.client.post(
+        "/v1/images/edits", headers=api.auth, files=[("image", ("a.png", PNG, "image/png"))], data=form
+    )
+
+
 def task_result(config: Config, task_id: str) -> dict[str, Any]:
     with sqlite3.connect(config.data_dir / "imagegate.db") as db:
         (raw,) = db.execute("SELECT result FROM tasks WHERE id = ?", (task_id,)).fetchone()
@@ -70,12 +78,7 @@ async def test_a_relays_sync_edits_to_b_through_the_openai_dialect(
     channel = to_b(live_server, monkeypatch, timeout_s=60)
     config = relay_config(tmp_path, channel)
     async with open_api(config) as api:
-        r = await api.client.post(
-            "/v1/images/edits",
-            headers=api.auth,
-            files=[("image", ("a.png", PNG, "image/png"))],
-            data={"prompt": "make it black and white", "size": "1536x1024", "output_format": "webp"},
-        )
+        r = await upload_edit(api, {"prompt": "make it black and white", "size": "1536x1024", "output_format": "webp"})
         assert r.status_code == 200, r.text
         assert r.headers["x-imagegate-engine"] == "openai"
         image = decode(base64.b64decode(r.json()["data"][0]["b64_json"]))
@@ -252,12 +255,7 @@ async def test_a_relays_to_b_through_the_envelope_dialect(
     channel = to_b(live_server, monkeypatch, engine="envelope")
     config = relay_config(tmp_path, channel)
     async with open_api(config) as api:
-        r = await api.client.post(
-            "/v1/images/edits",
-            headers=api.auth,
-            files=[("image", ("a.png", PNG, "image/png"))],
-            data={"prompt": "invert the colors", "size": "1024x1536", "n": "2"},
-        )
+        r = await upload_edit(api, {"prompt": "invert the colors", "size": "1024x1536", "n": "2"})
         generation = await api.client.post("/v1/images/generations", headers=api.auth, json={"prompt": "a cat"})
     assert r.status_code == 200, r.text
     assert [decode(base64.b64decode(item["b64_json"])).size for item in r.json()["data"]] == [(1024, 1536)] * 2
@@ -352,12 +350,7 @@ async def test_a_streams_b_partials_through_to_a_streaming_client(
     channel = to_b(live_server, monkeypatch)
     config = relay_config(tmp_path, channel)
     async with open_api(config) as api:
-        r = await api.client.post(
-            "/v1/images/edits",
-            headers=api.auth,
-            files=[("image", ("a.png", PNG, "image/png"))],
-            data={"prompt": "sepia", "size": "1024x1024", "stream": "true", "partial_images": "2"},
-        )
+        r = await upload_edit(api, {"prompt": "sepia", "size": "1024x1024", "stream": "true", "partial_images": "2"})
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
     events = [json.loads(line[5:]) for line in r.text.splitlines() if line.startswith("data:")]
     kinds = [event["type"] for event in events]
