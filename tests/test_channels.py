@@ -95,10 +95,11 @@ async def test_a_relays_sync_edits_to_b_through_the_openai_dialect(
         assert {m["engine"] for m in models} == {"openai"}
 
 
+@pytest.mark.parametrize("engine", ["openai", "envelope"])
 async def test_a_relays_async_tasks_from_urls(
-    live_server: LiveServer, file_server: FileServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    live_server: LiveServer, file_server: FileServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, engine: str
 ) -> None:
-    channel = to_b(live_server, monkeypatch, timeout_s=60)
+    channel = to_b(live_server, monkeypatch, timeout_s=60, engine=engine)
     config = relay_config(tmp_path, channel)
     url = file_server.put("in.png", PNG)
     async with open_api(config) as api:
@@ -299,11 +300,31 @@ def relayed_edit(base: str, key: str, **form: str) -> httpx.Response:
     )
 
 
-def test_a_relays_to_b_through_the_jobs_dialect_with_signed_input_urls(live_server: LiveServer, tmp_path: Path) -> None:
+def async_task(base: str, key: str, image_url: str) -> httpx.Response:
+    """A createTask on `base` for a 4:3 edit of `image_url`, polled until it ends; its last recordInfo."""
+    auth = {"Authorization": f"Bearer {key}"}
+    body = {
+        "model": "gpt-image-2-image-to-image",
+        "input": {"prompt": "blur", "image_urls": [image_url], "aspect_ratio": "4:3"},
+    }
+    task_id = httpx.post(f"{base}/api/v1/jobs/createTask", json=body, headers=auth).json()["data"]["taskId"]
+    deadline = time.monotonic() + 60
+    while True:
+        info = httpx.get(f"{base}/api/v1/jobs/recordInfo", params={"taskId": task_id}, headers=auth)
+        if info.json()["data"]["state"] in ("success", "fail") or time.monotonic() > deadline:
+            return info
+        time.sleep(0.1)
+
+
+def test_a_relays_to_b_through_the_jobs_dialect_with_signed_input_urls(
+    live_server: LiveServer, file_server: FileServer, tmp_path: Path
+) -> None:
     channel = f'engine = "jobs"\nbase_url = "{live_server.base}/api/v1"\npoll_interval_s = 0.1\n'
     with relay_server(live_server, tmp_path, channel) as (base, key, data_dir):
         r = relayed_edit(base, key, prompt="mirror it", size="2048x1152", output_format="jpeg")
         forged = httpx.get(f"{base}/inputs/relay.x.png~9999999999~{'0' * 32}")
+        later = async_task(base, key, file_server.put("in.png", PNG))
+    assert later.json()["data"]["state"] == "success", later.text
     assert r.status_code == 200, r.text
     image = decode(base64.b64decode(r.json()["data"][0]["b64_json"]))
     assert (image.format, image.size) == ("JPEG", (2048, 1152))
@@ -311,15 +332,19 @@ def test_a_relays_to_b_through_the_jobs_dialect_with_signed_input_urls(live_serv
     assert not list(data_dir.glob("files/*/relay.*")), "published inputs are withdrawn after the attempt"
 
 
-def test_a_relays_to_b_by_callback_in_seed_003s_async_mode(live_server: LiveServer, tmp_path: Path) -> None:
+def test_a_relays_to_b_by_callback_in_seed_003s_async_mode(
+    live_server: LiveServer, file_server: FileServer, tmp_path: Path
+) -> None:
     channel = f'base_url = "{live_server.base}/v1"\ncallback = true\n'
     with relay_server(live_server, tmp_path, channel) as (base, key, data_dir):
         r = relayed_edit(base, key, prompt="cartoon style", size="1024x1024")
+        later = async_task(base, key, file_server.put("in.png", PNG))
         stray = httpx.post(f"{base}/relay/callbacks/cb.x~9999999999~{'0' * 32}", json={"success": True})
     assert r.status_code == 200, r.text
+    assert later.json()["data"]["state"] == "success", later.text
     assert decode(base64.b64decode(r.json()["data"][0]["b64_json"])).size == (1024, 1024)
     with sqlite3.connect(data_dir / "imagegate.db") as db:
-        (raw,) = db.execute("SELECT result FROM tasks").fetchone()
+        (raw,) = db.execute("SELECT result FROM tasks ORDER BY created_at").fetchone()
     (report,) = json.loads(raw)["upstream"]
     assert report["upstream_task"].startswith("task_"), "B's task id, from its callback"
     assert stray.status_code == 404
