@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import io
 import os
+import secrets
 import socket
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -18,18 +18,21 @@ from decimal import Decimal
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import httpx
+import psycopg
 import pytest
+import sqlalchemy
 from fastapi import FastAPI
 from PIL import Image
+from psycopg import sql
 
 from imagegate.app import create_app
-from imagegate.config import Config, load_config
+from imagegate.config import Config, async_database_url, load_config
 from imagegate.engines.base import Engine
 from imagegate.stores import keys
-from imagegate.stores.db import Database, migrate
+from imagegate.stores.db import Database, migrate, sync_url
 
 LOOPBACK_ALLOW = "127.0.0.0/8,::1/128"
 
@@ -68,33 +71,67 @@ async def create_key(cfg: Config, credits: int | str = 1000, *, admin: bool = Fa
     return new.raw
 
 
-def audit_ledgers(database: Path) -> None:
-    """Assert the money invariants on an SQLite database: every key's ledger sums to its cached
-    balance and holds, no balance or available balance is negative, and only unfinished tasks hold
-    credits (their holds add up to the key's)."""
-    with sqlite3.connect(database) as db:
-        for key_id, credits, held in db.execute("SELECT id, credits, held FROM api_keys"):
-            sums = db.execute(
-                "SELECT COALESCE(SUM(amount), 0), COALESCE(SUM(held), 0) FROM ledger WHERE key_id = ?", (key_id,)
-            ).fetchone()
-            assert sums == (credits, held), f"{key_id}: ledger {sums} != key {(credits, held)}"
-            assert credits >= 0 and credits - held >= 0
-            (task_holds,) = db.execute(
-                "SELECT COALESCE(SUM(held), 0) FROM tasks WHERE key_id = ? AND state IN ('waiting', 'running')",
-                (key_id,),
-            ).fetchone()
-            assert task_holds == held, f"{key_id}: unfinished tasks hold {task_holds}, the key {held}"
-        (stale,) = db.execute(
-            "SELECT COUNT(*) FROM (SELECT ledger.task_id FROM ledger JOIN tasks ON tasks.id = ledger.task_id"
-            " WHERE tasks.state IN ('success', 'fail') GROUP BY ledger.task_id HAVING SUM(ledger.held) != 0)"
-        ).fetchone()
-        assert stale == 0, "a finished task still holds credits"
-        (overcharged,) = db.execute(
-            "SELECT COUNT(*) FROM (SELECT tasks.id FROM tasks LEFT JOIN ledger ON ledger.task_id = tasks.id"
-            " AND ledger.kind = 'settle' GROUP BY tasks.id"
-            " HAVING COALESCE(-SUM(ledger.amount), 0) != COALESCE(MAX(tasks.cost), 0) OR MAX(tasks.cost) > MAX(tasks.held))"
-        ).fetchone()
-        assert overcharged == 0, "a task's settlement differs from its cost, or exceeds its hold"
+def audit_ledgers(database: Path | str) -> None:
+    """Assert the money invariants on a database (an SQLite file or a database URL): every key's
+    ledger sums to its cached balance and holds, no balance or available balance is negative, only
+    unfinished tasks hold credits (adding up to the key's), and every settlement equals its task's cost."""
+    url = f"sqlite:///{database}" if isinstance(database, Path) else sync_url(async_database_url(database))
+    engine = sqlalchemy.create_engine(url)
+    try:
+        with engine.connect() as db:
+            _audit(db)
+    finally:
+        engine.dispose()
+
+
+def _audit(db: sqlalchemy.Connection) -> None:
+    def one(sql: str, **params: object) -> tuple[Any, ...]:
+        return tuple(db.execute(sqlalchemy.text(sql), params).one())
+
+    for key_id, credits, held in db.execute(sqlalchemy.text("SELECT id, credits, held FROM api_keys")):
+        sums = one("SELECT COALESCE(SUM(amount), 0), COALESCE(SUM(held), 0) FROM ledger WHERE key_id = :k", k=key_id)
+        assert sums == (credits, held), f"{key_id}: ledger {sums} != key {(credits, held)}"
+        assert credits >= 0 and credits - held >= 0
+        (task_holds,) = one(
+            "SELECT COALESCE(SUM(held), 0) FROM tasks WHERE key_id = :k AND state IN ('waiting', 'running')", k=key_id
+        )
+        assert task_holds == held, f"{key_id}: unfinished tasks hold {task_holds}, the key {held}"
+    (stale,) = one(
+        "SELECT COUNT(*) FROM (SELECT ledger.task_id FROM ledger JOIN tasks ON tasks.id = ledger.task_id"
+        " WHERE tasks.state IN ('success', 'fail') GROUP BY ledger.task_id HAVING SUM(ledger.held) != 0) AS s"
+    )
+    assert stale == 0, "a finished task still holds credits"
+    (overcharged,) = one(
+        "SELECT COUNT(*) FROM (SELECT tasks.id FROM tasks LEFT JOIN ledger ON ledger.task_id = tasks.id"
+        " AND ledger.kind = 'settle' GROUP BY tasks.id"
+        " HAVING COALESCE(-SUM(ledger.amount), 0) != COALESCE(MAX(tasks.cost), 0) OR MAX(tasks.cost) > MAX(tasks.held))"
+        " AS s"
+    )
+    assert overcharged == 0, "a task's settlement differs from its cost, or exceeds its hold"
+
+
+POSTGRES_ADMIN_URL = os.environ.get("IMAGEGATE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+"""A PostgreSQL server where tests may create and drop databases (this machine's, by default)."""
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A new, empty PostgreSQL database for one test, dropped afterwards. Skipped when no server is
+    reachable, except in CI (`CI=true`), where PostgreSQL is required."""
+    try:
+        admin = psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as exc:
+        if os.environ.get("CI") == "true":
+            raise
+        pytest.skip(f"PostgreSQL is not reachable at {POSTGRES_ADMIN_URL} (set IMAGEGATE_TEST_POSTGRES): {exc}")
+    name = "imagegate_test_" + secrets.token_hex(6)
+    with admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 @dataclass

@@ -20,12 +20,14 @@ from imagegate.stores.ratelimit import (
 MINUTE_START = 1_800_000 * WINDOW_MS
 
 
-@pytest.fixture(params=["memory", "database"])
+@pytest.fixture(params=["memory", "sqlite", "postgresql"])
 async def limiter(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[RateLimiter]:
     if request.param == "memory":
         yield MemoryRateLimiter()
         return
     url = f"sqlite+aiosqlite:///{tmp_path / 'rate.db'}"
+    if request.param == "postgresql":
+        url = request.getfixturevalue("postgres_url")
     migrate(url)
     db = Database(url)
     try:

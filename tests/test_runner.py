@@ -21,9 +21,11 @@ from tests.conftest import Api
 from tests.receivers import webhook_receiver
 
 
-@pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
     url = f"sqlite+aiosqlite:///{tmp_path / 'runner.db'}"
+    if request.param == "postgresql":
+        url = request.getfixturevalue("postgres_url")
     migrate(url)
     database = Database(url)
     async with database.session() as session, session.begin():

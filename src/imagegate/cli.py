@@ -22,7 +22,8 @@ from imagegate.core.catalog import Catalog
 from imagegate.errors import ImagegateError
 from imagegate.service import accounts
 from imagegate.stores import keys, ledger
-from imagegate.stores.db import ApiKey, Database, migrate
+from imagegate.stores.db import ApiKey, Database
+from imagegate.stores.db import migrate as migrate_database
 
 T = TypeVar("T")
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="imagegate: a self-hosted image-editing API server.")
@@ -69,7 +70,7 @@ def _with_session(config: Config, work: Callable[[AsyncSession], Awaitable[T]]) 
 
     async def main() -> T:
         config.data_dir.mkdir(parents=True, exist_ok=True)
-        migrate(config.resolved_database_url)
+        migrate_database(config.resolved_database_url)
         db = Database(config.resolved_database_url)
         try:
             async with db.session() as session, session.begin():
@@ -144,6 +145,15 @@ def _settings(
 
 def _print_json(value: object) -> None:
     print(json.dumps(value, ensure_ascii=False))
+
+
+@app.command()
+def migrate(data_dir: DataDir = None, config_file: ConfigFile = None) -> None:
+    """Bring the database (SQLite in the data dir, or IMAGEGATE_DATABASE_URL) to the newest schema."""
+    config = _config(data_dir, config_file)
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    migrate_database(config.resolved_database_url)
+    print(f"migrated {config.resolved_database_url.split('@')[-1]}")
 
 
 @keys_app.command("create")

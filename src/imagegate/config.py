@@ -183,14 +183,27 @@ class Config(BaseSettings):
 
     @property
     def resolved_database_url(self) -> str:
-        """The SQLAlchemy async URL: the explicit one, or the SQLite file in the data dir."""
+        """The SQLAlchemy async URL: the explicit one (`postgresql://` means psycopg 3), or the SQLite
+        file in the data dir."""
         if self.database_url:
-            return self.database_url
+            return async_database_url(self.database_url)
         return f"sqlite+aiosqlite:///{(self.data_dir / 'imagegate.db').resolve()}"
 
     @property
     def files_dir(self) -> Path:
         return self.data_dir / "files"
+
+
+def async_database_url(url: str) -> str:
+    """`url` with the async driver SQLAlchemy should use: psycopg 3 for PostgreSQL, aiosqlite for SQLite."""
+    for plain, driver in (
+        ("postgres://", "postgresql+psycopg://"),
+        ("postgresql://", "postgresql+psycopg://"),
+        ("sqlite://", "sqlite+aiosqlite://"),
+    ):
+        if url.startswith(plain):
+            return driver + url[len(plain) :]
+    return url
 
 
 def load_config(config_file: Path | None = None, **overrides: Any) -> Config:

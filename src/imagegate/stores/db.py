@@ -19,6 +19,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
+from imagegate.config import async_database_url
+
 MICROS = Decimal(1_000_000)
 
 
@@ -199,12 +201,13 @@ class IdempotentResponse(Base):
 
 
 def sync_url(url: str) -> str:
-    """The synchronous driver URL for an async one (migrations run synchronously)."""
-    return url.replace("sqlite+aiosqlite", "sqlite").replace("postgresql+asyncpg", "postgresql+psycopg")
+    """The synchronous driver URL for an async one (migrations run synchronously; psycopg 3 does both)."""
+    return url.replace("sqlite+aiosqlite", "sqlite")
 
 
 def migrate(url: str) -> None:
     """Upgrade the database at `url` to the newest migration (idempotent)."""
+    url = async_database_url(url)
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", str(Path(__file__).with_name("migrations")))
     cfg.set_main_option("sqlalchemy.url", sync_url(url).replace("%", "%%"))
@@ -215,8 +218,12 @@ class Database:
     """The async engine and session factory for one database URL."""
 
     def __init__(self, url: str) -> None:
+        url = async_database_url(url)
         self.url = url
-        self.engine: AsyncEngine = create_async_engine(url)
+        if url.startswith("sqlite"):
+            self.engine: AsyncEngine = create_async_engine(url)
+        else:
+            self.engine = create_async_engine(url, pool_size=10, max_overflow=40, pool_pre_ping=True)
         if url.startswith("sqlite"):
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         self.session: async_sessionmaker[AsyncSession] = async_sessionmaker(self.engine, expire_on_commit=False)
