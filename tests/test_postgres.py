@@ -51,8 +51,17 @@ def test_imagegate_migrate_builds_the_schema_on_postgresql(postgres_url: str, tm
     with psycopg.connect(postgres_url) as db:
         tables = {row[0] for row in db.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
         (version,) = db.execute("SELECT version_num FROM alembic_version").fetchone() or ("",)
-    assert {"api_keys", "tasks", "ledger", "files", "rate_windows", "webhook_deliveries", "idempotency"} <= tables
-    assert version == "0003"
+    assert {
+        "api_keys",
+        "tasks",
+        "ledger",
+        "files",
+        "rate_windows",
+        "webhook_deliveries",
+        "idempotency",
+        "procrastinate_jobs",
+    } <= tables
+    assert version == "0004"
 
 
 async def test_100_concurrent_requests_across_two_nodes_on_credits_for_50(postgres_url: str, tmp_path: Path) -> None:

@@ -28,7 +28,7 @@ from imagegate.errors import BadRequest, ImagegateError, NotFound, PayloadTooLar
 from imagegate.idempotency import IdempotencyMiddleware
 from imagegate.metrics import UNMATCHED_ROUTE, Metrics
 from imagegate.responses import json_response
-from imagegate.runtime import open_runtime, runtime_of
+from imagegate.runtime import Runtime, open_runtime, runtime_of
 
 log = logging.getLogger("imagegate")
 Scope = MutableMapping[str, Any]
@@ -131,6 +131,12 @@ async def _on_unexpected(request: Request, exc: Exception) -> Response:
     return response
 
 
+def register_callbacks(runtime: Runtime) -> None:
+    """Teach the task records each dialect's callback body (wherever tasks finish: API or worker)."""
+    runtime.tasks.records.renderers["openai"] = openai.callback_renderer(runtime.catalog)
+    runtime.tasks.records.renderers["jobs"] = jobs.callback_body
+
+
 def create_app(config: Config, engines: dict[str, Engine] | None = None) -> FastAPI:
     """The imagegate ASGI application for `config`; stores, engines, the task runner and the webhook
     sender run in its lifespan. `engines` replaces the built-in engine (embedding and tests)."""
@@ -140,8 +146,7 @@ def create_app(config: Config, engines: dict[str, Engine] | None = None) -> Fast
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
             runtime = await open_runtime(config, stack, metrics, engines)
-            runtime.tasks.records.renderers["openai"] = openai.callback_renderer(runtime.catalog)
-            runtime.tasks.records.renderers["jobs"] = jobs.callback_body
+            register_callbacks(runtime)
             app.state.runtime = runtime
             yield
 

@@ -148,6 +148,26 @@ def _print_json(value: object) -> None:
 
 
 @app.command()
+def worker(
+    data_dir: DataDir = None,
+    config_file: ConfigFile = None,
+    concurrency: Annotated[int | None, typer.Option(min=1, help="Tasks run at once.")] = None,
+    queues: Annotated[str | None, typer.Option(help="Comma-separated queues to take jobs from.")] = None,
+) -> None:
+    """Run async tasks from the PostgreSQL queue (distributed mode); `serve` then answers HTTP only."""
+    from imagegate.worker import run_worker
+
+    config = _config(data_dir, config_file)
+    if not config.uses_procrastinate:
+        err.print("[red]error:[/red] workers need PostgreSQL: set IMAGEGATE_DATABASE_URL=postgresql://...")
+        raise typer.Exit(2)
+    _catalog_with_channels(config)
+    migrate_database(config.resolved_database_url)
+    chosen = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
+    asyncio.run(run_worker(config, concurrency=concurrency, queues=chosen))
+
+
+@app.command()
 def migrate(data_dir: DataDir = None, config_file: ConfigFile = None) -> None:
     """Bring the database (SQLite in the data dir, or IMAGEGATE_DATABASE_URL) to the newest schema."""
     config = _config(data_dir, config_file)

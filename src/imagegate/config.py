@@ -62,6 +62,21 @@ class RunnerSettings(BaseModel):
     """Starts of one async task before an interrupted task is failed instead of run again."""
 
 
+class WorkerSettings(BaseModel):
+    """`imagegate worker` (distributed mode): procrastinate workers running async tasks."""
+
+    model_config = {"extra": "forbid"}
+
+    concurrency: int = Field(default=8, ge=1)
+    queues: list[str] = Field(default_factory=lambda: ["images"])
+    handler_timeout_s: float = Field(default=1800.0, gt=0)
+    """The most one task's handler may run; a task cut off is handed back and retried (up to max_attempts)."""
+    stalled_after_s: float = Field(default=30.0, gt=0)
+    """A job whose worker sent no heartbeat for this long is retried by another worker."""
+    stalled_check_s: float = Field(default=15.0, gt=0)
+    keep_finished_jobs_hours: int = Field(default=24, ge=1)
+
+
 class WebhookSettings(BaseModel):
     """Delivery of signed task callbacks."""
 
@@ -153,6 +168,10 @@ class Config(BaseSettings):
     Set it (`IMAGEGATE_SIGNING_SECRET`) where several processes must honour each other's URLs."""
     runner: RunnerSettings = Field(default_factory=RunnerSettings)
     webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
+    queue: Literal["auto", "runner", "procrastinate"] = "auto"
+    """Who runs async tasks: `runner` (in process, polling the task rows) or `procrastinate` workers
+    (`imagegate worker`); `auto` picks procrastinate on PostgreSQL and the runner otherwise."""
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
     webhook_retry_delays: Annotated[list[float], NoDecode] = Field(
         default_factory=lambda: list(DEFAULT_WEBHOOK_RETRY_DELAYS)
     )
@@ -188,6 +207,13 @@ class Config(BaseSettings):
         if self.database_url:
             return async_database_url(self.database_url)
         return f"sqlite+aiosqlite:///{(self.data_dir / 'imagegate.db').resolve()}"
+
+    @property
+    def uses_procrastinate(self) -> bool:
+        """Whether async tasks go to procrastinate workers (needs PostgreSQL)."""
+        if self.queue == "auto":
+            return self.resolved_database_url.startswith("postgresql")
+        return self.queue == "procrastinate"
 
     @property
     def files_dir(self) -> Path:

@@ -25,6 +25,7 @@ from imagegate.service.webhooks import WebhookSender
 from imagegate.stores import keys, ratelimit
 from imagegate.stores.blobs import BlobStore, LocalBlobStore
 from imagegate.stores.db import ApiKey, Database, migrate, now_ms
+from imagegate.stores.queue import ProcrastinateQueue, procrastinate_app
 
 LAST_USED_RESOLUTION_MS = 60_000
 """A key's `last_used_at` is rewritten at most this often, so authenticating stays a read."""
@@ -133,7 +134,9 @@ async def open_runtime(
     served = routes(catalog, channels, default, metrics)
     leases = Leases(db, config.runner.lease_s)
     tasks = TaskService(db, blobs, fetcher, catalog, served, config.limits, config.accounts, metrics, leases)
-    runner = TaskRunner(db, tasks, leases, config.runner)
+    if config.uses_procrastinate:
+        tasks.queue = ProcrastinateQueue(procrastinate_app(url), config.worker.queues[0])
+    runner = TaskRunner(db, tasks, leases, config.runner, claims=not config.uses_procrastinate)
     sender = WebhookSender(db, fetcher, config.webhooks, config.webhook_retry_delays)
     tasks.on_submitted = runner.wake
     tasks.records.on_callback_queued = sender.wake

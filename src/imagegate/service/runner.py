@@ -22,11 +22,19 @@ from imagegate.stores.db import Database, Task, now_ms
 log = logging.getLogger("imagegate.runner")
 
 
+class TaskBusy(Exception):
+    """Another live process runs this task; try its job again later."""
+
+
 class TaskRunner:
     """Runs async tasks with bounded concurrency until cancelled."""
 
-    def __init__(self, db: Database, tasks: TaskService, leases: Leases, settings: RunnerSettings) -> None:
+    def __init__(
+        self, db: Database, tasks: TaskService, leases: Leases, settings: RunnerSettings, *, claims: bool = True
+    ) -> None:
         self.db = db
+        self.claims = claims
+        """Whether this runner looks for waiting tasks itself (False where procrastinate workers feed it)."""
         self.tasks = tasks
         self.leases = leases
         self.settings = settings
@@ -56,7 +64,7 @@ class TaskRunner:
         claimed: list[Task] = []
         with anyio.CancelScope(shield=True):
             await self.sweep()
-            while self._running < self.settings.concurrency:
+            while self.claims and self._running < self.settings.concurrency:
                 task = await self.claim()
                 if task is None:
                     break
@@ -93,13 +101,31 @@ class TaskRunner:
         expired = and_(Task.state == "running", Task.lease_until < now)
         return and_(Task.mode == "async", or_(Task.state == "waiting", expired))
 
-    async def claim(self) -> Task | None:
-        """The oldest claimable async task, now `running` under this process's lease, or None."""
+    async def run_by_id(self, task_id: str) -> None:
+        """Run task `task_id` now if it can be claimed (a procrastinate job's handler).
+
+        Idempotent: a task already final (or unknown) is left alone. Raises TaskBusy while another live
+        process holds its lease, so the job is tried again later.
+        """
+        task = await self.claim(task_id)
+        if task is None:
+            async with self.db.session() as session:
+                state = await session.scalar(select(Task.state).where(Task.id == task_id))
+            if state in ("waiting", "running"):
+                raise TaskBusy(f"task {task_id} is held by another live process")
+            return
+        self._running += 1
+        await self._run_one(task)
+
+    async def claim(self, task_id: str | None = None) -> Task | None:
+        """The oldest claimable async task (or `task_id`, if claimable), now `running` under this
+        process's lease, or None."""
         now = now_ms()
         async with self.db.session() as session, session.begin():
-            candidates = await session.scalars(
-                select(Task.id).where(self._claimable(now)).order_by(Task.created_at).limit(8)
-            )
+            query = select(Task.id).where(self._claimable(now))
+            if task_id is not None:
+                query = query.where(Task.id == task_id)
+            candidates = await session.scalars(query.order_by(Task.created_at).limit(8))
             for task_id in list(candidates):
                 won = await session.execute(
                     update(Task)

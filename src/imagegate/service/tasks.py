@@ -45,6 +45,7 @@ from imagegate.stores import ledger
 from imagegate.stores.blobs import BlobStore
 from imagegate.stores.db import ApiKey, Database, StoredFile, Task, now_ms
 from imagegate.stores.keys import KeyLimits, limits_of
+from imagegate.stores.queue import RowQueue, TaskQueue
 
 log = logging.getLogger("imagegate.tasks")
 
@@ -127,6 +128,7 @@ class TaskService:
         self.metrics = metrics
         self.leases = leases
         self.records = TaskRecords(db, leases.owner)
+        self.queue: TaskQueue = RowQueue()
         self.on_submitted: Callable[[], None] = lambda: None
 
     def engine_for(self, spec: ModelSpec) -> Engine:
@@ -196,9 +198,12 @@ class TaskService:
         )
 
     async def _record(self, key: ApiKey, row: Task, req: EditRequest, spec: ModelSpec) -> None:
-        """Add the task row and hold its price in one transaction (402/409 leave nothing behind)."""
+        """Add the task row, hold its price and (async tasks) queue it, in one transaction: 402/409 or a
+        failure to queue leave nothing behind."""
         async with self.db.session() as session, session.begin():
             await ledger.open_task(session, row, price_before_inputs(req, spec), self.key_limits(key).max_active)
+            if row.mode == "async":
+                await self.queue.enqueue(session, row.id)
 
     async def prepare(self, key: ApiKey, req: EditRequest, origin: Origin) -> Prepared:
         """Validate, record a running sync task holding its price, open inputs and resolve the size.

@@ -1,0 +1,49 @@
+"""Where async tasks wait to be run: an interface with an embedded and a distributed implementation.
+
+- `RowQueue` (embedded): the task row itself is the job; the in-process runner polls for waiting rows.
+- `ProcrastinateQueue` (distributed): a procrastinate job deferred on the very connection and
+  transaction that records the task and holds its credits, so both exist or neither does.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import procrastinate
+from sqlalchemy.ext.asyncio import AsyncSession
+
+RUN_TASK = "imagegate.run_task"
+"""The procrastinate task that runs one imagegate task by id."""
+
+
+class TaskQueue(Protocol):
+    async def enqueue(self, session: AsyncSession, task_id: str) -> None:
+        """Queue `task_id` inside the caller's open transaction on `session`."""
+        ...
+
+
+class RowQueue:
+    """The embedded queue: nothing beyond the `waiting` task row."""
+
+    async def enqueue(self, session: AsyncSession, task_id: str) -> None:
+        return None
+
+
+class ProcrastinateQueue:
+    """Defers RUN_TASK jobs to procrastinate on PostgreSQL."""
+
+    def __init__(self, app: procrastinate.App, queue: str = "images") -> None:
+        self.app = app
+        self.queue = queue
+
+    async def enqueue(self, session: AsyncSession, task_id: str) -> None:
+        connection = await session.connection()
+        raw = await connection.get_raw_connection()
+        deferrer = self.app.configure_task(RUN_TASK, connection=raw.driver_connection, queue=self.queue)
+        await deferrer.defer_async(task_id=task_id)
+
+
+def procrastinate_app(database_url: str) -> procrastinate.App:
+    """A procrastinate App on the same PostgreSQL database (`postgresql+psycopg://...` accepted)."""
+    conninfo = database_url.replace("postgresql+psycopg://", "postgresql://", 1)
+    return procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=conninfo))

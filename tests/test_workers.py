@@ -1,0 +1,195 @@
+"""Distributed mode's queue (SPEC §9): procrastinate jobs deferred in the transaction that records the
+task, run by `imagegate worker`s, surviving a worker's SIGKILL."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+
+from imagegate.config import Config, load_config
+from imagegate.worker import run_worker
+from tests.conftest import (
+    LOOPBACK_ALLOW,
+    FileServer,
+    audit_ledgers,
+    create_key,
+    free_port,
+    make_image,
+    run_cli,
+    start_serve,
+)
+from tests.test_postgres import bearer, node
+
+FAST: dict[str, Any] = {
+    "runner": {"lease_s": 2, "poll_interval_s": 0.2},
+    "worker": {"stalled_after_s": 2, "stalled_check_s": 0.5},
+    "webhooks": {"poll_interval_s": 0.2},
+}
+
+
+def distributed(tmp_path: Path, url: str, name: str = "node") -> Config:
+    unlimited = {"requests_per_minute": 0, "max_active_tasks": 0}
+    return load_config(
+        data_dir=tmp_path / name, database_url=url, fetch_allow=LOOPBACK_ALLOW, accounts=unlimited, **FAST
+    )
+
+
+def jobs(url: str) -> list[tuple[str, str]]:
+    with psycopg.connect(url) as db:
+        return [(row[0], row[1]["task_id"]) for row in db.execute("SELECT status, args FROM procrastinate_jobs")]
+
+
+async def wait_state(client: httpx.AsyncClient, key: str, task_id: str) -> str:
+    """The task's state once final, or after 30 s."""
+    deadline = time.monotonic() + 30
+    while True:
+        info = await client.get("/api/v1/jobs/recordInfo", params={"taskId": task_id}, headers=bearer(key))
+        state = str(info.json()["data"]["state"])
+        if state in ("success", "fail") or time.monotonic() > deadline:
+            return state
+        await asyncio.sleep(0.1)
+
+
+async def test_jobs_are_deferred_with_the_task_and_a_worker_runs_them(
+    postgres_url: str, tmp_path: Path, file_server: FileServer
+) -> None:
+    config = distributed(tmp_path, postgres_url)
+    key, poor = await create_key(config), await create_key(config, credits=1)
+    url = file_server.put("in.png", make_image(320, 240))
+    body = {"model": "gpt-image-2-image-to-image", "input": {"prompt": "sepia", "image_urls": [url]}}
+    async with node(config) as api:
+        created = await api.post("/api/v1/jobs/createTask", headers=bearer(key), json=body)
+        task_id = created.json()["data"]["taskId"]
+        refused = await api.post("/api/v1/jobs/createTask", headers=bearer(poor), json=body)
+        assert refused.status_code == 402
+        assert jobs(postgres_url) == [("todo", task_id)], "one job, deferred with the task; none for the 402"
+        await asyncio.sleep(1)
+        info = await api.get("/api/v1/jobs/recordInfo", params={"taskId": task_id}, headers=bearer(key))
+        assert info.json()["data"]["state"] == "waiting", "API nodes leave async tasks to workers"
+        worker = asyncio.create_task(
+            run_worker(distributed(tmp_path, postgres_url, "w"), install_signal_handlers=False)
+        )
+        try:
+            assert await wait_state(api, key, task_id) == "success"
+        finally:
+            worker.cancel()
+            with suppress(asyncio.CancelledError):
+                await worker
+    assert jobs(postgres_url) == [], "succeeded jobs are deleted"
+    audit_ledgers(postgres_url)
+
+
+@contextmanager
+def processes(commands: list[tuple[list[str], dict[str, str]]], logs: Path) -> Iterator[list[subprocess.Popen[str]]]:
+    """The commands as processes logging under `logs`, stopped on the way out."""
+    started: list[subprocess.Popen[str]] = []
+    with ExitStack() as files:
+        try:
+            for command, env in commands:
+                log = files.enter_context((logs / f"{secrets.token_hex(4)}.log").open("w"))
+                started.append(subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, text=True))
+            yield started
+        finally:
+            _stop(started)
+
+
+def _stop(started: list[subprocess.Popen[str]]) -> None:
+    """SIGTERM every process, then SIGKILL what has not stopped within 15 s."""
+    for proc in started:
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in started:
+        with suppress(subprocess.TimeoutExpired):
+            proc.wait(15)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+
+
+def test_two_nodes_two_workers_and_a_sigkilled_worker_lose_no_task(
+    postgres_url: str, tmp_path: Path, file_server: FileServer
+) -> None:
+    env = {
+        **os.environ,
+        "IMAGEGATE_DATABASE_URL": postgres_url,
+        "IMAGEGATE_FETCH_ALLOW": LOOPBACK_ALLOW,
+        "IMAGEGATE_RUNNER__LEASE_S": "2",
+        "IMAGEGATE_WORKER__STALLED_AFTER_S": "2",
+        "IMAGEGATE_WORKER__STALLED_CHECK_S": "0.5",
+        "IMAGEGATE_ACCOUNTS__REQUESTS_PER_MINUTE": "0",
+        "IMAGEGATE_ACCOUNTS__MAX_ACTIVE_TASKS": "0",
+    }
+    assert run_cli("migrate", env={**env, "IMAGEGATE_DATA_DIR": str(tmp_path / "m")}).returncode == 0
+    key = json.loads(
+        run_cli(
+            "keys", "create", "--credits", "1000", "--json", env={**env, "IMAGEGATE_DATA_DIR": str(tmp_path / "m")}
+        ).stdout
+    )["key"]
+    ports = [free_port(), free_port()]
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    api_procs = []
+    api_logs = ExitStack()
+    for index, port in enumerate(ports):
+        node_env = {**env, "IMAGEGATE_DATA_DIR": str(tmp_path / f"api{index}")}
+        api_procs.append(start_serve(port, node_env, api_logs.enter_context((logs / f"api{index}.log").open("w"))))
+    worker_cmd = [sys.executable, "-m", "imagegate", "worker", "--concurrency", "4"]
+    image = file_server.put("in.png", make_image(1600, 1200))
+    try:
+        with processes([(worker_cmd, {**env, "IMAGEGATE_DATA_DIR": str(tmp_path / "w0")})], logs) as (doomed,):
+            ids = []
+            for index in range(60):
+                body = {
+                    "model": "gpt-image-2-image-to-image",
+                    "input": {"prompt": f"sharpen {index}", "image_urls": [image], "resolution": "2K"},
+                }
+                r = httpx.post(
+                    f"http://127.0.0.1:{ports[index % 2]}/api/v1/jobs/createTask",
+                    json=body,
+                    headers=bearer(key),
+                    timeout=30,
+                )
+                assert r.status_code == 200, r.text
+                ids.append(r.json()["data"]["taskId"])
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and not any(status == "doing" for status, _ in jobs(postgres_url)):
+                time.sleep(0.05)
+            doomed.send_signal(signal.SIGKILL)
+            doomed.wait(10)
+        with processes([(worker_cmd, {**env, "IMAGEGATE_DATA_DIR": str(tmp_path / f"w{i}")}) for i in (1, 2)], logs):
+            deadline = time.monotonic() + 240
+            states: dict[str, str] = {}
+            while time.monotonic() < deadline:
+                with httpx.Client(timeout=30) as client:
+                    states = {
+                        task_id: client.get(
+                            f"http://127.0.0.1:{ports[i % 2]}/api/v1/jobs/recordInfo",
+                            params={"taskId": task_id},
+                            headers=bearer(key),
+                        ).json()["data"]["state"]
+                        for i, task_id in enumerate(ids)
+                    }
+                if all(state in ("success", "fail") for state in states.values()):
+                    break
+                time.sleep(0.5)
+    finally:
+        _stop(api_procs)
+        api_logs.close()
+    assert list(states.values()).count("success") == 60, states
+    audit_ledgers(postgres_url)
+    with psycopg.connect(postgres_url) as db:
+        (again,) = db.execute("SELECT COUNT(*) FROM tasks WHERE attempts > 1").fetchone() or (0,)
+    assert again >= 1, "the tasks running at the kill were taken over"
