@@ -8,11 +8,12 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any
+from typing import IO, Any
 
+import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from sqlalchemy import text
 from starlette.exceptions import HTTPException
 
@@ -131,6 +132,31 @@ async def _on_unexpected(request: Request, exc: Exception) -> Response:
     return response
 
 
+async def blob_response(rt: Runtime, name: str, headers: dict[str, str], missing: str) -> Response:
+    """Blob `name`: sent from its file, redirected to a presigned object-store URL (`result_urls =
+    "presigned"`), or streamed from the store; NotFound(`missing`) when there is none."""
+    media_type = f"image/{name.rsplit('.', 1)[-1]}"
+    path = rt.blobs.local_path(name)
+    if path is not None:
+        return FileResponse(path, media_type=media_type, headers=headers)
+    if rt.config.result_urls == "presigned":
+        url = await rt.blobs.presigned_url(name, rt.config.presigned_url_ttl_s)
+        if url is not None:
+            return RedirectResponse(url, status_code=307)
+    fp = await rt.blobs.open(name)
+    if fp is None:
+        raise NotFound(missing)
+    return StreamingResponse(_chunks(fp), media_type=media_type, headers=headers)
+
+
+async def _chunks(fp: IO[bytes]) -> AsyncIterator[bytes]:
+    try:
+        while chunk := await anyio.to_thread.run_sync(fp.read, 256 * 1024):
+            yield chunk
+    finally:
+        fp.close()
+
+
 def register_callbacks(runtime: Runtime) -> None:
     """Teach the task records each dialect's callback body (wherever tasks finish: API or worker)."""
     runtime.tasks.records.renderers["openai"] = openai.callback_renderer(runtime.catalog)
@@ -176,22 +202,19 @@ def create_app(config: Config, engines: dict[str, Engine] | None = None) -> Fast
     @app.get("/files/{name}")
     async def files(name: str, request: Request) -> Response:
         """A stored result under its unguessable id, cacheable forever."""
-        match = _FILE_NAME.match(name)
-        path = runtime_of(request).blobs.local_path(name) if match else None
-        if match is None or path is None:
+        if _FILE_NAME.match(name) is None:
             raise NotFound("No such file.")
         headers = {"cache-control": "public, max-age=31536000, immutable"}
-        return FileResponse(path, media_type=f"image/{match.group(2)}", headers=headers)
+        return await blob_response(runtime_of(request), name, headers, "No such file.")
 
     @app.get("/inputs/{token}")
     async def inputs(token: str, request: Request) -> Response:
         """An input published for a provider, under a signed URL until it expires or is withdrawn."""
         rt = runtime_of(request)
         name = rt.inputs.resolve(token)
-        path = rt.blobs.local_path(name) if name is not None else None
-        if name is None or path is None or not path.exists():
+        if name is None:
             raise NotFound("No such input, or its URL has expired.")
-        return FileResponse(path, media_type=f"image/{name.rsplit('.', 1)[-1]}", headers={"cache-control": "no-store"})
+        return await blob_response(rt, name, {"cache-control": "no-store"}, "No such input, or its URL has expired.")
 
     @app.post("/relay/callbacks/{token}")
     async def relay_callback(token: str, request: Request) -> Response:

@@ -321,7 +321,7 @@ def channels_check(data_dir: DataDir = None, config_file: ConfigFile = None) -> 
     from imagegate.runtime import fetch_policy
     from imagegate.service.channels import callback_inbox, open_channels, probe
     from imagegate.service.router import Channel
-    from imagegate.stores.blobs import LocalBlobStore
+    from imagegate.stores.blobs import open_blob_store
 
     config = _config(data_dir, config_file)
     catalog = _catalog_with_channels(config)
@@ -333,7 +333,7 @@ def channels_check(data_dir: DataDir = None, config_file: ConfigFile = None) -> 
         async with AsyncExitStack() as stack:
             fetcher = SafeFetcher(fetch_policy(config))
             stack.push_async_callback(fetcher.aclose)
-            blobs = LocalBlobStore(config.files_dir)
+            blobs = open_blob_store(config.storage_url, config.files_dir)
             channels = open_channels(config, catalog, fetcher, blobs, callback_inbox(config))
             for channel in channels:
                 stack.push_async_callback(channel.engine.aclose)

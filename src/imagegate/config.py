@@ -163,6 +163,12 @@ class Config(BaseSettings):
     first_key_credits: int = 1000
     accounts: AccountDefaults = Field(default_factory=AccountDefaults)
     channels: list[ChannelSettings] = Field(default_factory=list)
+    storage_url: str | None = None
+    """Where inputs and results live: `s3://bucket/prefix` (endpoint and credentials from the standard
+    `AWS_*` variables, e.g. AWS_ENDPOINT_URL), `file:///path`, or by default the data dir's `files`."""
+    result_urls: Literal["api", "presigned"] = "api"
+    """`/files/...` URLs are streamed by the API (`api`) or redirect to presigned object-store URLs."""
+    presigned_url_ttl_s: int = Field(default=3600, ge=1)
     signing_secret: str | None = None
     """Signs the expiring URLs of relayed inputs; by default a random key kept in the data dir.
     Set it (`IMAGEGATE_SIGNING_SECRET`) where several processes must honour each other's URLs."""
@@ -189,6 +195,15 @@ class Config(BaseSettings):
     def _non_negative(cls, value: list[float]) -> list[float]:
         if any(delay < 0 for delay in value):
             raise ValueError("delays must be zero or more seconds")
+        return value
+
+    @field_validator("storage_url")
+    @classmethod
+    def _storage_scheme(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("s3://", "file://")):
+            raise ValueError("use s3://bucket/prefix or file:///path")
+        if value and value.startswith("s3://") and not value[5:].split("/", 1)[0]:
+            raise ValueError("an s3:// URL must name a bucket")
         return value
 
     @field_validator("channels")

@@ -23,7 +23,7 @@ from imagegate.service.runner import TaskRunner
 from imagegate.service.tasks import TaskService
 from imagegate.service.webhooks import WebhookSender
 from imagegate.stores import keys, ratelimit
-from imagegate.stores.blobs import BlobStore, LocalBlobStore
+from imagegate.stores.blobs import BlobStore, open_blob_store
 from imagegate.stores.db import ApiKey, Database, migrate, now_ms
 from imagegate.stores.queue import ProcrastinateQueue, procrastinate_app
 
@@ -123,7 +123,7 @@ async def open_runtime(
     fetcher = SafeFetcher(fetch_policy(config))
     stack.push_async_callback(fetcher.aclose)
     catalog = Catalog.from_config(config.models)
-    blobs = LocalBlobStore(config.files_dir)
+    blobs = open_blob_store(config.storage_url, config.files_dir)
     inbox = callback_inbox(config)
     channels = open_channels(config, catalog, fetcher, blobs, inbox)
     if engines is None and not channels:

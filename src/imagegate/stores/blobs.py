@@ -1,17 +1,36 @@
-"""Result files: a local directory (embedded) or memory (tests); S3-compatible storage later.
+"""Files (inputs kept for async tasks, results): a local directory (embedded), S3-compatible object
+storage (distributed), or memory (tests).
 
 Names are opaque, unguessable ids with an extension; stores never interpret the bytes.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import io
 import os
 import shutil
+import tempfile
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO, TYPE_CHECKING, Protocol, cast
+from urllib.parse import urlsplit
 
 import anyio
+import boto3
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+
+SPOOL_IN_MEMORY = 1024 * 1024
+
+
+def checked_name(name: str) -> str:
+    """`name` if it is a plain file name (no path, not hidden, 3+ characters); ValueError otherwise."""
+    if "/" in name or "\\" in name or name.startswith(".") or len(name) < 3:
+        raise ValueError(f"invalid blob name {name!r}")
+    return name
 
 
 class BlobStore(Protocol):
@@ -37,6 +56,10 @@ class BlobStore(Protocol):
         """A filesystem path the web server may stream from, if the store has one."""
         ...
 
+    async def presigned_url(self, name: str, ttl_s: int) -> str | None:
+        """A URL that serves `name` directly for `ttl_s` seconds, where the store can make one."""
+        ...
+
 
 class LocalBlobStore:
     """Files in one directory, sharded by the first two characters of the name."""
@@ -46,9 +69,7 @@ class LocalBlobStore:
         root.mkdir(parents=True, exist_ok=True)
 
     def _path(self, name: str) -> Path:
-        if "/" in name or "\\" in name or name.startswith(".") or len(name) < 3:
-            raise ValueError(f"invalid blob name {name!r}")
-        return self.root / name[:2] / name
+        return self.root / name[:2] / checked_name(name)
 
     async def put(self, name: str, data: bytes) -> None:
         await anyio.to_thread.run_sync(self._write, self._path(name), data)
@@ -91,6 +112,9 @@ class LocalBlobStore:
             return None
         return path if path.is_file() else None
 
+    async def presigned_url(self, name: str, ttl_s: int) -> str | None:
+        return None
+
 
 class MemoryBlobStore:
     """Files in a dict; for tests and throwaway servers."""
@@ -99,10 +123,10 @@ class MemoryBlobStore:
         self.files: dict[str, bytes] = {}
 
     async def put(self, name: str, data: bytes) -> None:
-        self.files[name] = data
+        self.files[checked_name(name)] = data
 
     async def put_file(self, name: str, fp: IO[bytes]) -> None:
-        self.files[name] = fp.read()
+        self.files[checked_name(name)] = fp.read()
 
     async def get(self, name: str) -> bytes | None:
         return self.files.get(name)
@@ -116,3 +140,85 @@ class MemoryBlobStore:
 
     def local_path(self, name: str) -> Path | None:
         return None
+
+    async def presigned_url(self, name: str, ttl_s: int) -> str | None:
+        return None
+
+
+class S3BlobStore:
+    """Objects under `prefix` in an S3-compatible bucket (boto3, run in worker threads)."""
+
+    def __init__(self, bucket: str, prefix: str = "", client: S3Client | None = None) -> None:
+        self.bucket = bucket
+        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        self.client: S3Client = client or boto3.client("s3")
+
+    def _key(self, name: str) -> str:
+        return self.prefix + checked_name(name)
+
+    async def put(self, name: str, data: bytes) -> None:
+        await anyio.to_thread.run_sync(
+            functools.partial(self.client.put_object, Bucket=self.bucket, Key=self._key(name), Body=data)
+        )
+
+    async def put_file(self, name: str, fp: IO[bytes]) -> None:
+        await anyio.to_thread.run_sync(self.client.upload_fileobj, fp, self.bucket, self._key(name))
+
+    async def get(self, name: str) -> bytes | None:
+        body = await self.open(name)
+        if body is None:
+            return None
+        with body:
+            return await anyio.to_thread.run_sync(body.read)
+
+    async def open(self, name: str) -> IO[bytes] | None:
+        """The object copied into a spooled (seekable) temporary file: in memory up to 1 MB, on disk beyond."""
+        try:
+            key = self._key(name)
+            answer = await anyio.to_thread.run_sync(
+                functools.partial(self.client.get_object, Bucket=self.bucket, Key=key)
+            )
+        except (ValueError, self.client.exceptions.NoSuchKey):
+            return None
+        spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)  # noqa: SIM115 - the caller closes it
+        body = answer["Body"]
+        try:
+            await anyio.to_thread.run_sync(shutil.copyfileobj, body, spool, SPOOL_IN_MEMORY)
+        except BaseException:
+            spool.close()
+            raise
+        finally:
+            body.close()
+        spool.seek(0)
+        return cast(IO[bytes], spool)
+
+    async def delete(self, name: str) -> None:
+        with contextlib.suppress(ValueError):
+            key = self._key(name)
+            await anyio.to_thread.run_sync(functools.partial(self.client.delete_object, Bucket=self.bucket, Key=key))
+
+    def local_path(self, name: str) -> Path | None:
+        return None
+
+    async def presigned_url(self, name: str, ttl_s: int) -> str | None:
+        params = {"Bucket": self.bucket, "Key": self._key(name)}
+        return await anyio.to_thread.run_sync(
+            functools.partial(self.client.generate_presigned_url, "get_object", Params=params, ExpiresIn=ttl_s)
+        )
+
+
+def open_blob_store(storage_url: str | None, default_dir: Path) -> BlobStore:
+    """The store `storage_url` names (`s3://bucket/prefix`, `file:///dir`), else `default_dir`.
+
+    Raises ValueError for another scheme.
+    """
+    if not storage_url:
+        return LocalBlobStore(default_dir)
+    parts = urlsplit(storage_url)
+    if parts.scheme == "s3":
+        if not parts.netloc:
+            raise ValueError(f"storage URL {storage_url!r} names no bucket")
+        return S3BlobStore(parts.netloc, parts.path)
+    if parts.scheme == "file":
+        return LocalBlobStore(Path(parts.path))
+    raise ValueError(f"storage URL {storage_url!r}: use s3://bucket/prefix or file:///path")

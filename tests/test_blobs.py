@@ -1,0 +1,131 @@
+"""The blob store contract, run against every implementation (local directory, memory, S3 on a local
+S3-compatible server), and the server on S3 storage: results streamed or presigned, inputs kept."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import boto3
+import httpx
+import pytest
+from moto.server import ThreadedMotoServer
+
+from imagegate.config import load_config
+from imagegate.stores.blobs import BlobStore, LocalBlobStore, MemoryBlobStore, S3BlobStore, open_blob_store
+from tests.conftest import LOOPBACK_ALLOW, decode, free_port, make_image, open_api
+from tests.receivers import webhook_receiver
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[str]:
+    """A local S3-compatible server (moto) on loopback; its endpoint URL."""
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A new bucket on the local server, with the standard AWS_* variables pointing at it."""
+    for name, value in {
+        "AWS_ENDPOINT_URL": s3_server,
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    bucket = "imagegate-" + secrets.token_hex(4)
+    boto3.client("s3").create_bucket(Bucket=bucket)
+    return bucket
+
+
+@pytest.fixture(params=["local", "memory", "s3"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[BlobStore]:
+    if request.param == "local":
+        yield LocalBlobStore(tmp_path / "files")
+    elif request.param == "memory":
+        yield MemoryBlobStore()
+    else:
+        yield S3BlobStore(request.getfixturevalue("s3_bucket"), "some/prefix")
+
+
+async def test_put_get_open_delete(store: BlobStore) -> None:
+    await store.put("abc.png", b"one")
+    await store.put_file("def.png", io.BytesIO(b"two" * 100_000))
+    assert await store.get("abc.png") == b"one"
+    opened = await store.open("def.png")
+    assert opened is not None
+    with opened:
+        assert opened.read() == b"two" * 100_000
+        opened.seek(0)
+        assert opened.read(3) == b"two", "opened files are seekable (images are opened from them)"
+    await store.delete("abc.png")
+    await store.delete("abc.png")
+    assert await store.get("abc.png") is None and await store.open("abc.png") is None
+
+
+async def test_names_cannot_escape(store: BlobStore) -> None:
+    for bad in ("../x.png", "a/b.png", ".hidden"):
+        with pytest.raises(ValueError, match="invalid blob name"):
+            await store.put(bad, b"x")
+        assert await store.get(bad) is None
+
+
+def list_keys(bucket: str) -> list[str]:
+    return [item["Key"] for item in boto3.client("s3").list_objects_v2(Bucket=bucket).get("Contents", [])]
+
+
+def test_storage_urls_choose_the_store(tmp_path: Path) -> None:
+    assert isinstance(open_blob_store(None, tmp_path), LocalBlobStore)
+    assert isinstance(open_blob_store(f"file://{tmp_path}/x", tmp_path), LocalBlobStore)
+    with pytest.raises(ValueError, match="s3://bucket/prefix or file:///path"):
+        load_config(data_dir=tmp_path, storage_url="ftp://x/y")
+
+
+@pytest.mark.parametrize("result_urls", ["api", "presigned"])
+async def test_the_server_keeps_results_and_inputs_in_s3(s3_bucket: str, tmp_path: Path, result_urls: str) -> None:
+    config = load_config(
+        data_dir=tmp_path / "data",
+        fetch_allow=LOOPBACK_ALLOW,
+        storage_url=f"s3://{s3_bucket}/results",
+        result_urls=result_urls,
+    )
+    png = make_image(320, 240)
+    async with open_api(config) as api:
+        r = await api.client.post(
+            "/v1/images/edits",
+            headers=api.auth,
+            files=[("image", ("a.png", png, "image/png"))],
+            data={"prompt": "invert", "size": "1024x1024", "response_format": "url"},
+        )
+        assert r.status_code == 200, r.text
+        path = httpx.URL(r.json()["data"][0]["url"]).path
+        fetched = await api.client.get(path)
+        with webhook_receiver() as receiver:
+            later = await api.client.post(
+                "/v1/images/edits",
+                headers=api.auth,
+                files=[("image", ("a.png", png, "image/png"))],
+                data={"prompt": "invert", "callback_url": receiver.url},
+            )
+            (delivery,) = await asyncio.to_thread(receiver.wait_for, 1)
+        after_async = len(list_keys(s3_bucket))
+    if result_urls == "presigned":
+        assert fetched.status_code == 307 and fetched.headers["location"].startswith("http://127.0.0.1:")
+        async with httpx.AsyncClient() as direct:
+            fetched = await direct.get(fetched.headers["location"])
+    assert fetched.status_code == 200 and decode(fetched.content).size == (1024, 1024)
+    assert later.status_code == 200 and delivery.json["success"] is True, delivery.json
+    keys = list_keys(s3_bucket)
+    assert len(keys) == after_async == 2 and all(key.startswith("results/") for key in keys), (
+        "two results; the async task's stored input was deleted once it ran"
+    )
+    assert not (tmp_path / "data" / "files").exists() or not list((tmp_path / "data" / "files").rglob("*.png"))
