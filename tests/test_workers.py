@@ -18,8 +18,12 @@ from typing import Any
 
 import httpx
 import psycopg
+import pytest
+from sqlalchemy import select
 
 from imagegate.config import Config, load_config
+from imagegate.stores.db import ApiKey, Database, Task, migrate
+from imagegate.stores.queue import ProcrastinateQueue, RowQueue, TaskQueue, procrastinate_app
 from imagegate.worker import run_worker
 from tests.conftest import (
     LOOPBACK_ALLOW,
@@ -176,7 +180,7 @@ def test_two_nodes_two_workers_and_a_sigkilled_worker_lose_no_task(
                 with httpx.Client(timeout=30) as client:
                     states = {
                         task_id: client.get(
-                            f"http://127.0.0.1:{ports[i % 2]}/api/v1/jobs/recordInfo",
+                            f"http://127.0.0.1:{ports[(i + 1) % 2]}/api/v1/jobs/recordInfo",  # the other node
                             params={"taskId": task_id},
                             headers=bearer(key),
                         ).json()["data"]["state"]
@@ -193,3 +197,44 @@ def test_two_nodes_two_workers_and_a_sigkilled_worker_lose_no_task(
     with psycopg.connect(postgres_url) as db:
         (again,) = db.execute("SELECT COUNT(*) FROM tasks WHERE attempts > 1").fetchone() or (0,)
     assert again >= 1, "the tasks running at the kill were taken over"
+
+
+@pytest.mark.parametrize("kind", ["rows", "procrastinate"])
+async def test_a_queued_task_exists_exactly_when_its_transaction_commits(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    url = request.getfixturevalue("postgres_url") if kind == "procrastinate" else f"sqlite:///{tmp_path / 'q.db'}"
+    migrate(url)
+    db = Database(url)
+    queue: TaskQueue = ProcrastinateQueue(procrastinate_app(db.url)) if kind == "procrastinate" else RowQueue()
+    try:
+        async with db.session() as session, session.begin():
+            session.add(ApiKey(id="key_q", name="", key_hash="h", prefix="ig-"))
+
+        async def submit(task_id: str, commit: bool) -> None:
+            async with db.session() as session:
+                await session.begin()
+                session.add(
+                    Task(
+                        id=task_id,
+                        key_id="key_q",
+                        model="gpt-image-2",
+                        kind="edit",
+                        dialect="jobs",
+                        request={},
+                        mode="async",
+                    )
+                )
+                await session.flush()
+                await queue.enqueue(session, task_id)
+                await (session.commit() if commit else session.rollback())
+
+        await submit("task_kept", commit=True)
+        await submit("task_dropped", commit=False)
+        async with db.session() as session:
+            tasks = list(await session.scalars(select(Task.id)))
+    finally:
+        await db.aclose()
+    assert tasks == ["task_kept"]
+    if kind == "procrastinate":
+        assert [task_id for _, task_id in jobs(request.getfixturevalue("postgres_url"))] == ["task_kept"]
