@@ -123,3 +123,17 @@ async def test_admin_usage_by_day_on_postgresql(postgres_url: str, tmp_path: Pat
 def test_postgres_fixture_gives_each_test_an_empty_database(postgres_url: str) -> None:
     with psycopg.connect(postgres_url) as db:
         assert db.execute("SELECT COUNT(*) FROM pg_tables WHERE schemaname = 'public'").fetchone() == (0,)
+
+
+async def test_an_idempotent_repeat_on_another_node_replays_the_first_answer(postgres_url: str, tmp_path: Path) -> None:
+    first, second = on_postgres(tmp_path, postgres_url, "a"), on_postgres(tmp_path, postgres_url, "b")
+    key = await create_key(first)
+    headers = {**bearer(key), "Idempotency-Key": "order-42"}
+    body = {"prompt": "sepia", "image": DATA_URL}
+    async with node(first) as a, node(second) as b:
+        original = await a.post("/v1/images/edits", headers=headers, json=body)
+        repeat = await b.post("/v1/images/edits", headers=headers, json=body)
+        usage = (await b.get("/v1/usage", headers=bearer(key))).json()
+    assert original.status_code == repeat.status_code == 200
+    assert repeat.headers["idempotent-replayed"] == "true" and repeat.content == original.content
+    assert len(usage["tasks"]) == 1 and usage["balance"] == "994", "run and charged once"

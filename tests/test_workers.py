@@ -35,6 +35,7 @@ from tests.conftest import (
     run_cli,
     start_serve,
 )
+from tests.receivers import Receiver, webhook_receiver
 from tests.test_postgres import bearer, node
 
 FAST: dict[str, Any] = {
@@ -73,7 +74,19 @@ async def test_jobs_are_deferred_with_the_task_and_a_worker_runs_them(
     config = distributed(tmp_path, postgres_url)
     key, poor = await create_key(config), await create_key(config, credits=1)
     url = file_server.put("in.png", make_image(320, 240))
-    body = {"model": "gpt-image-2-image-to-image", "input": {"prompt": "sepia", "image_urls": [url]}}
+    with webhook_receiver() as hook:
+        await _deferred_and_run(config, postgres_url, tmp_path, key, poor, url, hook)
+    audit_ledgers(postgres_url)
+
+
+async def _deferred_and_run(
+    config: Config, postgres_url: str, tmp_path: Path, key: str, poor: str, url: str, hook: Receiver
+) -> None:
+    body = {
+        "model": "gpt-image-2-image-to-image",
+        "input": {"prompt": "sepia", "image_urls": [url]},
+        "callBackUrl": hook.url,
+    }
     async with node(config) as api:
         created = await api.post("/api/v1/jobs/createTask", headers=bearer(key), json=body)
         task_id = created.json()["data"]["taskId"]
@@ -88,12 +101,14 @@ async def test_jobs_are_deferred_with_the_task_and_a_worker_runs_them(
         )
         try:
             assert await wait_state(api, key, task_id) == "success"
+            (delivery,) = await asyncio.to_thread(hook.wait_for, 1)
         finally:
             worker.cancel()
             with suppress(asyncio.CancelledError):
                 await worker
     assert jobs(postgres_url) == [], "succeeded jobs are deleted"
-    audit_ledgers(postgres_url)
+    assert delivery.json["data"]["taskId"] == task_id and delivery.json["data"]["state"] == "success"
+    assert "webhook-signature" in delivery.headers, "the worker sent the signed callback"
 
 
 @contextmanager
