@@ -134,6 +134,20 @@ def postgres_url() -> Iterator[str]:
             admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
+    """A migrated, empty database of each kind in turn (the store contract runs on both)."""
+    url = f"sqlite:///{tmp_path / 'contract.db'}"
+    if request.param == "postgresql":
+        url = request.getfixturevalue("postgres_url")
+    migrate(url)
+    opened = Database(url)
+    try:
+        yield opened
+    finally:
+        await opened.aclose()
+
+
 @dataclass
 class Api:
     client: httpx.AsyncClient

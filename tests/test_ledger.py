@@ -4,7 +4,6 @@ settlement, and exactness when many transactions race for one key."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
 
@@ -13,19 +12,14 @@ from sqlalchemy import update
 
 from imagegate.errors import Conflict, InsufficientCredits
 from imagegate.stores import keys, ledger
-from imagegate.stores.db import Database, Task, migrate
+from imagegate.stores.db import Database, Task
 from tests.conftest import audit_ledgers
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
-    url = f"sqlite:///{tmp_path / 'ledger.db'}"
-    if request.param == "postgresql":
-        url = request.getfixturevalue("postgres_url")
-    migrate(url)
-    database = Database(url)
-    yield database
-    await database.aclose()
+@pytest.fixture
+def db(database: Database) -> Database:
+    """The contract database: SQLite, then PostgreSQL."""
+    return database
 
 
 def audit(db: Database) -> None:

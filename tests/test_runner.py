@@ -4,9 +4,7 @@ failing interrupted sync tasks, and giving up after max_attempts."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 from sqlalchemy import select
@@ -16,22 +14,17 @@ from imagegate.service.leases import Leases
 from imagegate.service.records import TaskRecords
 from imagegate.service.runner import TaskRunner
 from imagegate.stores import ledger
-from imagegate.stores.db import ApiKey, Database, Task, migrate, now_ms
+from imagegate.stores.db import ApiKey, Database, Task, now_ms
 from tests.conftest import Api
 from tests.receivers import webhook_receiver
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'runner.db'}"
-    if request.param == "postgresql":
-        url = request.getfixturevalue("postgres_url")
-    migrate(url)
-    database = Database(url)
+@pytest.fixture
+async def db(database: Database) -> Database:
+    """The contract database (SQLite, then PostgreSQL) with one key, `key_1`."""
     async with database.session() as session, session.begin():
         session.add(ApiKey(id="key_1", name="", key_hash="h", prefix="ig-", webhook_secret=None))
-    yield database
-    await database.aclose()
+    return database
 
 
 async def add(db: Database, task_id: str, **fields: object) -> None:
