@@ -140,7 +140,7 @@ async def blob_response(rt: Runtime, name: str, headers: dict[str, str], missing
     if path is not None:
         return FileResponse(path, media_type=media_type, headers=headers)
     if rt.config.result_urls == "presigned":
-        url = await rt.blobs.presigned_url(name, rt.config.presigned_url_ttl_s)
+        url = rt.blobs.presigned_url(name, rt.config.presigned_url_ttl_s)
         if url is not None:
             return RedirectResponse(url, status_code=307)
     fp = await rt.blobs.open(name)
@@ -159,8 +159,8 @@ async def _chunks(fp: IO[bytes]) -> AsyncIterator[bytes]:
 
 def register_callbacks(runtime: Runtime) -> None:
     """Teach the task records each dialect's callback body (wherever tasks finish: API or worker)."""
-    runtime.tasks.records.renderers["openai"] = openai.callback_renderer(runtime.catalog)
-    runtime.tasks.records.renderers["jobs"] = jobs.callback_body
+    runtime.tasks.records.renderers["openai"] = openai.callback_renderer(runtime.catalog, runtime.links)
+    runtime.tasks.records.renderers["jobs"] = jobs.callback_renderer(runtime.links)
 
 
 def create_app(config: Config, engines: dict[str, Engine] | None = None) -> FastAPI:

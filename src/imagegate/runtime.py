@@ -19,6 +19,7 @@ from imagegate.service.callbacks_in import CallbackInbox
 from imagegate.service.channels import callback_inbox, open_channels, published_inputs, routes
 from imagegate.service.leases import Leases
 from imagegate.service.published import PublishedInputs
+from imagegate.service.records import ResultLinks
 from imagegate.service.runner import TaskRunner
 from imagegate.service.tasks import TaskService
 from imagegate.service.webhooks import WebhookSender
@@ -49,6 +50,7 @@ class Runtime:
     limiter: ratelimit.RateLimiter
     inputs: PublishedInputs
     inbox: CallbackInbox
+    links: ResultLinks
 
     def public_base(self, request: Request) -> str:
         """Base of result URLs: IMAGEGATE_PUBLIC_URL, or the URL the client used to reach us."""
@@ -146,7 +148,10 @@ async def open_runtime(
     background.start_soon(sender.run)
     limiter = ratelimit.limiter_for(db)
     inputs = published_inputs(config, blobs)
-    return Runtime(config, db, blobs, fetcher, catalog, served, tasks, metrics, runner, sender, limiter, inputs, inbox)
+    links = ResultLinks(blobs, presigned=config.result_urls == "presigned", ttl_s=config.presigned_url_ttl_s)
+    return Runtime(
+        config, db, blobs, fetcher, catalog, served, tasks, metrics, runner, sender, limiter, inputs, inbox, links
+    )
 
 
 def runtime_of(request: Request) -> Runtime:

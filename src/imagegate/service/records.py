@@ -68,6 +68,29 @@ def file_url(base: str, file_id: str, fmt: OutputFormat) -> str:
     return f"{base}/files/{file_name(file_id, fmt)}"
 
 
+UrlFor = Callable[[str, OutputFormat], str]
+"""The URL of a stored result, from its file id and format."""
+
+
+class ResultLinks:
+    """Where clients fetch results: the API's `/files/...` under a base URL, or — with `presigned` —
+    object-store URLs valid for `ttl_s` (made afresh at every rendering, so a later poll gets a live one)."""
+
+    def __init__(self, blobs: BlobStore, *, presigned: bool = False, ttl_s: int = 3600) -> None:
+        self.blobs = blobs
+        self.presigned = presigned
+        self.ttl_s = ttl_s
+
+    def at(self, base: str) -> UrlFor:
+        """The URL maker for results whose API base is `base` (no trailing slash)."""
+
+        def url(file_id: str, fmt: OutputFormat) -> str:
+            direct = self.blobs.presigned_url(file_name(file_id, fmt), self.ttl_s) if self.presigned else None
+            return direct or file_url(base, file_id, fmt)
+
+        return url
+
+
 def failure_of(exc: BaseException) -> tuple[str, str]:
     """The error code and message a task records for `exc` (no internals of unexpected errors)."""
     if isinstance(exc, ImagegateError):

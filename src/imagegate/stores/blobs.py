@@ -56,8 +56,9 @@ class BlobStore(Protocol):
         """A filesystem path the web server may stream from, if the store has one."""
         ...
 
-    async def presigned_url(self, name: str, ttl_s: int) -> str | None:
-        """A URL that serves `name` directly for `ttl_s` seconds, where the store can make one."""
+    def presigned_url(self, name: str, ttl_s: int) -> str | None:
+        """A URL that serves `name` directly for `ttl_s` seconds, where the store can make one
+        (computed locally: no request to the store)."""
         ...
 
 
@@ -112,7 +113,7 @@ class LocalBlobStore:
             return None
         return path if path.is_file() else None
 
-    async def presigned_url(self, name: str, ttl_s: int) -> str | None:
+    def presigned_url(self, name: str, ttl_s: int) -> str | None:
         return None
 
 
@@ -141,7 +142,7 @@ class MemoryBlobStore:
     def local_path(self, name: str) -> Path | None:
         return None
 
-    async def presigned_url(self, name: str, ttl_s: int) -> str | None:
+    def presigned_url(self, name: str, ttl_s: int) -> str | None:
         return None
 
 
@@ -200,11 +201,9 @@ class S3BlobStore:
     def local_path(self, name: str) -> Path | None:
         return None
 
-    async def presigned_url(self, name: str, ttl_s: int) -> str | None:
+    def presigned_url(self, name: str, ttl_s: int) -> str | None:
         params = {"Bucket": self.bucket, "Key": self._key(name)}
-        return await anyio.to_thread.run_sync(
-            functools.partial(self.client.generate_presigned_url, "get_object", Params=params, ExpiresIn=ttl_s)
-        )
+        return self.client.generate_presigned_url("get_object", Params=params, ExpiresIn=ttl_s)
 
 
 def open_blob_store(storage_url: str | None, default_dir: Path) -> BlobStore:

@@ -14,7 +14,6 @@ from imagegate.dialects.openai import inbound as openai
 from imagegate.errors import ImagegateError, MissingParameter
 from imagegate.responses import json_response
 from imagegate.runtime import runtime_of
-from imagegate.service.records import file_url
 from imagegate.service.tasks import Origin
 
 PATH = "/v1/images/edit"
@@ -45,8 +44,9 @@ async def edit(request: Request) -> Response:
         return json_response(await rt.tasks.quote(key, req))
     base = rt.public_base(request)
     outcome = await rt.tasks.run(key, req, Origin("envelope", "edit", request.state.request_id, base))
+    url_for = rt.links.at(base)
     images = [
-        {"url": file_url(base, image.file_id, outcome.output_format), "revised_prompt": image.revised_prompt}
+        {"url": url_for(image.file_id, outcome.output_format), "revised_prompt": image.revised_prompt}
         for image in outcome.images
     ]
     data = {

@@ -7,6 +7,7 @@ an HTTP status equal to the body's `code`.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -21,7 +22,7 @@ from imagegate.dialects.fields import as_enum, as_str, dry_run, json_object, ref
 from imagegate.errors import BadRequest, ImagegateError, MissingParameter
 from imagegate.responses import json_response
 from imagegate.runtime import runtime_of
-from imagegate.service.records import Outcome, file_url
+from imagegate.service.records import Outcome, ResultLinks
 from imagegate.service.tasks import Origin
 from imagegate.stores.db import Task
 
@@ -114,12 +115,13 @@ def parse_create(body: dict[str, Any], catalog: Catalog) -> tuple[EditRequest, s
     return req, "edit" if urls else "generate"
 
 
-def record_info(task: Task, outcome: Outcome | None) -> dict[str, Any]:
+def record_info(task: Task, outcome: Outcome | None, links: ResultLinks) -> dict[str, Any]:
     """recordInfo's `data` for any task, whichever dialect created it."""
     base = (task.base_url or "").rstrip("/")
     result = None
     if outcome is not None:
-        urls = [file_url(base, image.file_id, outcome.output_format) for image in outcome.images]
+        url_for = links.at(base)
+        urls = [url_for(image.file_id, outcome.output_format) for image in outcome.images]
         result = orjson.dumps({"resultUrls": urls}).decode()
     finished = task.state in ("success", "fail")
     param = task.wire if task.wire is not None else {"model": task.model, "input": task.request}
@@ -137,9 +139,13 @@ def record_info(task: Task, outcome: Outcome | None) -> dict[str, Any]:
     }
 
 
-async def callback_body(task: Task, outcome: Outcome | None) -> dict[str, Any]:
+def callback_renderer(links: ResultLinks) -> Callable[[Task, Outcome | None], Awaitable[dict[str, Any]]]:
     """What `callBackUrl` receives: the recordInfo answer of the finished task."""
-    return {"code": 200, "msg": "success", "data": record_info(task, outcome)}
+
+    async def body(task: Task, outcome: Outcome | None) -> dict[str, Any]:
+        return {"code": 200, "msg": "success", "data": record_info(task, outcome, links)}
+
+    return body
 
 
 async def create_task(request: Request) -> Response:
@@ -163,7 +169,7 @@ async def get_record_info(request: Request) -> Response:
     if not task_id:
         raise MissingParameter("Missing required query parameter: 'taskId'.", param="taskId")
     task = await rt.tasks.get_task(key.id, task_id)
-    return _ok(record_info(task, await rt.tasks.outcome(task)))
+    return _ok(record_info(task, await rt.tasks.outcome(task), rt.links))
 
 
 def router() -> APIRouter:

@@ -36,7 +36,7 @@ from imagegate.dialects.fields import (
 from imagegate.errors import BadRequest, ImagegateError, MissingParameter
 from imagegate.responses import json_response
 from imagegate.runtime import Runtime, runtime_of
-from imagegate.service.records import Outcome, file_url
+from imagegate.service.records import Outcome, ResultLinks, UrlFor
 from imagegate.service.tasks import Origin, Prepared
 from imagegate.stores.db import Task
 
@@ -191,11 +191,11 @@ async def parse_request(request: Request, limits: Limits, basic_only: BasicOnly)
     return request_from_json(body, basic_only)
 
 
-def _image_item(outcome: Outcome, index: int, base: str, quirk_data_url: bool) -> dict[str, Any]:
+def _image_item(outcome: Outcome, index: int, url_for: UrlFor, quirk_data_url: bool) -> dict[str, Any]:
     image = outcome.images[index]
     item: dict[str, Any] = {"revised_prompt": image.revised_prompt}
     if outcome.delivery is Delivery.URL:
-        item["url"] = file_url(base, image.file_id, outcome.output_format)
+        item["url"] = url_for(image.file_id, outcome.output_format)
     else:
         encoded = pybase64.b64encode(image.data or b"").decode("ascii")
         if quirk_data_url:
@@ -204,11 +204,11 @@ def _image_item(outcome: Outcome, index: int, base: str, quirk_data_url: bool) -
     return item
 
 
-def render(outcome: Outcome, base: str, quirk_data_url: bool) -> dict[str, Any]:
+def render(outcome: Outcome, url_for: UrlFor, quirk_data_url: bool) -> dict[str, Any]:
     """OpenAI's ImagesResponse with the resolved values (never `auto`) and our task id."""
     return {
         "created": outcome.created,
-        "data": [_image_item(outcome, i, base, quirk_data_url) for i in range(len(outcome.images))],
+        "data": [_image_item(outcome, i, url_for, quirk_data_url) for i in range(len(outcome.images))],
         "size": str(outcome.size),
         "quality": outcome.quality.value,
         "output_format": outcome.output_format.value,
@@ -304,7 +304,7 @@ async def _images(request: Request, kind: str) -> Response:
                 headers={**headers, "cache-control": "no-store"},
             )
         outcome = await rt.tasks.execute(prepared)
-        body = render(outcome, rt.public_base(request), prepared.spec.url_b64_as_data_url)
+        body = render(outcome, rt.links.at(rt.public_base(request)), prepared.spec.url_b64_as_data_url)
         return json_response(body, headers=headers)
     finally:
         if not streaming:
@@ -340,14 +340,17 @@ async def list_models(request: Request) -> JSONResponse:
     return JSONResponse({"object": "list", "data": data})
 
 
-def callback_renderer(catalog: Catalog) -> Callable[[Task, Outcome | None], Awaitable[dict[str, Any]]]:
+def callback_renderer(
+    catalog: Catalog, links: ResultLinks
+) -> Callable[[Task, Outcome | None], Awaitable[dict[str, Any]]]:
     """The seed 003 callback body for a finished task: its sync response under `data`, or its error."""
 
     async def body(task: Task, outcome: Outcome | None) -> dict[str, Any]:
         head: dict[str, Any] = {"task_id": task.id, "trace_id": task.trace_id}
         if outcome is not None:
             quirk = catalog.get(task.model).url_b64_as_data_url
-            return {"success": True, **head, "data": render(outcome, (task.base_url or "").rstrip("/"), quirk)}
+            url_for = links.at((task.base_url or "").rstrip("/"))
+            return {"success": True, **head, "data": render(outcome, url_for, quirk)}
         if task.state == "fail":
             return {"success": False, **head, "error": {"code": task.error_code, "message": task.error_message}}
         return {"success": None, **head}
@@ -360,7 +363,7 @@ async def get_task(request: Request, task_id: str) -> Response:
     rt = runtime_of(request)
     key = await rt.authenticate(request)
     task = await rt.tasks.get_task(key.id, task_id)
-    body = await callback_renderer(rt.catalog)(task, await rt.tasks.outcome(task))
+    body = await callback_renderer(rt.catalog, rt.links)(task, await rt.tasks.outcome(task))
     return json_response({**body, "status": task.state})
 
 
