@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager, suppress
+from contextlib import AsyncExitStack, ExitStack, contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +22,14 @@ import pytest
 from sqlalchemy import select
 
 from imagegate.config import Config, load_config
+from imagegate.core.request import EditRequest
+from imagegate.metrics import Metrics
+from imagegate.runtime import open_runtime
+from imagegate.service.tasks import Origin
+from imagegate.stores import keys
 from imagegate.stores.db import ApiKey, Database, Task, migrate
-from imagegate.stores.queue import ProcrastinateQueue, RowQueue, TaskQueue, procrastinate_app
-from imagegate.worker import run_worker
+from imagegate.stores.queue import RUN_TASK, ProcrastinateQueue, RowQueue, TaskQueue, procrastinate_app
+from imagegate.worker import HandlerTimedOut, run_worker, worker_app
 from tests.conftest import (
     LOOPBACK_ALLOW,
     FileServer,
@@ -35,6 +40,7 @@ from tests.conftest import (
     run_cli,
     start_serve,
 )
+from tests.engines import OnePerCall
 from tests.receivers import Receiver, webhook_receiver
 from tests.test_postgres import bearer, node
 
@@ -253,3 +259,25 @@ async def test_a_queued_task_exists_exactly_when_its_transaction_commits(
     assert tasks == ["task_kept"]
     if kind == "procrastinate":
         assert [task_id for _, task_id in jobs(request.getfixturevalue("postgres_url"))] == ["task_kept"]
+
+
+async def test_a_handler_past_its_timeout_hands_the_task_back_for_a_retry(postgres_url: str, tmp_path: Path) -> None:
+    config = distributed(tmp_path, postgres_url)
+    config.worker.handler_timeout_s = 0.3
+    raw = await create_key(config)
+    gate = asyncio.Event()
+    async with AsyncExitStack() as stack:
+        runtime = await open_runtime(config, stack, Metrics(), {"slow": OnePerCall(gate=gate)})
+        async with runtime.db.session() as session:
+            key = await keys.authenticate(session, raw)
+        request = EditRequest(prompt="x", model="gpt-image-2-text-to-image", size="1024x1024")
+        task_id = await runtime.tasks.submit(key, request, Origin("jobs", "generate"))
+        handler = worker_app(runtime).tasks[RUN_TASK]
+        with pytest.raises(HandlerTimedOut):
+            await handler(task_id=task_id)
+        assert (await runtime.tasks.get_task(key.id, task_id)).state == "waiting", "handed back, not lost"
+        gate.set()
+        await handler(task_id=task_id)
+        finished = await runtime.tasks.get_task(key.id, task_id)
+    assert (finished.state, finished.attempts) == ("success", 2)
+    audit_ledgers(postgres_url)
