@@ -220,7 +220,7 @@ def create_app(config: Config, engines: dict[str, Engine] | None = None) -> Fast
     async def relay_callback(token: str, request: Request) -> Response:
         """A provider's callback for a request this process relayed (seed 003's async mode)."""
         body = json_object(await request.body())
-        if not runtime_of(request).inbox.deliver(token, body):
+        if not await runtime_of(request).inbox.deliver(token, body):
             raise NotFound("No request waits on this callback.")
         return json_response({"received": True})
 

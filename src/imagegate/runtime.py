@@ -126,7 +126,7 @@ async def open_runtime(
     stack.push_async_callback(fetcher.aclose)
     catalog = Catalog.from_config(config.models)
     blobs = open_blob_store(config.storage_url, config.files_dir)
-    inbox = callback_inbox(config)
+    inbox = callback_inbox(config, db)
     channels = open_channels(config, catalog, fetcher, blobs, inbox)
     if engines is None and not channels:
         engines = {"classic": registry.create("classic", config)}

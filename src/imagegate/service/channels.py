@@ -23,6 +23,7 @@ from imagegate.service.callbacks_in import CallbackInbox
 from imagegate.service.published import PublishedInputs
 from imagegate.service.router import Channel, Router
 from imagegate.stores.blobs import BlobStore
+from imagegate.stores.db import Database
 
 UPSTREAM_ENGINES = ("openai", "envelope", "jobs")
 LOCAL_ENGINES = ("classic",)
@@ -124,9 +125,9 @@ def published_inputs(config: Config, blobs: BlobStore) -> PublishedInputs:
     return PublishedInputs(blobs, signer(config), config.public_url or "http://127.0.0.1")
 
 
-def callback_inbox(config: Config) -> CallbackInbox:
-    """Where providers' callbacks for this process's waiting requests land."""
-    return CallbackInbox(signer(config), config.public_url or "http://127.0.0.1")
+def callback_inbox(config: Config, db: Database | None = None) -> CallbackInbox:
+    """Where providers' callbacks for waiting requests land (shared through `db` between nodes)."""
+    return CallbackInbox(signer(config), config.public_url or "http://127.0.0.1", db)
 
 
 def routes(

@@ -183,6 +183,16 @@ class RateWindow(Base):
     count: Mapped[int] = mapped_column(Integer, default=0)
 
 
+class RelayCallback(Base):
+    """A provider's callback for a relayed request, until the process waiting on it takes it."""
+
+    __tablename__ = "relay_callbacks"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    body: Mapped[Any] = mapped_column(JSON)
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now_ms)
+
+
 class IdempotentResponse(Base):
     """The first answer to a POST carrying an `Idempotency-Key`, replayed for 24 hours."""
 
