@@ -21,7 +21,7 @@ import psycopg
 import pytest
 from sqlalchemy import select
 
-from imagegate.config import Config, load_config
+from imagegate.config import Config, ConfigError, load_config
 from imagegate.core.request import EditRequest
 from imagegate.metrics import Metrics
 from imagegate.runtime import open_runtime
@@ -281,3 +281,10 @@ async def test_a_handler_past_its_timeout_hands_the_task_back_for_a_retry(postgr
         finished = await runtime.tasks.get_task(key.id, task_id)
     assert (finished.state, finished.attempts) == ("success", 2)
     audit_ledgers(postgres_url)
+
+
+def test_workers_and_the_procrastinate_queue_need_postgresql(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"'queue'.*needs PostgreSQL"):
+        load_config(data_dir=tmp_path, queue="procrastinate")
+    refused = run_cli("worker", env={**os.environ, "IMAGEGATE_DATA_DIR": str(tmp_path)})
+    assert refused.returncode == 2 and "PostgreSQL" in refused.stderr

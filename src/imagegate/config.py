@@ -10,7 +10,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -222,6 +222,14 @@ class Config(BaseSettings):
         if self.database_url:
             return async_database_url(self.database_url)
         return f"sqlite+aiosqlite:///{(self.data_dir / 'imagegate.db').resolve()}"
+
+    @field_validator("queue")
+    @classmethod
+    def _queue_needs_postgresql(cls, value: str, info: ValidationInfo) -> str:
+        url = async_database_url(info.data.get("database_url") or "")
+        if value == "procrastinate" and not url.startswith("postgresql"):
+            raise ValueError("'procrastinate' needs PostgreSQL (IMAGEGATE_DATABASE_URL=postgresql://...)")
+        return value
 
     @property
     def uses_procrastinate(self) -> bool:
