@@ -18,10 +18,8 @@ import secrets
 import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from decimal import Decimal
-from functools import partial
-from typing import Any
 
 import anyio
 
@@ -31,16 +29,16 @@ from imagegate.core.pricing import credits_text, price, price_before_inputs
 from imagegate.core.request import Background, EditRequest, ImageRef, Size
 from imagegate.core.sizing import tier_of
 from imagegate.core.validation import resolve_size, resolved_quality, validate
-from imagegate.engines.base import Engine, ImageOut, Job, PartialSink
+from imagegate.engines.base import Engine, ImageOut, PartialSink
 from imagegate.errors import BadRequest, ImagegateError, ModelNotSupported, NotFound, PermissionDenied
 from imagegate.imaging import SourceImage, open_image
 from imagegate.metrics import Metrics
 from imagegate.net.fetch import SafeFetcher, decode_inline
-from imagegate.service.concurrently import run_all
+from imagegate.service.fanout import fan_out
 from imagegate.service.inputs import check_size, open_inputs
 from imagegate.service.leases import Leases
 from imagegate.service.records import Delivered, Outcome, TaskRecords, failure_of, file_name, outcome_of
-from imagegate.service.usage import usage
+from imagegate.service.usage import provider_usage, usage
 from imagegate.stores import ledger
 from imagegate.stores.blobs import BlobStore
 from imagegate.stores.db import ApiKey, Database, StoredFile, Task, now_ms
@@ -75,28 +73,6 @@ class Prepared:
     mask: SourceImage | None
     started: float
     resources: AsyncExitStack = field(default_factory=AsyncExitStack)
-
-
-def _upstream_usage(outs: list[ImageOut]) -> dict[str, Any] | None:
-    """The providers' own `usage`, summed over the calls of a fan-out, when every call reported one."""
-    reports = {id(out.upstream): out.upstream for out in outs if out.upstream is not None}
-    usages = [report.get("usage") for report in reports.values()]
-    if not usages or not all(isinstance(u, dict) for u in usages):
-        return None
-    if len(usages) == 1:
-        return usages[0]
-    return _add_counts([u for u in usages if isinstance(u, dict)])
-
-
-def _add_counts(usages: list[dict[str, Any]]) -> dict[str, Any]:
-    total: dict[str, Any] = {}
-    for item in usages:
-        for name, value in item.items():
-            if isinstance(value, dict):
-                total[name] = _add_counts([total.get(name, {}), value])
-            elif isinstance(value, int | float) and not isinstance(value, bool):
-                total[name] = total.get(name, 0) + value
-    return total
 
 
 def new_task_id() -> str:
@@ -248,7 +224,7 @@ class TaskService:
             try:
                 async with prepared.resources:
                     with self.metrics.engine_runs.labels(prepared.engine.name).track_inprogress():
-                        outs, failures = await self._fan_out(prepared, on_partial)
+                        outs, failures = await fan_out(prepared, on_partial)
                 delivered, files = await self._store(prepared, outs)
             except BaseException as exc:
                 await self._finish_failed(
@@ -278,7 +254,7 @@ class TaskService:
             output_format=req.output_format,
             background=Background.TRANSPARENT if outs[0].transparent else Background.OPAQUE,
             delivery=req.delivery or spec.default_delivery,
-            usage=_upstream_usage(outs) or usage(req.prompt, inputs, prepared.size, quality, len(outs)),
+            usage=provider_usage(outs) or usage(req.prompt, inputs, prepared.size, quality, len(outs)),
             price=price(spec, quality, prepared.size, len(outs)),
             failures=failures,
             upstream=[out.upstream for out in outs if out.upstream is not None] or None,
@@ -421,54 +397,6 @@ class TaskService:
         await self.records.finish(task_id, error=exc)
         code = failure_of(exc)[0]
         self.metrics.task_finished(model, engine, time.perf_counter() - started, error=code)
-
-    async def _fan_out(
-        self, prepared: Prepared, on_partial: PartialSink | None
-    ) -> tuple[list[ImageOut], list[dict[str, str]]]:
-        """n images from ceil(n / per-call) concurrent engine calls; failed calls are reported, not fatal,
-        while at least one call succeeds. A call that returns fewer images than it asked for (a provider
-        that ignores `n`) is made up for by one more round of single-image calls."""
-        req = prepared.request
-        per_call = max(1, prepared.engine.images_per_call)
-        counts = [min(per_call, req.n - start) for start in range(0, req.n, per_call)]
-        images, errors = await self._calls(prepared, counts, on_partial)
-        shortfall = req.n - len(images) - sum(count for count, exc in zip(counts, errors, strict=True) if exc)
-        if images and shortfall > 0:
-            more, more_errors = await self._calls(prepared, [1] * shortfall, None)
-            images += more
-            errors += more_errors
-        failed = [exc for exc in errors if exc is not None]
-        if not images:
-            raise failed[0]
-        for exc in failed:
-            if not isinstance(exc, ImagegateError):
-                log.error("an engine call of task %s failed", prepared.task_id, exc_info=exc)
-        return images, [dict(zip(("code", "message"), failure_of(exc), strict=True)) for exc in failed]
-
-    async def _calls(
-        self, prepared: Prepared, counts: list[int], on_partial: PartialSink | None
-    ) -> tuple[list[ImageOut], list[Exception | None]]:
-        """One concurrent engine call per entry of `counts` (images it asks for); the images made and
-        each call's error (None where it succeeded). Only the first call streams partial images."""
-        results: list[list[ImageOut]] = [[] for _ in counts]
-        errors: list[Exception | None] = [None] * len(counts)
-
-        async def call(index: int) -> None:
-            job = Job(
-                replace(prepared.request, n=counts[index]),
-                prepared.spec,
-                prepared.size,
-                prepared.sources,
-                prepared.mask,
-                on_partial if index == 0 else None,
-            )
-            try:
-                results[index] = (await prepared.engine.run(job))[: counts[index]]
-            except Exception as exc:  # kept per call; the caller decides
-                errors[index] = exc
-
-        await run_all([partial(call, index) for index in range(len(counts))])
-        return [image for batch in results for image in batch], errors
 
     async def _store(self, prepared: Prepared, outs: list[ImageOut]) -> tuple[list[Delivered], list[StoredFile]]:
         """Write each distinct image once; returns what was delivered and the file rows to record."""

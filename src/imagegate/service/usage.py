@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 from imagegate.core.request import Quality, Size
+from imagegate.engines.base import ImageOut
 
 _OUTPUT_TOKENS_1024 = {Quality.LOW: 272, Quality.MEDIUM: 1056, Quality.HIGH: 4160}
 _TILE = 512
@@ -33,3 +34,25 @@ def usage(prompt: str, inputs: list[tuple[int, int]], size: Size, quality: Quali
         "output_tokens_details": {"image_tokens": output, "text_tokens": 0},
         "total_tokens": text_tokens + image_tokens + output,
     }
+
+
+def provider_usage(outs: list[ImageOut]) -> dict[str, Any] | None:
+    """The providers' own `usage`, summed over the calls of a fan-out, when every call reported one."""
+    reports = {id(out.upstream): out.upstream for out in outs if out.upstream is not None}
+    usages = [report.get("usage") for report in reports.values()]
+    if not usages or not all(isinstance(u, dict) for u in usages):
+        return None
+    if len(usages) == 1:
+        return usages[0]
+    return _add_counts([u for u in usages if isinstance(u, dict)])
+
+
+def _add_counts(usages: list[dict[str, Any]]) -> dict[str, Any]:
+    total: dict[str, Any] = {}
+    for item in usages:
+        for name, value in item.items():
+            if isinstance(value, dict):
+                total[name] = _add_counts([total.get(name, {}), value])
+            elif isinstance(value, int | float) and not isinstance(value, bool):
+                total[name] = total.get(name, 0) + value
+    return total

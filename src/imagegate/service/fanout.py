@@ -1,0 +1,67 @@
+"""n images from as many concurrent engine calls as the engine needs (SPEC §3): partial failures are
+reported rather than fatal, and a provider that ignores `n` is called again for what it left out."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from functools import partial
+from typing import TYPE_CHECKING
+
+from imagegate.engines.base import ImageOut, Job, PartialSink
+from imagegate.errors import ImagegateError
+from imagegate.service.concurrently import run_all
+from imagegate.service.records import failure_of
+
+if TYPE_CHECKING:
+    from imagegate.service.tasks import Prepared
+
+log = logging.getLogger("imagegate.tasks")
+
+
+async def fan_out(prepared: Prepared, on_partial: PartialSink | None) -> tuple[list[ImageOut], list[dict[str, str]]]:
+    """n images from ceil(n / per-call) concurrent engine calls; failed calls are reported, not fatal,
+    while at least one call succeeds. A call that returns fewer images than it asked for (a provider
+    that ignores `n`) is made up for by one more round of single-image calls."""
+    req = prepared.request
+    per_call = max(1, prepared.engine.images_per_call)
+    counts = [min(per_call, req.n - start) for start in range(0, req.n, per_call)]
+    images, errors = await _calls(prepared, counts, on_partial)
+    shortfall = req.n - len(images) - sum(count for count, exc in zip(counts, errors, strict=True) if exc)
+    if images and shortfall > 0:
+        more, more_errors = await _calls(prepared, [1] * shortfall, None)
+        images += more
+        errors += more_errors
+    failed = [exc for exc in errors if exc is not None]
+    if not images:
+        raise failed[0]
+    for exc in failed:
+        if not isinstance(exc, ImagegateError):
+            log.error("an engine call of task %s failed", prepared.task_id, exc_info=exc)
+    return images, [dict(zip(("code", "message"), failure_of(exc), strict=True)) for exc in failed]
+
+
+async def _calls(
+    prepared: Prepared, counts: list[int], on_partial: PartialSink | None
+) -> tuple[list[ImageOut], list[Exception | None]]:
+    """One concurrent engine call per entry of `counts` (images it asks for); the images made and
+    each call's error (None where it succeeded). Only the first call streams partial images."""
+    results: list[list[ImageOut]] = [[] for _ in counts]
+    errors: list[Exception | None] = [None] * len(counts)
+
+    async def call(index: int) -> None:
+        job = Job(
+            replace(prepared.request, n=counts[index]),
+            prepared.spec,
+            prepared.size,
+            prepared.sources,
+            prepared.mask,
+            on_partial if index == 0 else None,
+        )
+        try:
+            results[index] = (await prepared.engine.run(job))[: counts[index]]
+        except Exception as exc:  # kept per call; the caller decides
+            errors[index] = exc
+
+    await run_all([partial(call, index) for index in range(len(counts))])
+    return [image for batch in results for image in batch], errors
