@@ -205,15 +205,20 @@ class TaskService:
     ) -> Prepared:
         resources = AsyncExitStack()
         try:
-            sources = await open_inputs(req.images, self.fetcher, self.limits, resources, self.blobs)
-            masks = await open_inputs([req.mask] if req.mask else [], self.fetcher, self.limits, resources, self.blobs)
-            first = (sources[0].width, sources[0].height) if sources else None
-            size = resolve_size(req, spec, first)
+            sources, mask, size = await self._inputs(req, spec, resources)
         except BaseException:
             await resources.aclose()
             raise
-        mask = masks[0] if masks else None
         return Prepared(task_id, key_id, req, spec, size, engine, sources, mask, started, resources)
+
+    async def _inputs(
+        self, req: EditRequest, spec: ModelSpec, resources: AsyncExitStack
+    ) -> tuple[list[SourceImage], SourceImage | None, Size]:
+        """The opened inputs and mask (their files closed with `resources`) and the resolved size."""
+        sources = await open_inputs(req.images, self.fetcher, self.limits, resources, self.blobs)
+        masks = await open_inputs([req.mask] if req.mask else [], self.fetcher, self.limits, resources, self.blobs)
+        size = resolve_size(req, spec, (sources[0].width, sources[0].height) if sources else None)
+        return sources, masks[0] if masks else None, size
 
     async def execute(self, prepared: Prepared, on_partial: PartialSink | None = None) -> Outcome:
         """Run the engine (fanning out beyond its per-call limit), store the files, finish the task.
@@ -271,9 +276,7 @@ class TaskService:
         """
         spec, engine = self._checked(key, req)
         async with AsyncExitStack() as resources:
-            sources = await open_inputs(req.images, self.fetcher, self.limits, resources, self.blobs)
-            masks = await open_inputs([req.mask] if req.mask else [], self.fetcher, self.limits, resources, self.blobs)
-            size = resolve_size(req, spec, (sources[0].width, sources[0].height) if sources else None)
+            sources, mask, size = await self._inputs(req, spec, resources)
         quality = resolved_quality(req, spec)
         total = price(spec, quality, size, req.n)
         async with self.db.session() as session:
@@ -294,7 +297,7 @@ class TaskService:
             "quality": quality.value,
             "n": req.n,
             "images": len(sources),
-            "mask": bool(masks),
+            "mask": mask is not None,
             "output_format": req.output_format.value,
             "background": req.background.value,
             "delivery": (req.delivery or spec.default_delivery).value,
