@@ -20,6 +20,7 @@ import anyio
 import boto3
 
 if TYPE_CHECKING:
+    from botocore.response import StreamingBody
     from mypy_boto3_s3 import S3Client
 
 
@@ -165,15 +166,7 @@ class S3BlobStore:
     async def put_file(self, name: str, fp: IO[bytes]) -> None:
         await anyio.to_thread.run_sync(self.client.upload_fileobj, fp, self.bucket, self._key(name))
 
-    async def get(self, name: str) -> bytes | None:
-        body = await self.open(name)
-        if body is None:
-            return None
-        with body:
-            return await anyio.to_thread.run_sync(body.read)
-
-    async def open(self, name: str) -> IO[bytes] | None:
-        """The object copied into a spooled (seekable) temporary file: in memory up to 1 MB, on disk beyond."""
+    async def _body(self, name: str) -> StreamingBody | None:
         try:
             key = self._key(name)
             answer = await anyio.to_thread.run_sync(
@@ -181,8 +174,23 @@ class S3BlobStore:
             )
         except (ValueError, self.client.exceptions.NoSuchKey):
             return None
+        return answer["Body"]
+
+    async def get(self, name: str) -> bytes | None:
+        body = await self._body(name)
+        if body is None:
+            return None
+        try:
+            return await anyio.to_thread.run_sync(body.read)
+        finally:
+            body.close()
+
+    async def open(self, name: str) -> IO[bytes] | None:
+        """The object copied into a spooled (seekable) temporary file: in memory up to 1 MB, on disk beyond."""
+        body = await self._body(name)
+        if body is None:
+            return None
         spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)  # noqa: SIM115 - the caller closes it
-        body = answer["Body"]
         try:
             await anyio.to_thread.run_sync(shutil.copyfileobj, body, spool, SPOOL_IN_MEMORY)
         except BaseException:
