@@ -162,7 +162,6 @@ def worker(
         err.print("[red]error:[/red] workers need PostgreSQL: set IMAGEGATE_DATABASE_URL=postgresql://...")
         raise typer.Exit(2)
     _catalog_with_channels(config)
-    migrate_database(config.resolved_database_url)
     chosen = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
     asyncio.run(run_worker(config, concurrency=concurrency, queues=chosen))
 
@@ -319,7 +318,7 @@ def channels_check(data_dir: DataDir = None, config_file: ConfigFile = None) -> 
     """Probe every configured channel and print its health; exits 1 when any cannot be reached."""
     from imagegate.net.fetch import SafeFetcher
     from imagegate.runtime import fetch_policy
-    from imagegate.service.channels import callback_inbox, open_channels, probe
+    from imagegate.service.channels import open_channels, probe, relay_hosts
     from imagegate.service.router import Channel
     from imagegate.stores.blobs import open_blob_store
 
@@ -334,7 +333,7 @@ def channels_check(data_dir: DataDir = None, config_file: ConfigFile = None) -> 
             fetcher = SafeFetcher(fetch_policy(config))
             stack.push_async_callback(fetcher.aclose)
             blobs = open_blob_store(config.storage_url, config.files_dir)
-            channels = open_channels(config, catalog, fetcher, blobs, callback_inbox(config))
+            channels = open_channels(config, catalog, fetcher, *relay_hosts(config, blobs))
             for channel in channels:
                 stack.push_async_callback(channel.engine.aclose)
             results = []

@@ -16,7 +16,7 @@ from imagegate.errors import PermissionDenied, RateLimited
 from imagegate.metrics import Metrics
 from imagegate.net.fetch import FetchPolicy, SafeFetcher
 from imagegate.service.callbacks_in import CallbackInbox
-from imagegate.service.channels import callback_inbox, open_channels, published_inputs, routes
+from imagegate.service.channels import open_channels, relay_hosts, routes
 from imagegate.service.leases import Leases
 from imagegate.service.published import PublishedInputs
 from imagegate.service.records import ResultLinks
@@ -126,8 +126,8 @@ async def open_runtime(
     stack.push_async_callback(fetcher.aclose)
     catalog = Catalog.from_config(config.models)
     blobs = open_blob_store(config.storage_url, config.files_dir)
-    inbox = callback_inbox(config, db)
-    channels = open_channels(config, catalog, fetcher, blobs, inbox)
+    inputs, inbox = relay_hosts(config, blobs, db)
+    channels = open_channels(config, catalog, fetcher, inputs, inbox)
     if engines is None and not channels:
         engines = {"classic": registry.create("classic", config)}
     for engine in [*(engines or {}).values(), *(channel.engine for channel in channels)]:
@@ -147,7 +147,6 @@ async def open_runtime(
     background.start_soon(runner.run)
     background.start_soon(sender.run)
     limiter = ratelimit.limiter_for(db)
-    inputs = published_inputs(config, blobs)
     links = ResultLinks(blobs, presigned=config.result_urls == "presigned", ttl_s=config.presigned_url_ttl_s)
     return Runtime(
         config, db, blobs, fetcher, catalog, served, tasks, metrics, runner, sender, limiter, inputs, inbox, links

@@ -97,13 +97,12 @@ def open_channels(
     config: Config,
     catalog: Catalog,
     fetcher: SafeFetcher,
-    blobs: BlobStore,
+    inputs: InputHost,
     inbox: CallbackInbox,
     env: Mapping[str, str] = os.environ,
 ) -> list[Channel]:
     """Every configured channel as a live Channel (the caller closes their engines)."""
     check_channels(config, catalog, env)
-    inputs = published_inputs(config, blobs)
     opened = []
     for settings in config.channels:
         engine: Engine
@@ -115,19 +114,12 @@ def open_channels(
     return opened
 
 
-def signer(config: Config) -> UrlSigner:
-    """The signer of relayed inputs' and callbacks' URLs (the configured or the data dir's secret)."""
-    return UrlSigner(secret_for(config.signing_secret, config.data_dir))
-
-
-def published_inputs(config: Config, blobs: BlobStore) -> PublishedInputs:
-    """Where relayed inputs are published for providers to fetch."""
-    return PublishedInputs(blobs, signer(config), config.public_url or "http://127.0.0.1")
-
-
-def callback_inbox(config: Config, db: Database | None = None) -> CallbackInbox:
-    """Where providers' callbacks for waiting requests land (shared through `db` between nodes)."""
-    return CallbackInbox(signer(config), config.public_url or "http://127.0.0.1", db)
+def relay_hosts(config: Config, blobs: BlobStore, db: Database | None = None) -> tuple[PublishedInputs, CallbackInbox]:
+    """Where inputs are published for providers to fetch, and where their callbacks land (shared
+    through `db` between nodes); both sign their URLs with the configured or the data dir's secret."""
+    signer = UrlSigner(secret_for(config.signing_secret, config.data_dir))
+    public_url = config.public_url or "http://127.0.0.1"
+    return PublishedInputs(blobs, signer, public_url), CallbackInbox(signer, public_url, db)
 
 
 def routes(
