@@ -9,14 +9,13 @@ import secrets
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import SimpleHTTPRequestHandler
 from pathlib import Path
 from typing import IO, Any
 
@@ -33,6 +32,7 @@ from imagegate.config import Config, async_database_url, load_config
 from imagegate.engines.base import Engine
 from imagegate.stores import keys
 from imagegate.stores.db import Database, migrate, sync_url
+from tests.loopback import loopback_server
 
 LOOPBACK_ALLOW = "127.0.0.0/8,::1/128"
 
@@ -224,14 +224,8 @@ def file_server(tmp_path: Path) -> Iterator[FileServer]:
     """A static HTTP server on 127.0.0.1 serving a temporary directory."""
     root = tmp_path / "www"
     root.mkdir()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(_QuietHandler, directory=str(root)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield FileServer(root, f"http://127.0.0.1:{server.server_address[1]}")
-    finally:
-        server.shutdown()
-        server.server_close()
+    with loopback_server(partial(_QuietHandler, directory=str(root))) as base:
+        yield FileServer(root, base)
 
 
 def free_port() -> int:

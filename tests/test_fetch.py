@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import ipaddress
-import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import IO
 
 import pybase64
@@ -15,6 +14,7 @@ import pytest
 from imagegate.errors import ImageTooLarge, InvalidImage, InvalidImageUrl
 from imagegate.net.fetch import FetchPolicy, SafeFetcher, address_refusal, decode_inline
 from tests.conftest import make_image
+from tests.loopback import loopback_server
 
 
 def drain(spool: IO[bytes]) -> bytes:
@@ -133,11 +133,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def origin() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with loopback_server(_Handler) as base:
+        yield base
 
 
 async def test_allowed_fetch_streams_the_body_and_sends_the_original_host(origin: str) -> None:
