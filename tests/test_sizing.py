@@ -7,12 +7,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from imagegate.core.catalog import Catalog
-from imagegate.core.request import EditRequest, ImageRef, Size
+from imagegate.core.pricing import price, price_before_inputs
+from imagegate.core.request import EditRequest, ImageRef, Quality, Size
 from imagegate.core.sizing import (
     MAX_PIXELS,
     MIN_PIXELS,
     auto_size,
     check_flexible,
+    native_size,
     parse_ratio,
     parse_wxh,
     size_for_ratio,
@@ -119,5 +121,48 @@ def test_fixed_size_models() -> None:
     with pytest.raises(BadRequest, match="1024x1024, 1536x1024, 1024x1536, auto"):
         validate(_req("2048x2048", "gpt-image-1"), legacy, max_images=16)
     dalle = catalog.get("dall-e-2")
-    with pytest.raises(BadRequest, match="256x256"):
-        validate(_req("auto", "dall-e-2"), dalle, max_images=16)
+    with pytest.raises(BadRequest, match="256x256, 512x512, 1024x1024"):
+        validate(_req("2048x2048", "dall-e-2"), dalle, max_images=16)
+
+
+def test_dalle2_without_a_size_is_1024_square_as_at_openai() -> None:
+    catalog = Catalog.from_config({})
+    dalle = catalog.get("dall-e-2")
+    req = _req("auto", "dall-e-2")
+    validate(req, dalle, max_images=16)
+    assert resolve_size(req, dalle, (1920, 1080)) == Size(1024, 1024)
+    assert price_before_inputs(req, dalle) == 2
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "1024x1024",
+        "1536x1024",
+        "1024x1536",
+        "1792x1024",
+        "1024x1792",
+        "1024x768",
+        "768x1024",
+        "1536x864",
+        "864x1536",
+        "1254x1254",
+        "1672x941",
+        "941x1672",
+    ],
+)
+def test_every_size_a_seed_sells_as_1k_is_billed_at_the_base_price(text: str) -> None:
+    spec = Catalog.from_config({}).get("gpt-image-2")
+    size = check_flexible(parse_wxh(text))
+    assert tier_of(size) == "1K"
+    assert price(spec, Quality.MEDIUM, size, 1) == 6
+
+
+@pytest.mark.parametrize(("text", "tier"), [("1920x1080", "2K"), ("1080x1920", "2K"), ("2048x1152", "2K")])
+def test_seed004_listed_sizes_are_accepted_and_cost_half_again(text: str, tier: str) -> None:
+    spec = Catalog.from_config({}).get("gpt-image-2")
+    size = check_flexible(parse_wxh(text))
+    assert tier_of(size) == tier
+    assert price(spec, Quality.MEDIUM, size, 1) == 9
+    assert native_size(size) == Size(size.width + (-size.width % 16), size.height + (-size.height % 16))
+    assert native_size(Size(1254, 1254)) == Size(1254, 1254), "the 1K aliases go to providers as they are"

@@ -11,7 +11,7 @@ from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from typing import Any
 
-from imagegate.core.request import Delivery, Quality, Size
+from imagegate.core.request import Delivery, OutputFormat, Quality, Size
 from imagegate.errors import ModelNotFound
 
 
@@ -38,14 +38,24 @@ class ModelSpec:
     size_mode: SizeMode = SizeMode.FLEXIBLE
     sizes: tuple[Size, ...] = ()
     auto_size: bool = True
+    default_size: Size | None = None
+    """The size of a request that names none (dall-e-2: 1024x1024, as OpenAI does)."""
     qualities: tuple[Quality, ...] = GPT_QUALITIES
     passthrough_qualities: tuple[Quality, ...] = (Quality.XHIGH, Quality.MAX, Quality.STANDARD, Quality.HD)
     max_n: int = 10
+    native_n: bool = False
+    """Makes several images per call itself (dall-e-2). On seed 003's prefixes every other model
+    answers `n > 1` with one image, billed as one (SPEC §2.1a)."""
     default_delivery: Delivery = Delivery.B64_JSON
     url_b64_as_data_url: bool = False
     """With `response_format=b64_json` the value carries a `data:` prefix (seed 001)."""
     basic_fields_only: bool = False
     """Only model, prompt and image are honoured; everything else is ignored (seed 003)."""
+    output_format: OutputFormat | None = None
+    """The one format this model delivers (nano-banana: jpeg), whatever the request says."""
+    echo_prompt: bool = False
+    """Answers `revised_prompt` = the prompt and `created` = 0, as seed 003's adapter layer does; what
+    the engine did goes in the `x-imagegate-applied` header instead."""
     max_images: int = 16
     prices: dict[str, Decimal] = field(default_factory=lambda: dict(GPT_IMAGE_PRICES))
     """Credits per image by quality; `auto` prices as `medium`."""
@@ -65,6 +75,8 @@ def _builtin() -> dict[str, ModelSpec]:
         max_n=1,
         default_delivery=Delivery.URL,
         basic_fields_only=True,
+        output_format=OutputFormat.JPEG,
+        echo_prompt=True,
         per_call_price=Decimal("0.14"),
     )
     specs = [
@@ -82,6 +94,8 @@ def _builtin() -> dict[str, ModelSpec]:
             size_mode=SizeMode.FIXED,
             sizes=DALLE2_SIZES,
             auto_size=False,
+            default_size=Size(1024, 1024),
+            native_n=True,
             qualities=(Quality.STANDARD, Quality.AUTO),
             passthrough_qualities=(),
             default_delivery=Delivery.URL,
@@ -96,6 +110,11 @@ def _builtin() -> dict[str, ModelSpec]:
     return {spec.id: spec for spec in specs}
 
 
+def _size(value: object) -> Size:
+    width, height = map(int, str(value).lower().split("x"))
+    return Size(width, height)
+
+
 def _coerce(name: str, value: Any) -> Any:
     if name in {"per_call_price", "above_1k_multiplier"}:
         try:
@@ -105,7 +124,11 @@ def _coerce(name: str, value: Any) -> Any:
     if name == "prices":
         return {str(k): Decimal(str(v)) for k, v in dict(value).items()}
     if name == "sizes":
-        return tuple(Size(*map(int, str(s).lower().split("x"))) for s in value)
+        return tuple(_size(s) for s in value)
+    if name == "default_size":
+        return None if value is None else _size(value)
+    if name == "output_format":
+        return None if value is None else OutputFormat(value)
     if name in {"qualities", "passthrough_qualities"}:
         return tuple(Quality(q) for q in value)
     if name == "size_mode":
@@ -150,9 +173,13 @@ class Catalog:
                 param="model",
             ) from None
 
+    def find(self, model_id: str) -> ModelSpec | None:
+        """The spec of `model_id`, or None when the catalog has no such model."""
+        return self._specs.get(model_id)
+
     def basic_fields_only(self, model_id: str) -> bool:
         """True for known models that honour only model, prompt and image."""
-        spec = self._specs.get(model_id)
+        spec = self.find(model_id)
         return spec is not None and spec.basic_fields_only
 
     def __iter__(self) -> Iterator[ModelSpec]:

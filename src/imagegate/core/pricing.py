@@ -40,7 +40,7 @@ def price_before_inputs(req: EditRequest, spec: ModelSpec) -> Decimal:
     every other `auto` stays in the tier the request names, which alone sets the price.
     """
     quality = resolved_quality(req, spec)
-    if req.size == "auto" and spec.size_mode is SizeMode.FIXED and spec.sizes:
+    if req.size == "auto" and spec.size_mode is SizeMode.FIXED and spec.sizes and spec.default_size is None:
         return max(price(spec, quality, size, req.n) for size in spec.sizes)
     return price(spec, quality, resolve_size(req, spec, None), req.n)
 

@@ -14,6 +14,21 @@ MAX_EDGE = 3840
 MAX_RATIO = 3
 STEP = 16
 ONE_K_ALIASES = frozenset({Size(1254, 1254), Size(1672, 941), Size(941, 1672)})
+"""Seed 003's upstream 1K output sizes, accepted although they break the flexible rule."""
+LISTED_SIZES = frozenset({Size(1920, 1080), Size(1080, 1920)})
+"""Seed 004's listed sizes that are not multiples of 16: always accepted, made exactly."""
+ONE_K_SIZES = ONE_K_ALIASES | {
+    Size(1024, 1024),
+    Size(1536, 1024),
+    Size(1024, 1536),
+    Size(1792, 1024),
+    Size(1024, 1792),
+    Size(1024, 768),
+    Size(768, 1024),
+    Size(1536, 864),
+    Size(864, 1536),
+}
+"""Every size a seed sells at the 1K (base) price, whatever its pixel count."""
 TIER_1K_MAX = 1_572_864
 TIER_2K_MAX = 4_194_304
 TIERS = ("1K", "2K", "4K")
@@ -21,7 +36,8 @@ TIERS = ("1K", "2K", "4K")
 FLEXIBLE_RULE = (
     f"width and height must be multiples of {STEP}, the longest edge at most {MAX_EDGE}, "
     f"the ratio of long to short edge at most {MAX_RATIO}:1, and the total pixels between "
-    f"{MIN_PIXELS:,} and {MAX_PIXELS:,} (or one of the 1K aliases 1254x1254, 1672x941, 941x1672)"
+    f"{MIN_PIXELS:,} and {MAX_PIXELS:,} (or one of the 1K aliases 1254x1254, 1672x941, 941x1672, "
+    "or the listed sizes 1920x1080 and 1080x1920)"
 )
 
 # ratio -> (1K, 2K, 4K) in landscape-or-square orientation; the swapped ratio swaps each size.
@@ -54,7 +70,7 @@ def parse_wxh(text: str, *, param: str = "size") -> Size:
 
 def check_flexible(size: Size, *, param: str = "size") -> Size:
     """Accept `size` under the flexible gpt-image-2 rule, or raise BadRequest stating the rule."""
-    if size in ONE_K_ALIASES:
+    if size in ONE_K_ALIASES or size in LISTED_SIZES:
         return size
     w, h = size.width, size.height
     problems = []
@@ -72,8 +88,8 @@ def check_flexible(size: Size, *, param: str = "size") -> Size:
 
 
 def tier_of(size: Size) -> str:
-    """`1K`, `2K` or `4K` by pixel count; the 1K aliases are 1K."""
-    if size in ONE_K_ALIASES or size.pixels <= TIER_1K_MAX:
+    """`1K`, `2K` or `4K` by pixel count; every size a seed sells as 1K is 1K (SPEC §4)."""
+    if size in ONE_K_SIZES or size.pixels <= TIER_1K_MAX:
         return "1K"
     return "2K" if size.pixels <= TIER_2K_MAX else "4K"
 
@@ -127,6 +143,15 @@ def auto_size(width: int, height: int, tier: str = "1K") -> Size:
         else:
             h -= STEP
     return check_flexible(Size(w, h))
+
+
+def native_size(size: Size) -> Size:
+    """What to ask of a provider that takes only flexible sizes: `size` itself, or for a listed size
+    that breaks the multiple-of-16 rule the smallest one covering it (1920x1080 -> 1920x1088); the
+    server then crops the result to `size`."""
+    if size not in LISTED_SIZES:
+        return size
+    return Size(math.ceil(size.width / STEP) * STEP, math.ceil(size.height / STEP) * STEP)
 
 
 def nearest_by_ratio(sizes: tuple[Size, ...], width: int, height: int) -> Size:

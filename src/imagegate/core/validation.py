@@ -40,6 +40,8 @@ def validate(req: EditRequest, spec: ModelSpec, *, max_images: int, max_prompt: 
     """
     if spec.basic_fields_only:
         _strip_to_basic_fields(req)
+    if spec.output_format is not None:
+        req.output_format = spec.output_format
     if not req.prompt or not req.prompt.strip():
         raise MissingParameter("Missing required parameter: 'prompt'.", param="prompt")
     if len(req.prompt) > max_prompt:
@@ -86,7 +88,7 @@ def validate(req: EditRequest, spec: ModelSpec, *, max_images: int, max_prompt: 
         )
     if req.size != "auto":
         _explicit_size(req.size, spec)
-    elif not spec.auto_size and spec.size_mode is SizeMode.FIXED:
+    elif not spec.auto_size and spec.size_mode is SizeMode.FIXED and spec.default_size is None:
         raise BadRequest(
             f"Invalid 'size': 'auto'; model '{spec.id}' accepts {', '.join(map(str, spec.sizes))}.",
             param="size",
@@ -108,12 +110,15 @@ def _explicit_size(text: str, spec: ModelSpec) -> Size | None:
 def resolve_size(req: EditRequest, spec: ModelSpec, first_image: tuple[int, int] | None) -> Size:
     """The exact output size: the explicit one, or `auto` resolved from the first input image.
 
-    `auto` keeps the first image's ratio at the 1K tier; a generation's `auto` is the model's first
-    square size. Assumes `validate` has passed.
+    `auto` is the model's default size where it has one; otherwise it keeps the first image's ratio
+    at the 1K tier, and a generation's `auto` is the model's first square size. Assumes `validate`
+    has passed.
     """
     explicit = None if req.size == "auto" else _explicit_size(req.size, spec)
     if explicit is not None:
         return explicit
+    if spec.default_size is not None:
+        return spec.default_size
     if spec.size_mode is SizeMode.FIXED:
         if first_image is None:
             return spec.sizes[0] if spec.sizes else Size(1024, 1024)

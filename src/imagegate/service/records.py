@@ -21,6 +21,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from imagegate.core.request import Background, Delivery, OutputFormat, Quality, Size
+from imagegate.core.sizing import parse_wxh
 from imagegate.errors import ImagegateError, Interrupted
 from imagegate.stores import ledger
 from imagegate.stores.blobs import BlobStore
@@ -57,6 +58,8 @@ class Outcome:
     """Engine calls that failed while others succeeded (SPEC §3 partial success)."""
     upstream: list[dict[str, Any]] | None = None
     """For relayed images: per provider call, the channel, model, usage, latency, attempts, failovers."""
+    resampled_from: Size | None = None
+    """The size the engine made when the server cropped or resampled it to `size` (SPEC §4)."""
 
 
 def file_name(file_id: str, fmt: OutputFormat) -> str:
@@ -115,6 +118,7 @@ def result_record(outcome: Outcome) -> dict[str, Any]:
         "price": str(outcome.price),
         "failures": outcome.failures,
         "upstream": _distinct(outcome.upstream),
+        "resampled_from": str(outcome.resampled_from) if outcome.resampled_from else None,
     }
 
 
@@ -141,6 +145,7 @@ async def outcome_of(task: Task, blobs: BlobStore) -> Outcome:
         prompt = prompts[index] if index < len(prompts) else ""
         images.append(Delivered(name.rsplit(".", 1)[0], data, prompt))
     width, height = (int(v) for v in result["size"].split("x"))
+    native = result.get("resampled_from")
     return Outcome(
         task_id=task.id,
         engine=task.engine or "",
@@ -155,6 +160,7 @@ async def outcome_of(task: Task, blobs: BlobStore) -> Outcome:
         price=Decimal(result.get("price", "0")),
         failures=list(result.get("failures", [])),
         upstream=result.get("upstream"),
+        resampled_from=parse_wxh(native) if native else None,
     )
 
 

@@ -263,6 +263,7 @@ class TaskService:
             price=price(spec, quality, prepared.size, len(outs)),
             failures=failures,
             upstream=[out.upstream for out in outs if out.upstream is not None] or None,
+            resampled_from=next((out.resampled_from for out in outs if out.resampled_from is not None), None),
         )
 
     async def run(self, key: ApiKey, req: EditRequest, origin: Origin) -> Outcome:
@@ -402,27 +403,24 @@ class TaskService:
         self.metrics.task_finished(model, engine, time.perf_counter() - started, error=code)
 
     async def _store(self, prepared: Prepared, outs: list[ImageOut]) -> tuple[list[Delivered], list[StoredFile]]:
-        """Write each distinct image once; returns what was delivered and the file rows to record."""
-        by_content: dict[int, str] = {}
+        """Write each image as its own file (identical images too: each has its own URL); returns what
+        was delivered and the file rows to record."""
         delivered = []
         rows = []
         for out in outs:
-            file_id = by_content.get(id(out.data))
-            if file_id is None:
-                file_id = secrets.token_urlsafe(24)
-                by_content[id(out.data)] = file_id
-                await self.blobs.put(file_name(file_id, out.format), out.data)
-                rows.append(
-                    StoredFile(
-                        id=file_id,
-                        task_id=prepared.task_id,
-                        key_id=prepared.key_id,
-                        ext=out.format.value,
-                        content_type=out.format.content_type,
-                        bytes=len(out.data),
-                        width=out.size.width,
-                        height=out.size.height,
-                    )
+            file_id = secrets.token_urlsafe(24)
+            await self.blobs.put(file_name(file_id, out.format), out.data)
+            rows.append(
+                StoredFile(
+                    id=file_id,
+                    task_id=prepared.task_id,
+                    key_id=prepared.key_id,
+                    ext=out.format.value,
+                    content_type=out.format.content_type,
+                    bytes=len(out.data),
+                    width=out.size.width,
+                    height=out.size.height,
                 )
+            )
             delivered.append(Delivered(file_id, out.data, out.revised_prompt))
         return delivered, rows

@@ -8,6 +8,7 @@ from typing import Any
 import anyio
 
 from imagegate.core.request import Quality
+from imagegate.core.sizing import native_size
 from imagegate.dialects.relay import (
     HttpUpstream,
     UpstreamAnswer,
@@ -48,7 +49,12 @@ class EnvelopeUpstream(HttpUpstream):
 
     async def run(self, job: Job, model: str) -> UpstreamAnswer:
         images = [await anyio.to_thread.run_sync(data_url, source) for source in job.images]
-        body: dict[str, Any] = {"model": model, "prompt": job.request.prompt, "image": images, "size": str(job.size)}
+        body: dict[str, Any] = {
+            "model": model,
+            "prompt": job.request.prompt,
+            "image": images,
+            "size": str(native_size(job.size)),
+        }
         if job.request.quality in (Quality.LOW, Quality.MEDIUM, Quality.HIGH):
             body["quality"] = job.request.quality.value
         if job.request.n != 1:

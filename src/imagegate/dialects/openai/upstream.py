@@ -13,6 +13,7 @@ import orjson
 
 from imagegate.core.catalog import SizeMode
 from imagegate.core.request import Background, OutputFormat, Quality
+from imagegate.core.sizing import native_size
 from imagegate.dialects.relay import (
     CallbackInbox,
     HttpUpstream,
@@ -40,7 +41,7 @@ def wire_fields(job: Job, model: str) -> dict[str, str]:
         return fields
     fields["n"] = str(req.n)
     if job.spec.size_mode is not SizeMode.ENGINE:
-        fields["size"] = str(job.size)
+        fields["size"] = str(native_size(job.size))
     if req.quality is not Quality.AUTO:
         fields["quality"] = req.quality.value
     if req.output_format is not OutputFormat.PNG:
