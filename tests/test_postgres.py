@@ -56,12 +56,12 @@ def test_imagegate_migrate_builds_the_schema_on_postgresql(postgres_url: str, tm
         "tasks",
         "ledger",
         "files",
-        "rate_windows",
+        "rate_buckets",
         "webhook_deliveries",
         "idempotency",
         "procrastinate_jobs",
     } <= tables
-    assert version == "0005"
+    assert version == "0006"
 
 
 async def test_100_concurrent_requests_across_two_nodes_on_credits_for_50(postgres_url: str, tmp_path: Path) -> None:

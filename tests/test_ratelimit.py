@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -43,24 +44,32 @@ async def test_the_limit_admits_exactly_limit_requests_a_minute(limiter: RateLim
     assert [v.remaining for v in verdicts] == [2, 1, 0, 0, 0]
     assert (await limiter.hit("key_b", 3, now)).allowed, "keys are counted apart"
     refused = verdicts[3].headers()
-    assert (
-        refused["x-ratelimit-limit-requests"] == "3" and refused["retry-after"] == "79"
-    )  # 59 s to the next minute, then 20 s
+    # The oldest counted request leaves the minute 60 s after it came, not a minute after the next minute.
+    assert refused["x-ratelimit-limit-requests"] == "3" and refused["retry-after"] == "60"
     assert "retry-after" not in verdicts[0].headers()
+    assert verdicts[0].headers()["x-ratelimit-reset-requests"] == "1m0s"
 
 
-async def test_the_minute_slides_and_refusals_are_not_counted(limiter: RateLimiter) -> None:
-    for i in range(4):
-        await limiter.hit("key_a", 4, MINUTE_START + i)
-    refused = await limiter.hit("key_a", 4, MINUTE_START + 30_000)
-    assert not refused.allowed
-    # Half-way through the next minute, half of the previous minute's 4 still count.
-    halfway = MINUTE_START + WINDOW_MS + WINDOW_MS // 2
-    assert [(await limiter.hit("key_a", 4, halfway)).allowed for _ in range(3)] == [True, True, False]
+async def test_the_minute_slides_request_by_request_and_refusals_are_not_counted(limiter: RateLimiter) -> None:
+    for at in (0, 10_000, 20_000, 30_000):
+        assert (await limiter.hit("key_a", 4, MINUTE_START + at)).allowed
+    refused = await limiter.hit("key_a", 4, MINUTE_START + 40_000)
+    assert not refused.allowed and refused.headers()["retry-after"] == "20"
+    assert not (await limiter.hit("key_a", 4, MINUTE_START + 59_999)).allowed
+    # The first request has left: exactly one more fits, and the next waits for the second to leave.
+    assert (await limiter.hit("key_a", 4, MINUTE_START + 60_000)).allowed
+    wait = await limiter.hit("key_a", 4, MINUTE_START + 60_001)
+    assert not wait.allowed and wait.headers()["retry-after"] == "10"
     # A refused request waits as long as it is told to, then gets in.
-    wait = await limiter.hit("key_a", 4, halfway + 1)
-    assert not wait.allowed
-    assert (await limiter.hit("key_a", 4, halfway + 1 + int(wait.reset_s * 1000) + 1)).allowed
+    assert (await limiter.hit("key_a", 4, MINUTE_START + 60_001 + math.ceil(wait.reset_s * 1000))).allowed
+
+
+async def test_a_burst_within_one_second_leaves_together(limiter: RateLimiter) -> None:
+    for at in (100, 400, 900):
+        assert (await limiter.hit("key_a", 3, MINUTE_START + at)).allowed
+    refused = await limiter.hit("key_a", 3, MINUTE_START + 30_000)
+    assert not refused.allowed and refused.reset_s == pytest.approx(30.9)
+    assert (await limiter.hit("key_a", 3, MINUTE_START + 60_900)).allowed
 
 
 def test_durations_read_like_openais() -> None:

@@ -173,14 +173,16 @@ class LedgerEntry(Base):
     created_at: Mapped[int] = mapped_column(BigInteger, default=now_ms)
 
 
-class RateWindow(Base):
-    """Requests a key made in one minute (`minute` since the epoch), for requests-per-minute limits."""
+class RateBucket(Base):
+    """Requests a key made in one second (`second` since the epoch) and when the last of them came,
+    for requests-per-minute limits."""
 
-    __tablename__ = "rate_windows"
+    __tablename__ = "rate_buckets"
 
     key_id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    minute: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    second: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     count: Mapped[int] = mapped_column(Integer, default=0)
+    last_ms: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 class RelayCallback(Base):

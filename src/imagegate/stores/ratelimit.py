@@ -1,9 +1,11 @@
 """Requests-per-minute limits shared by every process on the database (SPEC §7).
 
-A sliding minute, estimated from two fixed one-minute windows: the previous window's count weighted
-by how much of it still overlaps the last 60 seconds, plus the current window's count. A refused
-request is not counted, so a client that backs off recovers. Counted in memory by the one embedded
-process, or in the database (one upsert per request) where several processes share the keys.
+A sliding minute counted in one-second buckets, each with the time of its last request: a request
+counts until a minute after the last request of its bucket, so no 60 seconds ever admit more than the
+limit, and a refused client is told when the oldest counted request leaves (to the millisecond, for
+the bucket that must leave). A refused request is not counted, so a client that backs off recovers.
+Counted in memory by the one embedded process, or in the database (one upsert and one read per
+request) where several processes share the keys.
 """
 
 from __future__ import annotations
@@ -12,13 +14,14 @@ import math
 from dataclasses import dataclass
 from typing import Protocol
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from imagegate.stores.db import Database, RateWindow
+from imagegate.stores.db import Database, RateBucket
 
 WINDOW_MS = 60_000
+BUCKET_MS = 1_000
 
 
 @dataclass(frozen=True)
@@ -60,56 +63,76 @@ class RateLimiter(Protocol):
         ...
 
 
-def _decide(previous: int, count: int, limit: int, into_ms: int) -> RateState:
-    """The verdict on the `count`-th request of this window, after `previous` in the window before."""
-    weighted = previous * (1 - into_ms / WINDOW_MS)
-    if weighted + count <= limit:
-        remaining = max(0, math.floor(limit - weighted - count))
-        return RateState(True, limit, remaining, (WINDOW_MS - into_ms) / 1000 + 60)
-    return RateState(False, limit, 0, _wait_s(previous, count - 1, limit, into_ms))
+Bucket = tuple[int, int]
+"""(requests, time of the last of them in ms) of one second of a key's counted requests."""
+
+
+def _decide(buckets: list[Bucket], limit: int, now_ms: int) -> RateState:
+    """The verdict on a request, given the key's buckets oldest first with this request already counted
+    in the last one."""
+    live = [(count, last) for count, last in buckets if count > 0 and last + WINDOW_MS > now_ms]
+    total = sum(count for count, _ in live)
+    if total <= limit:
+        return RateState(True, limit, limit - total, (max(last for _, last in live) + WINDOW_MS - now_ms) / 1000)
+    # Refused: the others stay counted; one more fits once `total - limit` of them have left.
+    must_leave, left = total - limit, 0
+    for count, last in live:
+        left += count
+        if left >= must_leave:
+            return RateState(False, limit, 0, (last + WINDOW_MS - now_ms) / 1000)
+    return RateState(False, limit, 0, WINDOW_MS / 1000)
 
 
 class MemoryRateLimiter:
     """Counts in this process: for the embedded mode, where one process serves every request."""
 
     def __init__(self) -> None:
-        self._counts: dict[str, dict[int, int]] = {}
+        self._buckets: dict[str, dict[int, Bucket]] = {}
 
     async def hit(self, key_id: str, limit: int, now_ms: int) -> RateState:
-        window, into = divmod(now_ms, WINDOW_MS)
-        counts = self._counts.setdefault(key_id, {})
-        for old in [w for w in counts if w < window - 1]:
-            del counts[old]
-        count = counts.get(window, 0) + 1
-        verdict = _decide(counts.get(window - 1, 0), count, limit, into)
+        second = now_ms // BUCKET_MS
+        buckets = self._buckets.setdefault(key_id, {})
+        for old in [s for s, (_, last) in buckets.items() if last + WINDOW_MS <= now_ms]:
+            del buckets[old]
+        count, last = buckets.get(second, (0, now_ms))
+        mine = {**buckets, second: (count + 1, max(last, now_ms))}
+        verdict = _decide([mine[s] for s in sorted(mine)], limit, now_ms)
         if verdict.allowed:
-            counts[window] = count
+            buckets[second] = mine[second]
         return verdict
 
 
 class DatabaseRateLimiter:
-    """Counts in the database, shared by every process on it (the distributed mode)."""
+    """Counts in the database, shared by every process on it (the distributed mode).
+
+    A refused request is counted and taken back in one transaction; the time of its bucket's last
+    request may stay up to a second later than the last admitted one (which only ever delays, never
+    admits more)."""
 
     def __init__(self, db: Database) -> None:
         self.db = db
 
     async def hit(self, key_id: str, limit: int, now_ms: int) -> RateState:
-        window, into = divmod(now_ms, WINDOW_MS)
+        second = now_ms // BUCKET_MS
         async with self.db.session() as session, session.begin():
-            count = await _increment(session, key_id, window)
+            count = await _increment(session, key_id, second, now_ms)
             if count == 1:
                 await session.execute(
-                    delete(RateWindow).where(RateWindow.key_id == key_id, RateWindow.minute < window - 1)
+                    delete(RateBucket).where(
+                        RateBucket.key_id == key_id, RateBucket.second < (now_ms - WINDOW_MS) // BUCKET_MS
+                    )
                 )
-            previous = await session.scalar(
-                select(RateWindow.count).where(RateWindow.key_id == key_id, RateWindow.minute == window - 1)
+            rows = await session.execute(
+                select(RateBucket.count, RateBucket.last_ms)
+                .where(RateBucket.key_id == key_id, RateBucket.last_ms > now_ms - WINDOW_MS)
+                .order_by(RateBucket.second)
             )
-            verdict = _decide(previous or 0, count, limit, into)
+            verdict = _decide([(count, last) for count, last in rows], limit, now_ms)
             if not verdict.allowed:
                 await session.execute(
-                    update(RateWindow)
-                    .where(RateWindow.key_id == key_id, RateWindow.minute == window)
-                    .values(count=RateWindow.count - 1)
+                    update(RateBucket)
+                    .where(RateBucket.key_id == key_id, RateBucket.second == second)
+                    .values(count=RateBucket.count - 1)
                 )
         return verdict
 
@@ -119,24 +142,14 @@ def limiter_for(db: Database) -> RateLimiter:
     return MemoryRateLimiter() if db.url.startswith("sqlite") else DatabaseRateLimiter(db)
 
 
-async def _increment(session: AsyncSession, key_id: str, window: int) -> int:
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    statement = insert(RateWindow).values(key_id=key_id, minute=window, count=1)
+async def _increment(session: AsyncSession, key_id: str, second: int, now_ms: int) -> int:
+    on_postgresql = session.get_bind().dialect.name == "postgresql"
+    insert = postgresql.insert if on_postgresql else sqlite.insert
+    later = func.greatest if on_postgresql else func.max  # SQLite's two-argument max() is scalar
+    statement = insert(RateBucket).values(key_id=key_id, second=second, count=1, last_ms=now_ms)
     statement = statement.on_conflict_do_update(
-        index_elements=[RateWindow.key_id, RateWindow.minute], set_={"count": RateWindow.count + 1}
+        index_elements=[RateBucket.key_id, RateBucket.second],
+        set_={"count": RateBucket.count + 1, "last_ms": later(RateBucket.last_ms, now_ms)},
     )
-    count = await session.scalar(statement.returning(RateWindow.count))
+    count = await session.scalar(statement.returning(RateBucket.count))
     return int(count or 0)
-
-
-def _wait_s(previous: int, current: int, limit: int, into_ms: int) -> float:
-    """Seconds until `previous * overlap + current + 1 <= limit` holds, if no one else asks meanwhile."""
-    left_ms = WINDOW_MS - into_ms
-    if current + 1 <= limit and previous > 0:
-        at = (1 - (limit - current - 1) / previous) * WINDOW_MS
-        return max(0.0, (at - into_ms) / 1000)
-    if current + 1 > limit and current > 0:
-        at = max(0.0, 1 - (limit - 1) / current) * WINDOW_MS
-        return (left_ms + at) / 1000
-    return left_ms / 1000
