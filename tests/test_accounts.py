@@ -277,8 +277,12 @@ async def test_dry_run_prices_every_dialect_without_running_or_charging(tmp_path
     assert (edit.json()["price"], edit.json()["unit_price"], edit.json()["tier"]) == ("36", "18", "2K")
     assert edit.json()["size"] == "2048x2048" and edit.json()["n"] == 2 and edit.json()["sufficient"] is True
     assert (generate.json()["price"], generate.json()["kind"]) == ("2", "generate")
-    assert (envelope.json()["price"], envelope.json()["size"]) == ("6", "1536x864")
-    assert (jobs.json()["price"], jobs.json()["size"], jobs.json()["quality"]) == ("3", "2880x2880", "low")
+    # Each dialect answers in its own envelope (seed 000's `code: 0`, seed 002's `code: 200`).
+    assert (envelope.json()["code"], envelope.json()["message"]) == (0, "ok")
+    assert (envelope.json()["data"]["price"], envelope.json()["data"]["size"]) == ("6", "1536x864")
+    assert (jobs.json()["code"], jobs.json()["msg"]) == (200, "success")
+    quote = jobs.json()["data"]
+    assert (quote["price"], quote["size"], quote["quality"]) == ("3", "2880x2880", "low")
     assert bad.status_code == 400, "a dry run validates like a real request"
     assert task_count(config) == 0 and balance(config, api.key) == ("1000", "0")
 

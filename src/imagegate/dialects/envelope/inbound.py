@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
@@ -25,6 +27,11 @@ def error_response(exc: ImagegateError) -> Response:
     return json_response(body, exc.status, exc.headers)
 
 
+def _ok(data: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
+    """The dialect's success envelope around `data`."""
+    return json_response({"code": 0, "message": "ok", "data": data}, headers=headers)
+
+
 async def edit(request: Request) -> Response:
     """POST /v1/images/edit"""
     rt = runtime_of(request)
@@ -41,7 +48,7 @@ async def edit(request: Request) -> Response:
     req.delivery = Delivery.URL
     req.callback_url = None
     if dry_run(request.query_params):
-        return json_response(await rt.tasks.quote(key, req))
+        return _ok(await rt.tasks.quote(key, req))
     base = rt.public_base(request)
     outcome = await rt.tasks.run(key, req, Origin("envelope", "edit", request.state.request_id, base))
     url_for = rt.links.at(base)
@@ -56,9 +63,8 @@ async def edit(request: Request) -> Response:
         "output_format": outcome.output_format.value,
         "task_id": outcome.task_id,
     }
-    body_out = {"code": 0, "message": "ok", "data": data}
     headers = {"x-imagegate-engine": outcome.engine, "x-imagegate-task": outcome.task_id}
-    return json_response(body_out, headers=headers)
+    return _ok(data, headers)
 
 
 def router() -> APIRouter:

@@ -155,7 +155,7 @@ async def create_task(request: Request) -> Response:
     body = json_object(await request.body(), code="invalid_json")
     req, kind = parse_create(body, rt.catalog)
     if dry_run(request.query_params):
-        return json_response(await rt.tasks.quote(key, req))
+        return _ok(await rt.tasks.quote(key, req))
     origin = Origin("jobs", kind, trace_id=request.state.request_id, base_url=rt.public_base(request), wire=body)
     task_id = await rt.tasks.submit(key, req, origin)
     return _ok({"taskId": task_id})
