@@ -140,3 +140,47 @@ def _solid(colour: tuple[int, int, int], inner: tuple[int, int, int] | None = No
     buf = io.BytesIO()
     img.save(buf, "PNG")
     return buf.getvalue()
+
+
+def _lightness(img: Image.Image) -> float:
+    """Mean CIELAB L* (0–100) of an RGB image."""
+    from PIL import ImageCms, ImageStat
+
+    to_lab = ImageCms.buildTransform(ImageCms.createProfile("sRGB"), ImageCms.createProfile("LAB"), "RGB", "LAB")
+    return float(ImageStat.Stat(to_lab.apply(img.convert("RGB")).getchannel("L")).mean[0]) * 100 / 255
+
+
+def _encoded(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+async def test_dark_mode_turns_a_light_ui_dark_and_its_dark_text_light() -> None:
+    from PIL import ImageDraw
+
+    ui = Image.new("RGB", (1024, 1024), (246, 247, 250))
+    draw = ImageDraw.Draw(ui)
+    for row in range(8):
+        draw.rectangle((80, 100 + row * 100, 700, 130 + row * 100), fill=(30, 32, 40))  # lines of "text"
+    draw.rectangle((760, 860, 960, 940), fill=(0, 110, 230))  # a blue button
+    edited, revised = await _run("Convert this screenshot to dark mode", _encoded(ui))
+    rgb = edited.convert("RGB")
+    background, text, button = rgb.getpixel((20, 20)), rgb.getpixel((300, 115)), rgb.getpixel((860, 900))
+    assert isinstance(background, tuple) and isinstance(text, tuple) and isinstance(button, tuple)
+    assert max(background) < 40, f"the light background became dark: {background}"
+    assert min(text) > 200, f"the dark text became light: {text}"
+    assert button[2] > button[0] and button[2] > button[1], f"the blue button stays blue: {button}"
+    assert _lightness(rgb) < 100 - _lightness(ui) + 3
+    assert "dark_mode" in revised
+
+
+async def test_dark_mode_darkens_a_colourful_gradient_that_was_light() -> None:
+    hues = Image.linear_gradient("L").transpose(Image.Transpose.ROTATE_90).resize((1024, 1024))
+    full = Image.new("L", (1024, 1024), 255)
+    gradient = Image.merge("HSV", (hues, full, full)).convert("RGB")  # every hue at full colour
+    before = _lightness(gradient)
+    assert before > 50, "the picture starts above the middle"
+    edited, _ = await _run("改成夜间模式", _encoded(gradient))
+    after = _lightness(edited)
+    assert after < 50 and after < before - 10, (before, after)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from PIL import Image, ImageChops, ImageDraw, ImageEnhance, ImageFilter, ImageFont, ImageOps, ImageStat
+from PIL import Image, ImageChops, ImageCms, ImageDraw, ImageEnhance, ImageFilter, ImageFont, ImageOps, ImageStat
 
 Operation = Callable[[Image.Image, str], Image.Image]
 DEFAULT_FONTS = (
@@ -39,10 +39,15 @@ def _channel_scale(r: float, g: float, b: float) -> Callable[[Image.Image], Imag
     return apply
 
 
+_SRGB_TO_LAB = ImageCms.buildTransform(ImageCms.createProfile("sRGB"), ImageCms.createProfile("LAB"), "RGB", "LAB")
+_LAB_TO_SRGB = ImageCms.buildTransform(ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB"), "LAB", "RGB")
+
+
 def _dark_mode(img: Image.Image) -> Image.Image:
-    """Invert lightness while keeping hues: invert, then turn the hue half-way round."""
-    h, s, v = ImageOps.invert(img).convert("HSV").split()
-    return Image.merge("HSV", (h.point(lambda x: (x + 128) % 256), s, v)).convert("RGB")
+    """Invert perceptual lightness and keep colour: L* -> 100 - L* in CIELAB with a* and b* unchanged,
+    so light backgrounds turn dark, dark text turns light, and hues stay what they were."""
+    lightness, a, b = _SRGB_TO_LAB.apply(img).split()
+    return _LAB_TO_SRGB.apply(Image.merge("LAB", (ImageOps.invert(lightness), a, b)))
 
 
 def _sepia(img: Image.Image) -> Image.Image:
