@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -17,6 +18,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import FileServer, LiveServer, make_image, run_cli
+from tests.shapes import assert_like
 
 pytestmark = pytest.mark.e2e
 SEEDS = Path(__file__).with_name("seeds")
@@ -109,7 +111,8 @@ def test_sdk_bad_key_raises_authentication_error(live_server: LiveServer, work: 
         bad.images.edit(model="gpt-image-2", image=f, prompt="x")
 
 
-def _seed(name: str, live: LiveServer, files: FileServer) -> str:
+def _seed(name: str, live: LiveServer, files: FileServer, prefix: str | None = None) -> str:
+    """A seed's example with host, key and image URLs replaced (and seed 003's prefix, with `prefix`)."""
     text = (SEEDS / name).read_text(encoding="utf-8")
     image_url = files.put("input.png", make_image(900, 700))
     for host in HOSTS:
@@ -118,7 +121,13 @@ def _seed(name: str, live: LiveServer, files: FileServer) -> str:
         text = text.replace(key, live.key)
     for url in IMAGE_URLS:
         text = text.replace(url, image_url)
+    if prefix is not None:
+        text = text.replace("/v1/openai/", f"{prefix}/").replace("/v1/v1/", f"{prefix}/")
     return text
+
+
+def _example(name: str) -> Any:
+    return json.loads((SEEDS / "responses" / name).read_text(encoding="utf-8"))
 
 
 def _run(command: list[str], work: Path, env: dict[str, str] | None = None) -> str:
@@ -144,20 +153,38 @@ def test_seed001_curl_multi(live_server: LiveServer, file_server: FileServer, wo
     assert body["data"][0]["b64_json"].startswith("data:image/png;base64,")
 
 
-def test_seed003_json_url_python_and_curl(live_server: LiveServer, file_server: FileServer, work: Path) -> None:
+SEED003_PREFIXES = ("/v1/openai", "/v1/v1")
+
+
+@pytest.mark.parametrize("prefix", SEED003_PREFIXES)
+def test_seed003_json_url_python_and_curl_match_its_answer(
+    live_server: LiveServer, file_server: FileServer, work: Path, prefix: str
+) -> None:
     for command in (
-        [sys.executable, "-c", _seed("seed003_json_url.py", live_server, file_server)],
-        ["bash", "-c", _seed("seed003_json_url.sh", live_server, file_server)],
+        [sys.executable, "-c", _seed("seed003_json_url.py", live_server, file_server, prefix)],
+        ["bash", "-c", _seed("seed003_json_url.sh", live_server, file_server, prefix)],
     ):
         body = httpx.Response(200, content=_run(command, work)).json()
-        assert body["size"] == "1024x1536"
+        assert_like(body, _example("seed003_edit_url_success.json"))
+        assert body["success"] is True and body["size"] == "1024x1536"
         assert "dark_mode" in body["data"][0]["revised_prompt"]
-        assert open_png(base64.b64decode(body["data"][0]["b64_json"])).size == (1024, 1536)
+        assert open_png(httpx.get(body["data"][0]["url"]).content).size == (1024, 1536)
 
 
-def test_seed003_sdk_with_env_vars(live_server: LiveServer, work: Path) -> None:
+@pytest.mark.parametrize("prefix", SEED003_PREFIXES)
+def test_seed003_error_matches_its_error_example(
+    live_server: LiveServer, file_server: FileServer, work: Path, prefix: str
+) -> None:
+    script = _seed("seed003_json_url.py", live_server, file_server, prefix).replace("input.png", "missing.png")
+    body = httpx.Response(200, content=_run([sys.executable, "-c", script], work)).json()
+    assert_like(body, _example("seed003_error.json"))
+    assert body["success"] is False and body["error"]["code"] == "invalid_image_url"
+
+
+@pytest.mark.parametrize("prefix", SEED003_PREFIXES)
+def test_seed003_sdk_with_env_vars(live_server: LiveServer, work: Path, prefix: str) -> None:
     env = {
-        "OPENAI_BASE_URL": f"{live_server.base}/v1/openai",
+        "OPENAI_BASE_URL": f"{live_server.base}{prefix}",
         "OPENAI_API_KEY": live_server.key,
         "PATH": "/usr/bin:/bin",
     }
@@ -165,19 +192,29 @@ def test_seed003_sdk_with_env_vars(live_server: LiveServer, work: Path) -> None:
     assert open_png((work / "edited.png").read_bytes()).format == "PNG"
 
 
-def test_seed003_nano_banana_form_url_and_file(live_server: LiveServer, file_server: FileServer, work: Path) -> None:
-    out = _run(["bash", "-c", _seed("seed003_nano_form_url.sh", live_server, file_server)], work)
-    assert httpx.Response(200, content=out).json()["data"][0]["url"].startswith(live_server.base)
-    out = _run([sys.executable, "-c", _seed("seed003_nano_file.py", live_server, file_server)], work)
-    assert httpx.Response(200, content=out).json()["data"][0]["url"].startswith(live_server.base)
+@pytest.mark.parametrize("prefix", SEED003_PREFIXES)
+def test_seed003_nano_banana_form_url_and_file_match_its_answer(
+    live_server: LiveServer, file_server: FileServer, work: Path, prefix: str
+) -> None:
+    for command in (
+        ["bash", "-c", _seed("seed003_nano_form_url.sh", live_server, file_server, prefix)],
+        [sys.executable, "-c", _seed("seed003_nano_file.py", live_server, file_server, prefix)],
+    ):
+        body = httpx.Response(200, content=_run(command, work)).json()
+        assert_like(body, _example("seed003_nano_success.json"))
+        (item,) = body["data"]
+        assert body["created"] == 0 and item["revised_prompt"] == "add a green leaf on top of the apple"
+        assert item["url"].startswith(live_server.base) and item["url"].endswith(".jpeg")
+        assert open_png(httpx.get(item["url"]).content).format == "JPEG"
 
 
 @pytest.mark.skipif(
     shutil.which("jq") is None, reason="the seed's curl example pipes through jq, which is not installed"
 )
-def test_seed003_gift_basket_curl(live_server: LiveServer, file_server: FileServer, work: Path) -> None:
+@pytest.mark.parametrize("prefix", SEED003_PREFIXES)
+def test_seed003_gift_basket_curl(live_server: LiveServer, file_server: FileServer, work: Path, prefix: str) -> None:
     done = subprocess.run(
-        ["bash", "-c", _seed("seed003_gift_curl.sh", live_server, file_server) + "\nsleep 1"],
+        ["bash", "-c", _seed("seed003_gift_curl.sh", live_server, file_server, prefix) + "\nsleep 1"],
         cwd=work,
         capture_output=True,
         text=True,

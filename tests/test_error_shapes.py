@@ -19,6 +19,15 @@ def openai_shape(body: Any, status: int) -> None:
     assert set(error) == {"message", "type", "param", "code"} and error["message"] and error["code"]
 
 
+SEED003_CODES = {401: "invalid_token", 429: "too_many_requests", 500: "api_error"}
+
+
+def seed003_shape(body: Any, status: int) -> None:
+    assert set(body) == {"success", "error", "trace_id"} and body["success"] is False and body["trace_id"]
+    openai_shape(body, status)
+    assert body["error"]["code"] == SEED003_CODES.get(status, body["error"]["code"])
+
+
 def envelope_shape(body: Any, status: int) -> None:
     assert body == {"code": status, "message": body["message"], "data": None} and body["message"]
 
@@ -56,11 +65,39 @@ ERRORS: list[tuple[str, str, str, dict[str, Any], int, Shape]] = [
         404,
         openai_shape,
     ),
-    ("openai generate on classic", "POST", "/v1/images/generations", {"json": {"prompt": "x"}}, 400, openai_shape),
+    (
+        "openai generation with an image",
+        "POST",
+        "/v1/images/generations",
+        {"json": {"prompt": "x", "image": "x"}},
+        400,
+        openai_shape,
+    ),
     ("openai unknown task", "GET", "/v1/images/tasks/task_nope", {}, 404, openai_shape),
     ("openai wrong method", "GET", "/v1/images/edits", {}, 405, openai_shape),
     ("unknown route", "GET", "/v2/nothing", {}, 404, openai_shape),
     ("missing file", "GET", "/files/AAAAAAAAAAAAAAAAAAAA.png", {}, 404, openai_shape),
+    ("seed 003 bad key", "POST", "/v1/openai/images/edits", {"headers": BAD_KEY, "json": {}}, 401, seed003_shape),
+    (
+        "seed 003 bad json",
+        "POST",
+        "/v1/v1/images/edits",
+        {"content": b"{", "headers": {"content-type": "application/json"}},
+        400,
+        seed003_shape,
+    ),
+    ("seed 003 missing image", "POST", "/v1/openai/images/edits", {"json": {"prompt": "x"}}, 400, seed003_shape),
+    (
+        "seed 003 unknown model",
+        "POST",
+        "/v1/v1/images/edits",
+        {"json": {"prompt": "x", "image": "x", "model": "m"}},
+        404,
+        seed003_shape,
+    ),
+    ("seed 003 unknown task", "GET", "/v1/openai/images/tasks/task_nope", {}, 404, seed003_shape),
+    ("seed 003 wrong method", "GET", "/v1/v1/images/edits", {}, 405, seed003_shape),
+    ("seed 003 unknown route", "GET", "/v1/openai/nothing", {}, 404, seed003_shape),
     ("envelope bad key", "POST", "/v1/images/edit", {"headers": BAD_KEY, "json": {}}, 401, envelope_shape),
     (
         "envelope bad json",
@@ -130,6 +167,8 @@ ERRORS: list[tuple[str, str, str, dict[str, Any], int, Shape]] = [
 
 POSTS = [
     ("/v1/images/edits", openai_shape),
+    ("/v1/openai/images/edits", seed003_shape),
+    ("/v1/v1/images/generations", seed003_shape),
     ("/v1/images/edit", envelope_shape),
     ("/api/v1/jobs/createTask", jobs_shape),
 ]

@@ -24,6 +24,7 @@ from imagegate.dialects.envelope import inbound as envelope
 from imagegate.dialects.fields import json_object
 from imagegate.dialects.jobs import inbound as jobs
 from imagegate.dialects.openai import inbound as openai
+from imagegate.dialects.openai import seed003
 from imagegate.engines.base import Engine
 from imagegate.errors import BadRequest, ImagegateError, NotFound, PayloadTooLarge
 from imagegate.idempotency import IdempotencyMiddleware
@@ -94,18 +95,22 @@ class EdgeMiddleware:
             self.metrics.http_seconds.labels(template).observe(time.perf_counter() - started)
 
 
-def _error_response(exc: ImagegateError, path: str) -> Response:
-    """`exc` in the error shape of the dialect that owns `path` (OpenAI's by default)."""
+def _error_response(exc: ImagegateError, scope: Scope) -> Response:
+    """`exc` in the error shape of the dialect that owns the request's path (OpenAI's by default)."""
+    path = scope["path"]
     if path == envelope.PATH:
         return envelope.error_response(exc)
     if path.startswith(jobs.PREFIX + "/"):
         return jobs.error_response(exc)
+    if seed003.owns(path):
+        trace_id = scope.get("state", {}).get("request_id")
+        return json_response(seed003.error_body(exc, trace_id), exc.status, exc.headers)
     return json_response(openai.error_body(exc), exc.status, exc.headers)
 
 
 async def _on_domain_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ImagegateError)
-    return _error_response(exc, request.url.path)
+    return _error_response(exc, request.scope)
 
 
 async def _on_http_error(request: Request, exc: Exception) -> Response:
@@ -115,18 +120,18 @@ async def _on_http_error(request: Request, exc: Exception) -> Response:
     error.status = exc.status_code
     if exc.status_code == 405:
         error.code = "method_not_allowed"
-    return _error_response(error, request.url.path)
+    return _error_response(error, request.scope)
 
 
 async def _on_validation_error(request: Request, exc: Exception) -> Response:
-    return _error_response(BadRequest(f"Invalid request: {exc}"), request.url.path)
+    return _error_response(BadRequest(f"Invalid request: {exc}"), request.scope)
 
 
 async def _on_unexpected(request: Request, exc: Exception) -> Response:
     request_id = getattr(request.state, "request_id", "")
     log.exception("unhandled error in %s %s (%s)", request.method, request.url.path, request_id)
     error = ImagegateError(f"The server had an error processing your request ({request_id}).")
-    response = _error_response(error, request.url.path)
+    response = _error_response(error, request.scope)
     response.headers["x-request-id"] = request_id
     response.headers["x-imagegate-engine"] = "none"
     return response

@@ -33,7 +33,8 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-ErrorRenderer = Callable[[ImagegateError, str], Response]
+ErrorRenderer = Callable[[ImagegateError, Scope], Response]
+"""`exc` in the error shape of the dialect that owns the request in `scope`."""
 
 MAX_KEY_CHARS = 255
 MAX_STORED_BYTES = 64 * 1024 * 1024
@@ -93,7 +94,7 @@ class IdempotencyMiddleware:
             invalid = BadRequest(
                 f"The Idempotency-Key header must be 1–{MAX_KEY_CHARS} characters.", param="Idempotency-Key"
             )
-            await self.render_error(invalid, scope["path"])(scope, receive, send)
+            await self.render_error(invalid, scope)(scope, receive, send)
             return
         boundary = _BOUNDARY.search(_header(scope, b"content-type") or b"")
         fingerprint = _Fingerprint(scope, boundary.group(1) if boundary else None)
@@ -101,7 +102,7 @@ class IdempotencyMiddleware:
             try:
                 size = await self._spool(receive, spool, fingerprint)
             except PayloadTooLarge as exc:
-                await self.render_error(exc, scope["path"])(scope, receive, send)
+                await self.render_error(exc, scope)(scope, receive, send)
                 return
             store = IdempotencyStore(scope["app"].state.runtime.db)
             owner = hashlib.sha256(token).hexdigest()
@@ -112,13 +113,13 @@ class IdempotencyMiddleware:
                 error: ImagegateError = IdempotencyKeyReused(
                     "This Idempotency-Key was already used with a different request.", param="Idempotency-Key"
                 )
-                await self.render_error(error, scope["path"])(scope, receive, send)
+                await self.render_error(error, scope)(scope, receive, send)
             elif verdict is Verdict.IN_PROGRESS:
                 error = IdempotencyInProgress(
                     "A request with this Idempotency-Key is still running; retry when it has finished.",
                     param="Idempotency-Key",
                 )
-                await self.render_error(error, scope["path"])(scope, receive, send)
+                await self.render_error(error, scope)(scope, receive, send)
             else:
                 await self._run_and_store(scope, spool, size, send, store, owner, key)
 

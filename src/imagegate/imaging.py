@@ -81,8 +81,7 @@ class SourceImage:
             img = img.transpose(transpose)
         if img.mode in ("RGBA", "RGB"):
             return img
-        has_alpha = img.mode in ("LA", "PA") or (img.mode == "P" and "transparency" in img.info)
-        return img.convert("RGBA" if has_alpha else "RGB")
+        return img.convert("RGBA" if alpha_in(img) else "RGB")
 
 
 def _orientation(img: Image.Image) -> int:
@@ -122,6 +121,20 @@ def open_image(fp: IO[bytes], *, max_pixels: int, param: str) -> SourceImage:
     if orientation in _SWAPS_SIDES:
         width, height = height, width
     return SourceImage(img, fmt, width, height, param, fp, orientation)
+
+
+def alpha_in(img: Image.Image) -> bool:
+    """Whether an opened (not necessarily decoded) image has an alpha channel or a transparent colour."""
+    return img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)
+
+
+def has_alpha(data: bytes) -> bool:
+    """Whether encoded image `data` carries an alpha channel, read from its header alone."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return alpha_in(img)
+    except (UnidentifiedImageError, OSError, ValueError):
+        return False
 
 
 def _too_many_pixels(param: str, dims: tuple[int, int] | None, max_pixels: int) -> str:

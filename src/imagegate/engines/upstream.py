@@ -13,7 +13,6 @@ import time
 from dataclasses import replace
 
 import anyio
-from PIL import Image
 
 from imagegate.config import ChannelSettings, ImagingSettings
 from imagegate.core.catalog import SizeMode
@@ -21,7 +20,7 @@ from imagegate.core.request import OutputFormat, Size
 from imagegate.dialects.relay import UpstreamClient, UpstreamImage
 from imagegate.engines.base import ImageOut, Job
 from imagegate.errors import EngineError, EngineTimeout, ImagegateError
-from imagegate.imaging import encode, fit_cover, open_image, sniff
+from imagegate.imaging import alpha_in, encode, fit_cover, open_image, sniff
 from imagegate.net.fetch import SafeFetcher
 
 MAX_RESULT_PIXELS = 100_000_000
@@ -95,14 +94,10 @@ class UpstreamEngine:
         native = Size(source.width, source.height)
         size = native if job.spec.size_mode is SizeMode.ENGINE else job.size
         if native == size and source.orientation == 1 and fmt is want:
-            return ImageOut(data, want, size, _has_alpha(source.image), revised_prompt)
+            return ImageOut(data, want, size, alpha_in(source.image), revised_prompt)
         img = fit_cover(source.decode(), size)
         encoded = encode(img, want, self.imaging, job.request.output_compression)
         transparent = want is not OutputFormat.JPEG and img.mode == "RGBA"
         return ImageOut(
             encoded, want, size, transparent, revised_prompt, resampled_from=None if native == size else native
         )
-
-
-def _has_alpha(img: Image.Image) -> bool:
-    return img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)

@@ -10,6 +10,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
+from urllib.parse import quote
 
 import anyio
 import orjson
@@ -20,7 +21,7 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import MultiPartException
 
 from imagegate.config import Limits
-from imagegate.core.catalog import Catalog
+from imagegate.core.catalog import Catalog, ModelSpec
 from imagegate.core.request import Background, Delivery, EditRequest, ImageRef, OutputFormat, Quality
 from imagegate.core.validation import resolved_quality
 from imagegate.dialects.fields import (
@@ -33,14 +34,16 @@ from imagegate.dialects.fields import (
     ref_from_json,
     ref_from_text,
 )
+from imagegate.dialects.openai import seed003
 from imagegate.errors import BadRequest, ImagegateError, MissingParameter
+from imagegate.imaging import has_alpha
 from imagegate.responses import json_response
 from imagegate.runtime import Runtime, runtime_of
 from imagegate.service.records import Outcome, ResultLinks, UrlFor
 from imagegate.service.tasks import Origin, Prepared
 from imagegate.stores.db import Task
 
-PREFIXES = ("/v1", "/v1/openai", "/v1/v1")
+PREFIXES = ("/v1", *seed003.PREFIXES)
 _IMAGE_FIELD = re.compile(r"^image(\[\d*\])?$")
 _NESTED = re.compile(r"^(\w+)\[(\w+)\]$")
 _SCALARS = {
@@ -121,7 +124,8 @@ BasicOnly = Callable[[str], bool]
 def _apply_scalars(req: EditRequest, scalars: dict[str, Any], basic_only: BasicOnly) -> None:
     model = scalars.get("model")
     if isinstance(model, str) and basic_only(model.strip()):
-        scalars = {k: v for k, v in scalars.items() if k in ("model", "prompt")}
+        # seed 003: its async callback works for these models like for any other
+        scalars = {k: v for k, v in scalars.items() if k in ("model", "prompt", "callback_url")}
     apply_fields(req, scalars)
 
 
@@ -191,24 +195,25 @@ async def parse_request(request: Request, limits: Limits, basic_only: BasicOnly)
     return request_from_json(body, basic_only)
 
 
-def _image_item(outcome: Outcome, index: int, url_for: UrlFor, quirk_data_url: bool) -> dict[str, Any]:
+def _image_item(outcome: Outcome, index: int, url_for: UrlFor, spec: ModelSpec, prompt: str) -> dict[str, Any]:
     image = outcome.images[index]
-    item: dict[str, Any] = {"revised_prompt": image.revised_prompt}
+    item: dict[str, Any] = {"revised_prompt": prompt if spec.echo_prompt else image.revised_prompt}
     if outcome.delivery is Delivery.URL:
         item["url"] = url_for(image.file_id, outcome.output_format)
     else:
         encoded = pybase64.b64encode(image.data or b"").decode("ascii")
-        if quirk_data_url:
+        if spec.url_b64_as_data_url:
             encoded = f"data:{outcome.output_format.content_type};base64,{encoded}"
         item["b64_json"] = encoded
     return item
 
 
-def render(outcome: Outcome, url_for: UrlFor, quirk_data_url: bool) -> dict[str, Any]:
-    """OpenAI's ImagesResponse with the resolved values (never `auto`) and our task id."""
+def render(outcome: Outcome, url_for: UrlFor, spec: ModelSpec, prompt: str) -> dict[str, Any]:
+    """OpenAI's ImagesResponse with the resolved values (never `auto`) and our task id; a model that
+    echoes the prompt (seed 003's adapter layer) answers `created` 0 and `revised_prompt` = `prompt`."""
     return {
-        "created": outcome.created,
-        "data": [_image_item(outcome, i, url_for, quirk_data_url) for i in range(len(outcome.images))],
+        "created": 0 if spec.echo_prompt else outcome.created,
+        "data": [_image_item(outcome, i, url_for, spec, prompt) for i in range(len(outcome.images))],
         "size": str(outcome.size),
         "quality": outcome.quality.value,
         "output_format": outcome.output_format.value,
@@ -216,6 +221,14 @@ def render(outcome: Outcome, url_for: UrlFor, quirk_data_url: bool) -> dict[str,
         "usage": outcome.usage,
         "task_id": outcome.task_id,
     }
+
+
+def applied_header(outcome: Outcome) -> dict[str, str]:
+    """`x-imagegate-applied`: what the engine did (its revised prompt, percent-encoded beyond ASCII),
+    for models whose answer must echo the prompt instead."""
+    if not outcome.images:
+        return {}
+    return {"x-imagegate-applied": quote(outcome.images[0].revised_prompt, safe=" !#$&'()*+,/:;=?@[]~")}
 
 
 def _sse(event: str, data: dict[str, Any]) -> bytes:
@@ -237,7 +250,6 @@ async def _events(rt: Runtime, prepared: Prepared, kind: str) -> AsyncIterator[b
     common = {
         "size": str(prepared.size),
         "quality": resolved_quality(req, prepared.spec).value,
-        "background": req.background.value,
         "output_format": req.output_format.value,
     }
     send, receive = anyio.create_memory_object_stream[bytes](max_buffer_size=8)
@@ -249,6 +261,8 @@ async def _events(rt: Runtime, prepared: Prepared, kind: str) -> AsyncIterator[b
             "created_at": int(time.time()),
             "partial_image_index": index,
             **common,
+            # resolved as the completed event resolves it: from the image made
+            "background": (Background.TRANSPARENT if has_alpha(data) else Background.OPAQUE).value,
         }
         await send.send(_sse(f"{prefix}.partial_image", payload))
 
@@ -278,12 +292,15 @@ async def _events(rt: Runtime, prepared: Prepared, kind: str) -> AsyncIterator[b
                 yield chunk
 
 
-async def _images(request: Request, kind: str) -> Response:
+async def _images(request: Request, kind: str, seed003_service: bool) -> Response:
     streaming = False
+    started = time.perf_counter()
     try:
         rt = runtime_of(request)
         key = await rt.admit(request)
         req = await parse_request(request, rt.config.limits, rt.catalog.basic_fields_only)
+        if seed003_service:
+            seed003.adapt(req, rt.catalog, form=not _is_json(request))
         if kind == "edit" and not req.images:
             raise MissingParameter("Missing required parameter: 'image'.", param="image")
         if kind == "generate" and req.images:
@@ -304,21 +321,34 @@ async def _images(request: Request, kind: str) -> Response:
                 headers={**headers, "cache-control": "no-store"},
             )
         outcome = await rt.tasks.execute(prepared)
-        body = render(outcome, rt.links.at(rt.public_base(request)), prepared.spec.url_b64_as_data_url)
+        body = render(outcome, rt.links.at(rt.public_base(request)), prepared.spec, req.prompt)
+        if prepared.spec.echo_prompt:
+            headers.update(applied_header(outcome))
+        if seed003_service:
+            body = seed003.success_body(body, request.state.request_id, time.perf_counter() - started)
         return json_response(body, headers=headers)
     finally:
         if not streaming:
             await request.close()
 
 
-async def images_edits(request: Request) -> Response:
-    """POST .../images/edits"""
-    return await _images(request, "edit")
+def _is_json(request: Request) -> bool:
+    content_type = request.headers.get("content-type", "").lower()
+    return not content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded"))
 
 
-async def images_generations(request: Request) -> Response:
-    """POST .../images/generations"""
-    return await _images(request, "generate")
+def _image_routes(seed003_service: bool) -> tuple[Callable[[Request], Awaitable[Response]], ...]:
+    """The edits and generations handlers of one prefix (seed 003's service, or OpenAI's)."""
+
+    async def images_edits(request: Request) -> Response:
+        """POST .../images/edits"""
+        return await _images(request, "edit", seed003_service)
+
+    async def images_generations(request: Request) -> Response:
+        """POST .../images/generations"""
+        return await _images(request, "generate", seed003_service)
+
+    return images_edits, images_generations
 
 
 async def list_models(request: Request) -> JSONResponse:
@@ -348,9 +378,9 @@ def callback_renderer(
     async def body(task: Task, outcome: Outcome | None) -> dict[str, Any]:
         head: dict[str, Any] = {"task_id": task.id, "trace_id": task.trace_id}
         if outcome is not None:
-            quirk = catalog.get(task.model).url_b64_as_data_url
             url_for = links.at((task.base_url or "").rstrip("/"))
-            return {"success": True, **head, "data": render(outcome, url_for, quirk)}
+            prompt = str(task.request.get("prompt", ""))
+            return {"success": True, **head, "data": render(outcome, url_for, catalog.get(task.model), prompt)}
         if task.state == "fail":
             return {"success": False, **head, "error": {"code": task.error_code, "message": task.error_message}}
         return {"success": None, **head}
@@ -371,6 +401,7 @@ def router() -> APIRouter:
     """The dialect's routes under every prefix clients use (`/v1`, `/v1/openai`, `/v1/v1`)."""
     api = APIRouter()
     for prefix in PREFIXES:
+        images_edits, images_generations = _image_routes(prefix in seed003.PREFIXES)
         api.add_api_route(f"{prefix}/images/edits", images_edits, methods=["POST"], include_in_schema=prefix == "/v1")
         api.add_api_route(
             f"{prefix}/images/generations",
