@@ -1,10 +1,14 @@
 # `make serve` and `make test` do all set-up on a fresh clone: they (re)build .venv when pyproject changes.
 PYTHON ?= python3
+HOST ?= 127.0.0.1
+PORT ?= 8000
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint typecheck unit bench clean
+NODE_CLIENTS := tests/node/node_modules/.installed
+
+.PHONY: serve test lint typecheck unit bench clean node-clients
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -13,7 +17,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 serve: $(STAMP)
-	$(BIN)/imagegate serve
+	$(BIN)/imagegate serve --host $(HOST) --port $(PORT)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
@@ -22,7 +26,17 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict src tests bench
 
-unit: $(STAMP)
+# Node's official openai package for the end-to-end tests, where node and npm are present.
+$(NODE_CLIENTS): tests/node/package.json tests/node/package-lock.json
+	cd tests/node && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+node-clients:
+	@if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then \
+		$(MAKE) --no-print-directory $(NODE_CLIENTS); \
+	else echo "node/npm not found: the Node.js client tests will be skipped"; fi
+
+unit: $(STAMP) node-clients
 	$(BIN)/pytest
 
 test: lint typecheck unit
@@ -31,4 +45,4 @@ bench: $(STAMP)
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) imagegate-data
+	rm -rf $(VENV) imagegate-data tests/node/node_modules

@@ -134,14 +134,16 @@ async def test_the_providers_rejection_reaches_the_client_in_its_dialect(
         two = {"prompt": "sepia", "image": DATA_URL, "n": 2}
         openai_style = await api.client.post("/v1/images/edits", headers=api.auth, json=two)
         envelope_style = await api.client.post("/v1/images/edit", headers=api.auth, json=two)
-        generation = await api.client.post("/v1/images/generations", headers=api.auth, json={"prompt": "a cat"})
+        generation = await api.client.post(
+            "/v1/images/generations", headers=api.auth, json={"prompt": "a red circle", "n": 2}
+        )
     assert openai_style.status_code == 400, openai_style.text
     openai_shape(openai_style.json(), 400)
     error = openai_style.json()["error"]
     assert error["param"] == "n" and "at most 1 images" in error["message"], "B's own words"
     assert envelope_style.status_code == 400 and "at most 1 images" in envelope_style.json()["message"]
     envelope_shape(envelope_style.json(), 400)
-    assert generation.status_code == 400 and generation.json()["error"]["code"] == "model_not_supported"
+    assert generation.status_code == 400 and "at most 1 images" in generation.json()["error"]["message"]
     audit_ledgers(config.data_dir / "imagegate.db")
 
 
@@ -257,7 +259,9 @@ async def test_a_relays_to_b_through_the_envelope_dialect(
     config = relay_config(tmp_path, channel)
     async with open_api(config) as api:
         r = await upload_edit(api, {"prompt": "invert the colors", "size": "1024x1536", "n": "2"})
-        generation = await api.client.post("/v1/images/generations", headers=api.auth, json={"prompt": "a cat"})
+        generation = await api.client.post(
+            "/v1/images/generations", headers=api.auth, json={"prompt": "a red circle", "n": 2}
+        )
     assert r.status_code == 200, r.text
     assert [decode(base64.b64decode(item["b64_json"])).size for item in r.json()["data"]] == [(1024, 1536)] * 2
     (report,) = task_result(config, r.json()["task_id"])["upstream"]
@@ -400,3 +404,17 @@ async def test_results_are_converted_to_the_requested_format_and_size_when_the_p
     images = [decode(base64.b64decode(item["b64_json"])) for item in r.json()["data"]]
     assert [(image.format, image.size) for image in images] == [("WEBP", (1536, 1024))] * 2
     assert r.json()["usage"] == {"total_tokens": 14}, "two provider calls (it ignores n), their usage summed"
+
+
+async def test_a_listed_size_off_the_16_grid_is_asked_of_the_provider_on_it_and_cropped(tmp_path: Path) -> None:
+    with faulty_provider(0.0, follow_size=True) as provider:
+        config = relay_config(tmp_path, {"name": "p", "base_url": provider.base_url})
+        async with open_api(config) as api:
+            r = await api.client.post(
+                "/v1/images/generations", headers=api.auth, json={"prompt": "x", "size": "1920x1080"}
+            )
+    assert r.status_code == 200, r.text
+    assert json.loads(provider.bodies[0])["size"] == "1920x1088", "providers get a size they accept"
+    assert decode(base64.b64decode(r.json()["data"][0]["b64_json"])).size == (1920, 1080)
+    assert r.json()["size"] == "1920x1080"
+    assert task_result(config, r.json()["task_id"])["resampled_from"] == "1920x1088"

@@ -7,6 +7,7 @@ import struct
 import zlib
 from typing import Any
 
+import orjson
 import pybase64
 import pytest
 from PIL import Image
@@ -254,11 +255,18 @@ async def test_auth_model_and_body_errors(api: Api) -> None:
     assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
 
 
-async def test_generation_on_the_classic_engine_says_what_can_generate(api: Api) -> None:
-    r = await api.client.post("/v1/images/generations", headers=api.auth, json={"prompt": "a cat"})
-    assert r.status_code == 400
-    error = r.json()["error"]
-    assert error["code"] == "model_not_supported" and "upstream" in error["message"]
+async def test_generation_works_out_of_the_box_on_the_classic_engine(api: Api) -> None:
+    r = await api.client.post(
+        "/v1/images/generations",
+        headers=api.auth,
+        json={"prompt": 'a poster saying "HELLO" on a blue background', "size": "1024x1536", "output_format": "webp"},
+    )
+    assert r.status_code == 200, r.text
+    assert r.headers["x-imagegate-engine"] == "classic"
+    image = b64_image(r)
+    assert (image.format, image.size) == ("WEBP", (1024, 1536))
+    revised = r.json()["data"][0]["revised_prompt"]
+    assert revised.startswith("classic engine") and "not a picture model" in revised and "HELLO" in revised
 
 
 async def test_models_lists_the_catalog_with_engines(api: Api) -> None:
@@ -297,3 +305,62 @@ async def test_nano_banana_ignores_everything_but_model_prompt_image(api: Api) -
     )
     assert r.status_code == 200, r.text
     assert len(r.json()["data"]) == 1 and "url" in r.json()["data"][0]
+
+
+def _events(text: str) -> list[dict[str, Any]]:
+    return [orjson.loads(line[5:]) for line in text.splitlines() if line.startswith("data:")]
+
+
+def _with_alpha() -> bytes:
+    img = Image.new("RGBA", (400, 300), (0, 0, 0, 0))
+    img.paste((200, 30, 30, 255), (100, 75, 300, 225))
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("image", "fields", "background"),
+    [
+        (PNG, {}, "opaque"),
+        (PNG, {"background": "transparent"}, "transparent"),
+        (_with_alpha(), {}, "transparent"),
+        (_with_alpha(), {"output_format": "jpeg"}, "opaque"),
+    ],
+)
+async def test_streamed_partials_report_the_background_the_completed_event_reports(
+    api: Api, image: bytes, fields: dict[str, str], background: str
+) -> None:
+    form = {"prompt": "sepia", "stream": "true", "partial_images": "2", "size": "1024x1024", **fields}
+    r = await edit(api, data=form, files=[("image", ("a.png", image, "image/png"))])
+    assert r.status_code == 200, r.text
+    events = _events(r.text)
+    assert [e["type"] for e in events] == ["image_edit.partial_image"] * 2 + ["image_edit.completed"]
+    assert [e["background"] for e in events] == [background] * 3
+    assert all(e["background"] != "auto" for e in events)
+
+
+async def test_dall_e_2_defaults_to_1024_square_and_gives_each_image_its_own_url(api: Api) -> None:
+    files = [("image", ("a.png", PNG, "image/png"))]
+    r = await edit(api, data={"model": "dall-e-2", "prompt": "x", "n": "2", "response_format": "url"}, files=files)
+    assert r.status_code == 200, r.text
+    assert r.json()["size"] == "1024x1024"
+    urls = [item["url"] for item in r.json()["data"]]
+    assert len(urls) == 2 and len(set(urls)) == 2
+    for url in urls:
+        got = await api.client.get(url)
+        assert got.status_code == 200 and decode(got.content).size == (1024, 1024)
+
+
+@pytest.mark.parametrize(
+    ("size", "price"), [("1792x1024", "6"), ("1024x1792", "6"), ("1920x1080", "9"), ("1536x1024", "6")]
+)
+async def test_seed_1k_sizes_cost_the_1k_price(api: Api, size: str, price: str) -> None:
+    r = await api.client.post(
+        "/v1/images/edits?dry_run=true",
+        headers=api.auth,
+        data={"prompt": "x", "size": size},
+        files=[("image", ("a.png", PNG, "image/png"))],
+    )
+    assert r.status_code == 200, r.text
+    assert (r.json()["price"], r.json()["size"]) == (price, size)

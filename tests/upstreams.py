@@ -40,6 +40,10 @@ class FaultyProvider:
     """What each request got: `ok` or the fault's name."""
     keys: list[str] = field(default_factory=list)
     """The bearer key of each request."""
+    bodies: list[bytes] = field(default_factory=list)
+    """The body of each request."""
+    follow_size: bool = False
+    """Answer JSON requests at the size they ask for (else always at the provider's own size)."""
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def count(self, what: str) -> int:
@@ -49,10 +53,10 @@ class FaultyProvider:
 
 @contextmanager
 def faulty_provider(
-    fault_rate: float, *, stall_s: float = 2.0, size: int = 256, seed: int = 7
+    fault_rate: float, *, stall_s: float = 2.0, size: int = 256, seed: int = 7, follow_size: bool = False
 ) -> Iterator[FaultyProvider]:
     """A provider whose answers fail at `fault_rate` (0–1), cycling through FAULTS."""
-    provider = FaultyProvider("", fault_rate, stall_s, png(size, size))
+    provider = FaultyProvider("", fault_rate, stall_s, png(size, size), follow_size=follow_size)
     rng = random.Random(seed)
     faults = itertools.cycle(FAULTS)
 
@@ -60,8 +64,9 @@ def faulty_provider(
         protocol_version = "HTTP/1.1"
 
         def do_POST(self) -> None:
-            self.rfile.read(int(self.headers.get("content-length", "0")))
+            body = self.rfile.read(int(self.headers.get("content-length", "0")))
             with provider.lock:
+                provider.bodies.append(body)
                 fault = next(faults) if rng.random() < provider.fault_rate else "ok"
                 provider.seen.append(fault)
                 provider.keys.append(self.headers.get("authorization", ""))
@@ -78,7 +83,11 @@ def faulty_provider(
                     {"retry-after": "0"} if fault == "429" else {},
                 )
                 return
-            b64 = base64.b64encode(provider.image).decode()
+            image = provider.image
+            if provider.follow_size and self.headers.get("content-type", "").startswith("application/json"):
+                width, height = (int(v) for v in json.loads(body).get("size", "256x256").split("x"))
+                image = png(width, height)
+            b64 = base64.b64encode(image).decode()
             self._json(200, {"created": int(time.time()), "data": [{"b64_json": b64}], "usage": {"total_tokens": 7}})
 
         def do_GET(self) -> None:

@@ -9,12 +9,12 @@ import anyio
 from PIL import Image, ImageChops
 
 from imagegate.config import Config, ImagingSettings
-from imagegate.core.request import Background, Size
+from imagegate.core.request import Background, OutputFormat, Size
 from imagegate.engines.base import ImageOut, Job
-from imagegate.engines.classic import compose
+from imagegate.engines.classic import compose, draw
 from imagegate.engines.classic.operations import GEOMETRIC, OPERATIONS, TextRenderer, remove_background
 from imagegate.engines.classic.vocabulary import Plan, describe, plan
-from imagegate.errors import BadRequest, ModelNotSupported
+from imagegate.errors import BadRequest
 from imagegate.imaging import SourceImage, encode, fit_cover
 
 PREVIEW_SCALES = {1: (8,), 2: (16, 4), 3: (16, 8, 4)}
@@ -23,16 +23,17 @@ PREVIEW_SCALES = {1: (8,), 2: (16, 4), 3: (16, 8, 4)}
 @dataclass
 class Rendered:
     image: Image.Image
-    notes: list[str]
-    plan: Plan
+    revised_prompt: str
+    """What was done, what was kept and what could not be done."""
 
 
 class ClassicEngine:
-    """Edits by a documented vocabulary of instructions; refuses generation (it has nothing to draw from)."""
+    """Edits by a documented vocabulary of instructions, and generates by drawing the colours, shapes and
+    quoted text a prompt names (engines/classic/draw.py); says what it did in `revised_prompt`."""
 
     name = "classic"
     images_per_call = 10
-    can_generate = False
+    can_generate = True
 
     def __init__(self, imaging: ImagingSettings, threads: int | None = None) -> None:
         self.imaging = imaging
@@ -48,12 +49,6 @@ class ClassicEngine:
 
     async def run(self, job: Job) -> list[ImageOut]:
         """Render once and return `n` copies (the engine is deterministic); previews go to `on_partial`."""
-        if not job.images:
-            raise ModelNotSupported(
-                "The classic engine edits images and cannot generate from a prompt alone; configure an "
-                "upstream (OpenAI-compatible) or local-model channel for generations, or send an image.",
-                param="model",
-            )
         data, previews, transparent, revised = await anyio.to_thread.run_sync(
             self._render_encoded, job, limiter=self._limiter
         )
@@ -76,10 +71,13 @@ class ClassicEngine:
                 small = img.resize((max(1, img.width // factor), max(1, img.height // factor)), Image.Resampling.BOX)
                 coarse = small.resize(img.size, Image.Resampling.NEAREST)
                 previews.append(encode(coarse, req.output_format, self.imaging, req.output_compression))
-        return data, previews, img.mode == "RGBA", describe(rendered.plan, rendered.notes)
+        transparent = img.mode == "RGBA" and req.output_format is not OutputFormat.JPEG
+        return data, previews, transparent, rendered.revised_prompt
 
     def render(self, job: Job) -> Rendered:
-        """The edited image at exactly `job.size`, with notes for `revised_prompt`."""
+        """The edited (or, without inputs, drawn) image at exactly `job.size`, and its `revised_prompt`."""
+        if not job.images:
+            return self._draw(job)
         the_plan = plan(job.request.prompt, len(job.images))
         notes: list[str] = []
         base = self._compose(job, the_plan, notes)
@@ -106,7 +104,14 @@ class ClassicEngine:
         if job.mask is not None:
             edited = self._apply_mask(fitted, edited, job.mask, job.size)
             notes.append("edits confined to the mask's transparent area")
-        return Rendered(self._background(edited, job.request.background, notes), notes, the_plan)
+        edited = self._background(edited, job.request.background, notes)
+        return Rendered(edited, describe(the_plan, notes))
+
+    def _draw(self, job: Job) -> Rendered:
+        drawing = draw.read(job.request.prompt)
+        transparent = job.request.background is Background.TRANSPARENT
+        image, notes = draw.render(drawing, job.size, self.text, transparent)
+        return Rendered(image, drawing.describe(notes))
 
     def _compose(self, job: Job, the_plan: Plan, notes: list[str]) -> Image.Image:
         images = job.images

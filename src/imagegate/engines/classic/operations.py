@@ -126,11 +126,14 @@ class TextRenderer:
         notdef = font.getmask("\uffff").getbbox()
         return "".join(sorted({ch for ch in text if not ch.isspace() and font.getmask(ch).getbbox() == notdef}))
 
+    def font(self, size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+        """The renderer's font at `size` pixels (Pillow's built-in scalable font without a font file)."""
+        return ImageFont.truetype(self.path, size) if self.path else ImageFont.load_default(size)
+
     def __call__(self, img: Image.Image, text: str) -> Image.Image:
         w, h = img.size
         size = max(12, min(h // 10, int(w * 1.6 / max(len(text), 1))))
-        font: ImageFont.FreeTypeFont | ImageFont.ImageFont
-        font = ImageFont.truetype(self.path, size) if self.path else ImageFont.load_default(size)
+        font = self.font(size)
         out = img.copy()
         draw = ImageDraw.Draw(out)
         left, top, right, bottom = draw.textbbox((0, 0), text, font=font)

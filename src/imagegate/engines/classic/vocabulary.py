@@ -71,7 +71,7 @@ VOCABULARY: list[tuple[str, re.Pattern[str]]] = [
     ),
 ]
 _KEEP = _rx(r"\b(keep|preserve|retain|maintain|unchanged|identical|intact|same)\b|保持|不变|保留|不要改")
-_QUOTES = re.compile(r"“([^”]{1,200})”|「([^」]{1,200})」|\"([^\"]{1,200})\"|(?<![A-Za-z])'([^']{1,200})'(?![A-Za-z])")
+QUOTES = re.compile(r"“([^”]{1,200})”|「([^」]{1,200})」|\"([^\"]{1,200})\"|(?<![A-Za-z])'([^']{1,200})'(?![A-Za-z])")
 _BLACK_AND_WHITE = _rx(r"black and white")
 _SENTENCES = re.compile(r"[.;!?。；！？\n]+")
 _CLAUSES = re.compile(r"[,:，：、]+|\s+(?:and then|then|and|but)\s+|然后|并且|同时|再")
@@ -104,8 +104,8 @@ def _is_noise(clause: str) -> bool:
 def plan(prompt: str, image_count: int) -> Plan:
     """Read `prompt` into a Plan for `image_count` inputs (composition order and mode included)."""
     result = Plan()
-    texts = [next(g for g in m.groups() if g) for m in _QUOTES.finditer(prompt)]
-    remainder = _BLACK_AND_WHITE.sub("black-and-white", _QUOTES.sub(" ", prompt))
+    texts = [next(g for g in m.groups() if g) for m in QUOTES.finditer(prompt)]
+    remainder = _BLACK_AND_WHITE.sub("black-and-white", QUOTES.sub(" ", prompt))
     seen: set[Op] = set()
     for sentence in (x.strip() for x in _SENTENCES.split(remainder)):
         if _is_noise(sentence):
