@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
+import subprocess
+import time
 from pathlib import Path
 
-from tests.conftest import run_cli
+import httpx
+import pytest
+
+from tests.conftest import LiveServer, free_port, run_cli
 
 
 def test_keys_and_credits_round_trip(tmp_path: Path) -> None:
@@ -36,9 +43,57 @@ def test_bad_config_fails_fast_naming_the_key(tmp_path: Path) -> None:
     assert done.returncode == 2 and "limits.max_image_bytes" in done.stderr
 
 
-def test_first_start_key_is_printed_once(live_server: object) -> None:
-    from tests.conftest import LiveServer
-
-    assert isinstance(live_server, LiveServer)
+def test_first_start_key_is_printed_once(live_server: LiveServer) -> None:
     log = (live_server.data_dir / "serve.log").read_text()
     assert log.count(live_server.key) == 1
+
+
+def test_a_key_made_without_credits_says_it_has_none(tmp_path: Path) -> None:
+    env = {**os.environ, "IMAGEGATE_DATA_DIR": str(tmp_path / "d")}
+    empty = run_cli("keys", "create", "--name", "empty", env=env)
+    assert empty.returncode == 0 and empty.stdout.strip().splitlines()[-1].startswith("ig-")
+    key_id = empty.stdout.split()[2]
+    assert f"note: key {key_id} has 0 credits" in empty.stderr
+    assert f"imagegate credits grant {key_id} 100" in empty.stderr
+    funded = run_cli("keys", "create", "--credits", "5", env=env)
+    assert funded.returncode == 0 and "0 credits" not in funded.stderr
+
+
+def test_first_start_prints_the_webhook_secret_and_how_to_make_an_admin_key(live_server: LiveServer) -> None:
+    lines = (live_server.data_dir / "serve.log").read_text().splitlines()
+    at = lines.index(live_server.key)
+    assert "shown only once" in lines[at - 1]
+    assert lines[at + 1].startswith("Its webhook signing secret (for callbacks): whsec_")
+    assert "imagegate keys create --admin" in lines[at + 2]
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(not (REPO / ".venv" / ".installed").exists(), reason="make serve runs from the .venv make builds")
+def test_make_serve_takes_host_and_port(tmp_path: Path) -> None:
+    port = free_port()
+    env = {**os.environ, "IMAGEGATE_DATA_DIR": str(tmp_path / "d")}
+    proc = subprocess.Popen(
+        ["make", "--no-print-directory", "serve", f"PORT={port}", "HOST=127.0.0.1"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    break
+            time.sleep(0.2)
+        else:
+            raise AssertionError("make serve PORT=... did not answer on that port")
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        output, _ = proc.communicate(timeout=20)
+    assert f"--port {port}" in output and "shown only once" in output

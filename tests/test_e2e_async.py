@@ -21,6 +21,7 @@ from typing import IO
 
 import httpx
 import pytest
+import standardwebhooks
 from PIL import Image
 
 from imagegate.webhooks import verify
@@ -35,6 +36,7 @@ from tests.conftest import (
     start_serve,
 )
 from tests.receivers import Receiver, webhook_receiver
+from tests.shapes import assert_like
 
 pytestmark = pytest.mark.e2e
 SEEDS = Path(__file__).with_name("seeds")
@@ -121,6 +123,10 @@ def test_seed002_flow_to_success(live_server: LiveServer, file_server: FileServe
     assert Image.open(io.BytesIO(httpx.get(url).content)).size == (1024, 1024)
 
 
+def seed_example(name: str) -> object:
+    return json.loads((SEEDS / "responses" / name).read_text(encoding="utf-8"))
+
+
 def test_seed003_callback_is_signed_and_verifies(live_server: LiveServer, tmp_path: Path) -> None:
     created = new_key(live_server)
     (tmp_path / "test.png").write_bytes(make_image(700, 500))
@@ -128,10 +134,16 @@ def test_seed003_callback_is_signed_and_verifies(live_server: LiveServer, tmp_pa
         script = seed("seed003_callback.sh", live_server.base, created["key"], hook=receiver.url)
         answer = json.loads(run(["bash", "-c", script], tmp_path))
         assert set(answer) == {"task_id"}
+        assert_like(answer, seed_example("seed003_callback_ack.json"))
         (delivery,) = receiver.wait_for(1, timeout=30)
     body = verify(created["webhook_secret"], delivery.headers, delivery.body)
     assert body["success"] is True and body["task_id"] == answer["task_id"]
     assert body["data"]["data"][0]["b64_json"]
+    assert_like(body, seed_example("seed003_callback_success.json"))
+    # The Standard Webhooks reference verifier, which knows nothing of imagegate, accepts it too.
+    assert standardwebhooks.Webhook(created["webhook_secret"]).verify(delivery.body, delivery.headers) == body
+    with pytest.raises(standardwebhooks.webhooks.WebhookVerificationError):
+        standardwebhooks.Webhook(new_key(live_server)["webhook_secret"]).verify(delivery.body, delivery.headers)
 
     rotated = run_cli("keys", "rotate-secret", created["id"], env=live_server.env)
     assert rotated.returncode == 0

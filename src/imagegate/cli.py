@@ -115,7 +115,12 @@ def serve(
     created = _with_session(config, first_key)
     if created is not None:
         print(f"No API key existed, so one was created with {created.credits} credits. It is shown only once:")
-        print(created.raw, flush=True)
+        print(created.raw)
+        print(f"Its webhook signing secret (for callbacks): {created.webhook_secret}")
+        print(
+            "It is not an admin key. For the admin API, make one with: imagegate keys create --admin --name admin",
+            flush=True,
+        )
     uvicorn.run(create_app(config), host=host, port=port, log_level="info", access_log=False)
 
 
@@ -201,6 +206,12 @@ def keys_create(
         return new, accounts.key_view(row, config.accounts)
 
     new, view = _with_session(config, create)
+    if not amount:
+        err.print(
+            f"note: key {new.id} has 0 credits, so its image requests will be refused (402) until you "
+            f"grant some: imagegate credits grant {new.id} 100 (or create it with --credits)",
+            soft_wrap=True,
+        )
     if as_json:
         _print_json({"id": new.id, "key": new.raw, "webhook_secret": new.webhook_secret, **view})
     else:
