@@ -144,14 +144,13 @@ async def outcome_of(task: Task, blobs: BlobStore) -> Outcome:
         data = None if delivery is Delivery.URL else await blobs.get(name)
         prompt = prompts[index] if index < len(prompts) else ""
         images.append(Delivered(name.rsplit(".", 1)[0], data, prompt))
-    width, height = (int(v) for v in result["size"].split("x"))
     native = result.get("resampled_from")
     return Outcome(
         task_id=task.id,
         engine=task.engine or "",
         created=int(result.get("created", (task.finished_at or 0) // 1000)),
         images=images,
-        size=Size(width, height),
+        size=parse_wxh(result["size"]),
         quality=Quality(result["quality"]),
         output_format=fmt,
         background=Background(result["background"]),
