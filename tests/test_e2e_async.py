@@ -127,11 +127,13 @@ def seed_example(name: str) -> object:
     return json.loads((SEEDS / "responses" / name).read_text(encoding="utf-8"))
 
 
-def test_seed003_callback_is_signed_and_verifies(live_server: LiveServer, tmp_path: Path) -> None:
+@pytest.mark.parametrize("prefix", ["/v1/v1", "/v1/openai"])
+def test_seed003_callback_is_signed_and_verifies(live_server: LiveServer, tmp_path: Path, prefix: str) -> None:
     created = new_key(live_server)
     (tmp_path / "test.png").write_bytes(make_image(700, 500))
     with webhook_receiver() as receiver:
         script = seed("seed003_callback.sh", live_server.base, created["key"], hook=receiver.url)
+        script = script.replace("/v1/v1/", f"{prefix}/")
         answer = json.loads(run(["bash", "-c", script], tmp_path))
         assert set(answer) == {"task_id"}
         assert_like(answer, seed_example("seed003_callback_ack.json"))
