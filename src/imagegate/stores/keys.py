@@ -70,8 +70,8 @@ async def create_key(
 
     `settings` are EDITABLE fields (limits, allowed models, expiry); a starting balance is a ledger grant.
     """
-    if credits < 0:
-        raise BadRequest("A key cannot start with a negative balance.", param="credits")
+    if credits:
+        ledger.check_amount(credits, "credits")
     raw = KEY_PREFIX + secrets.token_urlsafe(32)
     key_id = "key_" + secrets.token_hex(8)
     secret = new_secret()
@@ -89,7 +89,7 @@ async def create_key(
     session.add(row)
     await session.flush()
     if credits:
-        await ledger.grant(session, key_id, credits, note="starting balance")
+        await ledger.grant(session, key_id, credits, note="starting balance", param="credits")
     return NewKey(key_id, raw, name, credits, admin, secret)
 
 

@@ -23,6 +23,9 @@ from imagegate.errors import BadRequest, Conflict, InsufficientCredits, NotFound
 from imagegate.stores.db import ApiKey, Credits, LedgerEntry, Task
 
 ACTIVE_STATES = ("waiting", "running")
+MAX_CREDITS = Decimal(10) ** 12
+"""The most credits one balance or one movement may hold: 10^12 credits are 10^18 millionths, which the
+signed 64-bit integers they are stored as (up to 2^63 - 1, about 9.2 × 10^18) hold exactly."""
 
 
 class Kind(StrEnum):
@@ -41,11 +44,18 @@ def _available() -> ColumnElement[Decimal]:
     return ApiKey.credits - ApiKey.held
 
 
-def _check_amount(amount: Decimal) -> None:
+def check_amount(amount: Decimal, param: str = "amount") -> None:
+    """BadRequest naming `param` unless `amount` is a positive number of credits that storage holds
+    exactly: finite, at most MAX_CREDITS, at most 6 decimal places."""
     if not amount.is_finite() or amount <= 0:
-        raise BadRequest(f"Invalid 'amount': {amount}; it must be a positive number of credits.", param="amount")
+        raise BadRequest(f"Invalid '{param}': {amount}; it must be a positive number of credits.", param=param)
+    if amount > MAX_CREDITS:
+        raise BadRequest(
+            f"Invalid '{param}': {amount:.6g} is more than the {credits_text(MAX_CREDITS)} credits a balance may hold.",
+            param=param,
+        )
     if amount.as_tuple().exponent < -6:  # type: ignore[operator]
-        raise BadRequest(f"Invalid 'amount': {amount}; credits have at most 6 decimal places.", param="amount")
+        raise BadRequest(f"Invalid '{param}': {amount}; credits have at most 6 decimal places.", param=param)
 
 
 async def key(session: AsyncSession, key_id: str) -> ApiKey:
@@ -113,21 +123,31 @@ async def close_task(session: AsyncSession, task: Task) -> None:
         session.add(LedgerEntry(key_id=task.key_id, task_id=task.id, kind=Kind.RELEASE, amount=0, held=-release))
 
 
-async def grant(session: AsyncSession, key_id: str, amount: Decimal, note: str = "") -> ApiKey:
-    """Add `amount` (> 0) to the key's balance; returns the key as it now stands."""
-    _check_amount(amount)
+async def grant(
+    session: AsyncSession, key_id: str, amount: Decimal, note: str = "", *, param: str = "amount"
+) -> ApiKey:
+    """Add `amount` (> 0) to the key's balance; returns the key as it now stands. BadRequest naming
+    `param` for an amount storage cannot hold, or one that would take the balance past MAX_CREDITS."""
+    check_amount(amount, param)
     changed = await session.execute(
-        update(ApiKey).where(ApiKey.id == key_id).values(credits=ApiKey.credits + _credits(amount))
+        update(ApiKey)
+        .where(ApiKey.id == key_id, ApiKey.credits <= _credits(MAX_CREDITS - amount))
+        .values(credits=ApiKey.credits + _credits(amount))
     )
     if changed.rowcount != 1:  # type: ignore[attr-defined]
-        raise NotFound(f"No key with id '{key_id}'.", param="key_id")
+        row = await key(session, key_id)
+        raise BadRequest(
+            f"Invalid '{param}': the key's balance of {credits_text(row.credits)} credits plus "
+            f"{credits_text(amount)} would pass the {credits_text(MAX_CREDITS)} a balance may hold.",
+            param=param,
+        )
     session.add(LedgerEntry(key_id=key_id, kind=Kind.GRANT, amount=amount, held=0, note=note))
     return await key(session, key_id)
 
 
 async def deduct(session: AsyncSession, key_id: str, amount: Decimal, note: str = "") -> ApiKey:
     """Take `amount` (> 0) from the key's available balance; InsufficientCredits when it has less."""
-    _check_amount(amount)
+    check_amount(amount)
     changed = await session.execute(
         update(ApiKey)
         .where(ApiKey.id == key_id, _available() >= _credits(amount))
