@@ -16,17 +16,20 @@ async def test_a_callback_posted_to_another_node_reaches_the_waiting_request(dat
     slot = waiting.expect()
     token = slot.url.rsplit("/", 1)[1]
     assert slot.url.startswith("http://node-a/relay/callbacks/")
-    assert await other.deliver(token, {"success": True, "task_id": "t1"})
-    assert not await other.deliver(token, {"success": True, "task_id": "t1"}), "one callback per slot"
+    name = other.accepts(token)
+    assert name == slot.name
+    assert await other.deliver(name, {"success": True, "task_id": "t1"})
+    assert not await other.deliver(name, {"success": True, "task_id": "t1"}), "one callback per slot"
     with anyio.fail_after(5):
         assert await slot.wait() == {"success": True, "task_id": "t1"}
     assert await waiting.take(slot.name) is None, "taken once"
-    assert not await other.deliver(token.replace("~", "x", 1), {}), "a forged token is refused"
+    assert other.accepts(token.replace("~", "x", 1)) is None, "a forged token is refused"
+    assert other.accepts(token[:-1] + ("0" if token[-1] != "0" else "1")) is None, "so is a tampered one"
 
 
 async def test_a_callback_to_the_waiting_node_fills_its_slot_at_once(database: Database) -> None:
     inbox = CallbackInbox(UrlSigner(b"k" * 32), "http://node-a", database, poll_s=60)
     slot = inbox.expect()
-    assert await inbox.deliver(slot.url.rsplit("/", 1)[1], {"success": False})
+    assert await inbox.deliver(inbox.accepts(slot.url.rsplit("/", 1)[1]) or "", {"success": False})
     with anyio.fail_after(1):
         assert await slot.wait() == {"success": False}

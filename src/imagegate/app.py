@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import logging
 import re
-import secrets
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import IO, Any
+from typing import IO
 
 import anyio
 from fastapi import FastAPI, Request
@@ -16,83 +14,28 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from sqlalchemy import text
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from imagegate import __version__
 from imagegate.api import account, admin
+from imagegate.asgi import Scope
 from imagegate.config import Config
 from imagegate.dialects.envelope import inbound as envelope
 from imagegate.dialects.fields import json_object
 from imagegate.dialects.jobs import inbound as jobs
 from imagegate.dialects.openai import inbound as openai
 from imagegate.dialects.openai import seed003
+from imagegate.edge import CLIENT_GONE, EdgeMiddleware
 from imagegate.engines.base import Engine
 from imagegate.errors import BadRequest, ImagegateError, NotFound, PayloadTooLarge
 from imagegate.idempotency import IdempotencyMiddleware
-from imagegate.metrics import UNMATCHED_ROUTE, Metrics
+from imagegate.metrics import Metrics
 from imagegate.responses import json_response
 from imagegate.runtime import Runtime, open_runtime, runtime_of
 
 log = logging.getLogger("imagegate")
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 _FILE_NAME = re.compile(r"^([A-Za-z0-9_-]{16,64})\.(png|jpeg|webp)$")
 _STATUS_ERRORS: dict[int, type[ImagegateError]] = {404: NotFound, 413: PayloadTooLarge}
-
-
-class EdgeMiddleware:
-    """Adds `x-request-id`, a default `x-imagegate-engine` and any `request.state.response_headers`
-    (rate-limit headers) to every response, bounds bodies, and counts every request in `metrics`
-    by its route template and status."""
-
-    def __init__(self, app: ASGIApp, max_body_bytes: int, metrics: Metrics) -> None:
-        self.app = app
-        self.max_body_bytes = max_body_bytes
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        request_id = "req_" + secrets.token_hex(12)
-        scope.setdefault("state", {})["request_id"] = request_id
-        received = 0
-        status = 500
-        started = time.perf_counter()
-
-        async def bounded_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_body_bytes:
-                    raise PayloadTooLarge(f"The request body exceeds {self.max_body_bytes:,} bytes.")
-            return message
-
-        async def tagged_send(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                headers = list(message.get("headers", []))
-                names = {name.lower() for name, _ in headers}
-                headers.append((b"x-request-id", request_id.encode()))
-                for name, value in scope["state"].get("response_headers", {}).items():
-                    if name.encode() not in names:
-                        headers.append((name.encode(), value.encode()))
-                if b"x-imagegate-engine" not in names:
-                    headers.append((b"x-imagegate-engine", b"none"))
-                message["headers"] = headers
-            await send(message)
-
-        try:
-            await self.app(scope, bounded_receive, tagged_send)
-        finally:
-            route = scope.get("route")
-            template = getattr(route, "path", None) or UNMATCHED_ROUTE
-            self.metrics.http_requests.labels(scope["method"], template, str(status)).inc()
-            self.metrics.http_seconds.labels(template).observe(time.perf_counter() - started)
 
 
 def _error_response(exc: ImagegateError, scope: Scope) -> Response:
@@ -125,6 +68,12 @@ async def _on_http_error(request: Request, exc: Exception) -> Response:
 
 async def _on_validation_error(request: Request, exc: Exception) -> Response:
     return _error_response(BadRequest(f"Invalid request: {exc}"), request.scope)
+
+
+async def _on_disconnect(request: Request, exc: Exception) -> Response:
+    """A client that went away mid-request: one INFO line, counted as 499, nothing sent to anybody."""
+    log.info("%s %s: the client went away before the answer", request.method, request.url.path)
+    return Response(status_code=CLIENT_GONE)
 
 
 async def _on_unexpected(request: Request, exc: Exception) -> Response:
@@ -162,6 +111,19 @@ async def _chunks(fp: IO[bytes]) -> AsyncIterator[bytes]:
         fp.close()
 
 
+async def read_at_most(request: Request, limit: int) -> bytes:
+    """The request's body, or PayloadTooLarge (413) as soon as it passes `limit` bytes."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"The request body of {int(declared):,} bytes exceeds {limit:,} bytes.")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise PayloadTooLarge(f"The request body exceeds {limit:,} bytes.")
+    return bytes(body)
+
+
 def register_callbacks(runtime: Runtime) -> None:
     """Teach the task records each dialect's callback body (wherever tasks finish: API or worker)."""
     runtime.tasks.records.renderers["openai"] = openai.callback_renderer(runtime.catalog, runtime.links)
@@ -185,6 +147,7 @@ def create_app(config: Config, engines: dict[str, Engine] | None = None) -> Fast
     app.add_exception_handler(ImagegateError, _on_domain_error)
     app.add_exception_handler(HTTPException, _on_http_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
+    app.add_exception_handler(ClientDisconnect, _on_disconnect)
     app.add_exception_handler(Exception, _on_unexpected)
     app.include_router(openai.router())
     app.include_router(envelope.router())
@@ -223,12 +186,23 @@ def create_app(config: Config, engines: dict[str, Engine] | None = None) -> Fast
 
     @app.post("/relay/callbacks/{token}")
     async def relay_callback(token: str, request: Request) -> Response:
-        """A provider's callback for a request this process relayed (seed 003's async mode)."""
-        body = json_object(await request.body())
-        if not await runtime_of(request).inbox.deliver(token, body):
+        """A provider's callback for a request this process relayed (seed 003's async mode). Its token
+        is checked before a byte of the body is read, and the body has a small limit of its own."""
+        rt = runtime_of(request)
+        name = rt.inbox.accepts(token) if any(channel.callback for channel in config.channels) else None
+        if name is None:
+            raise NotFound("No request waits on this callback.")
+        body = json_object(await read_at_most(request, config.limits.max_callback_bytes))
+        if not await rt.inbox.deliver(name, body):
             raise NotFound("No request waits on this callback.")
         return json_response({"received": True})
 
-    app.add_middleware(IdempotencyMiddleware, render_error=_error_response, max_body_bytes=config.limits.max_body_bytes)
-    app.add_middleware(EdgeMiddleware, max_body_bytes=config.limits.max_body_bytes, metrics=metrics)
+    app.add_middleware(IdempotencyMiddleware, render_error=_error_response)
+    app.add_middleware(
+        EdgeMiddleware,
+        limits=config.limits,
+        trusted_hosts=config.trusted_hosts,
+        metrics=metrics,
+        render_error=_error_response,
+    )
     return app

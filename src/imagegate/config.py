@@ -22,19 +22,54 @@ from pydantic_settings import (
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+FORM_OVERHEAD = 1024 * 1024
+"""Room for a request's text fields, multipart headers and JSON syntax beside its images."""
+
+
+def base64_size(raw: int) -> int:
+    """The length of `raw` bytes written in base64."""
+    return (raw + 2) // 3 * 4
+
+
 class Limits(BaseModel):
     """Bounds on what a request may make the server hold or do."""
 
     model_config = {"extra": "forbid"}
 
-    max_body_bytes: int = 1024 * 1024 * 1024
-    max_image_bytes: int = 50 * 1024 * 1024
-    max_image_pixels: int = 50_000_000
-    max_images: int = 16
-    max_form_fields: int = 200
+    max_image_bytes: int = Field(default=50 * 1024 * 1024, gt=0)
+    max_image_pixels: int = Field(default=50_000_000, gt=0)
+    max_images: int = Field(default=16, ge=1)
+    max_body_bytes: int | None = Field(default=None, gt=0)
+    """The most a request body may carry (413 past it); by default `max_images` uploads of
+    `max_image_bytes` and FORM_OVERHEAD. Multipart bodies are spooled to disk, never held whole."""
+    max_json_bytes: int | None = Field(default=None, gt=0)
+    """The most a JSON body may carry (JSON is parsed in memory): by default one data URL of
+    `max_image_bytes` and FORM_OVERHEAD; send larger or many inputs as multipart uploads or URLs."""
+    max_callback_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
+    """The most a provider's callback (relayed requests in callback mode) may carry."""
+    max_form_fields: int = Field(default=200, gt=0)
     fetch_timeout_s: float = 20.0
     fetch_connect_timeout_s: float = 5.0
     fetch_max_redirects: int = 5
+    header_timeout_s: float = Field(default=15.0, gt=0)
+    """A connection that has not sent a request's complete headers this long after it began is closed."""
+    body_idle_timeout_s: float = Field(default=30.0, gt=0)
+    """A request body that stalls this long without a byte is refused with 408."""
+    body_min_bytes_per_s: int = Field(default=1024, ge=0)
+    """After `body_idle_timeout_s`, a body must have averaged at least this rate (408 otherwise); a
+    50 MB upload at 1 KB/s would take 14 hours, a slow 1 Mbit/s link takes 7 minutes."""
+    max_connections_per_client: int = Field(default=128, ge=0)
+    """Open connections one client address may hold (0: unlimited); more are closed at once."""
+
+    @property
+    def body_bytes(self) -> int:
+        """The effective `max_body_bytes`."""
+        return self.max_body_bytes or self.max_images * self.max_image_bytes + FORM_OVERHEAD
+
+    @property
+    def json_bytes(self) -> int:
+        """The effective `max_json_bytes` (never above `body_bytes`)."""
+        return min(self.max_json_bytes or base64_size(self.max_image_bytes) + FORM_OVERHEAD, self.body_bytes)
 
 
 class ImagingSettings(BaseModel):
@@ -156,6 +191,9 @@ class Config(BaseSettings):
     data_dir: Path = Path("imagegate-data")
     database_url: str | None = None
     public_url: str | None = None
+    trusted_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Host names (`name`, `name:port`, `*.domain`) this server answers to; when set, other `Host`
+    headers are refused with 400, and without `public_url` result URLs use the request's trusted Host."""
     fetch_allow: Annotated[list[IpNetwork], NoDecode] = Field(default_factory=list)
     limits: Limits = Field(default_factory=Limits)
     imaging: ImagingSettings = Field(default_factory=ImagingSettings)
@@ -183,7 +221,7 @@ class Config(BaseSettings):
     )
     """Seconds to wait before each retry of a failed webhook delivery; after the last, it is given up."""
 
-    @field_validator("fetch_allow", "webhook_retry_delays", mode="before")
+    @field_validator("fetch_allow", "webhook_retry_delays", "trusted_hosts", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):

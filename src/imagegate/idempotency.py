@@ -1,6 +1,7 @@
 """`Idempotency-Key` on every POST (SPEC §6), as ASGI middleware in front of every dialect.
 
-A POST with the header is fingerprinted (method, path, query and body; a multipart body without
+A POST with the header is authenticated first (an unknown, revoked or expired key gets its 401 before
+a byte of the body is read, and never a replay), then fingerprinted (method, path, query and body; a multipart body without
 its random boundary, so a client library's retry matches) while its body is spooled. The first
 request runs and its 2xx answer is stored; a repeat with the same fingerprint within 24 hours gets
 that answer again (header `idempotent-replayed: true`) without running or charging; the same key
@@ -13,28 +14,22 @@ from __future__ import annotations
 import hashlib
 import re
 import tempfile
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import IO, Any
+from typing import IO
 
 import anyio
-from starlette.responses import Response
+from starlette.requests import ClientDisconnect, Request
 
+from imagegate.asgi import ASGIApp, Message, Receive, Scope, Send, header
+from imagegate.edge import ErrorRenderer
 from imagegate.errors import (
     BadRequest,
     IdempotencyInProgress,
     IdempotencyKeyReused,
     ImagegateError,
     PayloadTooLarge,
+    RequestTimeout,
 )
 from imagegate.stores.idempotency import IdempotencyStore, Stored, Verdict
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-ErrorRenderer = Callable[[ImagegateError, Scope], Response]
-"""`exc` in the error shape of the dialect that owns the request in `scope`."""
 
 MAX_KEY_CHARS = 255
 MAX_STORED_BYTES = 64 * 1024 * 1024
@@ -68,26 +63,23 @@ class _Fingerprint:
         return self._hash.hexdigest()
 
 
-def _header(scope: Scope, name: bytes) -> bytes | None:
-    for key, value in scope.get("headers", []):
-        if key.lower() == name:
-            return bytes(value)
-    return None
-
-
 class IdempotencyMiddleware:
     """Replays stored answers for repeated POSTs with the same `Idempotency-Key`."""
 
-    def __init__(self, app: ASGIApp, render_error: ErrorRenderer, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, render_error: ErrorRenderer) -> None:
         self.app = app
         self.render_error = render_error
-        self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        raw_key = _header(scope, b"idempotency-key") if scope["type"] == "http" else None
-        token = (_header(scope, b"authorization") or b"").partition(b" ")[2].strip()
-        if raw_key is None or scope["method"] != "POST" or not token:
+        raw_key = header(scope, b"idempotency-key") if scope["type"] == "http" else None
+        if raw_key is None or scope["method"] != "POST" or not header(scope, b"authorization"):
             await self.app(scope, receive, send)
+            return
+        try:
+            # Nothing is read or replayed for a key that is unknown, revoked or expired.
+            owner = (await scope["app"].state.runtime.authenticate(Request(scope))).id
+        except ImagegateError as exc:
+            await self.render_error(exc, scope)(scope, receive, send)
             return
         key = raw_key.decode("latin-1").strip()
         if not key or len(key) > MAX_KEY_CHARS:
@@ -96,16 +88,15 @@ class IdempotencyMiddleware:
             )
             await self.render_error(invalid, scope)(scope, receive, send)
             return
-        boundary = _BOUNDARY.search(_header(scope, b"content-type") or b"")
+        boundary = _BOUNDARY.search(header(scope, b"content-type") or b"")
         fingerprint = _Fingerprint(scope, boundary.group(1) if boundary else None)
         with tempfile.SpooledTemporaryFile(max_size=_CHUNK) as spool:
             try:
                 size = await self._spool(receive, spool, fingerprint)
-            except PayloadTooLarge as exc:
+            except (PayloadTooLarge, RequestTimeout) as exc:
                 await self.render_error(exc, scope)(scope, receive, send)
                 return
             store = IdempotencyStore(scope["app"].state.runtime.db)
-            owner = hashlib.sha256(token).hexdigest()
             verdict, stored = await store.begin(owner, key, fingerprint.hexdigest())
             if verdict is Verdict.REPLAY and stored is not None:
                 await self._replay(stored, send)
@@ -123,17 +114,17 @@ class IdempotencyMiddleware:
             else:
                 await self._run_and_store(scope, spool, size, send, store, owner, key)
 
-    async def _spool(self, receive: Receive, spool: IO[bytes], fingerprint: _Fingerprint) -> int:
-        """Copy the request body into `spool` (rewound after) while fingerprinting it; its size."""
+    @staticmethod
+    async def _spool(receive: Receive, spool: IO[bytes], fingerprint: _Fingerprint) -> int:
+        """Copy the request body into `spool` (rewound after) while fingerprinting it; its size.
+        (The edge middleware bounds the body's size and time.)"""
         total = 0
         while True:
             message = await receive()
-            if message["type"] != "http.request":
-                break
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnect()
             chunk = message.get("body", b"")
             total += len(chunk)
-            if total > self.max_body_bytes:
-                raise PayloadTooLarge(f"The request body exceeds {self.max_body_bytes:,} bytes.")
             fingerprint.update(chunk)
             spool.write(chunk)
             if not message.get("more_body", False):

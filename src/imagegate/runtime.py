@@ -14,7 +14,9 @@ from imagegate.engines import registry
 from imagegate.engines.base import Engine
 from imagegate.errors import PermissionDenied, RateLimited
 from imagegate.metrics import Metrics
+from imagegate.net import hosts
 from imagegate.net.fetch import FetchPolicy, SafeFetcher
+from imagegate.owner_only import private_dir
 from imagegate.service.callbacks_in import CallbackInbox
 from imagegate.service.channels import open_channels, relay_hosts, routes
 from imagegate.service.leases import Leases
@@ -53,8 +55,9 @@ class Runtime:
     links: ResultLinks
 
     def public_base(self, request: Request) -> str:
-        """Base of result URLs: IMAGEGATE_PUBLIC_URL, or the URL the client used to reach us."""
-        return (self.config.public_url or str(request.base_url)).rstrip("/")
+        """Base of result URLs: IMAGEGATE_PUBLIC_URL, else the request's Host if it is one of
+        `trusted_hosts`, else the address the request came in on (never an untrusted Host header)."""
+        return hosts.public_base(request.scope, self.config.public_url, self.config.trusted_hosts)
 
     async def authenticate(self, request: Request) -> ApiKey:
         """The key named by `Authorization: Bearer ...`; raises AuthenticationFailed."""
@@ -117,7 +120,7 @@ async def open_runtime(
     Models are served by the configured channels; with none, by `engines` (embedding and tests: its
     first engine serves every model) or else the built-in `classic` engine.
     """
-    config.data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(config.data_dir)
     url = config.resolved_database_url
     await anyio.to_thread.run_sync(migrate, url)
     db = Database(url)

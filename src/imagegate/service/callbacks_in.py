@@ -69,12 +69,14 @@ class CallbackInbox:
         if isinstance(slot, Slot):
             self._slots.pop(slot.name, None)
 
-    async def deliver(self, token: str, body: Any) -> bool:
-        """Fill the slot `token` names, here or (for another node) through the database; False when the
-        token is invalid or expired, or the callback already came."""
+    def accepts(self, token: str) -> str | None:
+        """The slot name a valid, unexpired callback token names, or None (checked before any body is read)."""
         name = self.signer.verify(token, int(time.time()))
-        if name is None or not name.startswith(PREFIX):
-            return False
+        return name if name is not None and name.startswith(PREFIX) else None
+
+    async def deliver(self, name: str, body: Any) -> bool:
+        """Fill the slot `name` (from `accepts`), here or (for another node) through the database; False
+        when the callback already came."""
         slot = self._slots.get(name)
         if slot is not None:
             if slot.arrived.is_set():

@@ -1,6 +1,6 @@
 """Stored first answers to POSTs that carry an `Idempotency-Key` (SPEC §6).
 
-A key is scoped to the API key that sent it (by the hash of the bearer token) and lives 24 hours.
+A key is scoped to the API key that sent it (by the key's id) and lives 24 hours.
 `begin` reserves it atomically (the primary key makes two concurrent first requests impossible);
 `complete` stores the answer to replay; `abandon` frees the key when there is nothing to replay.
 """

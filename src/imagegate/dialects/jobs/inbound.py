@@ -31,7 +31,7 @@ MAX_PROMPT_CHARS = 20_000
 IMAGE_FIELDS = ("image_urls", "input_urls", "image_input")
 EDIT_MODEL = "gpt-image-2-image-to-image"
 _STATUSES = {400, 401, 402, 404, 409, 422, 429, 500}
-_MALFORMED = {"missing_required_parameter", "invalid_json"}
+_MALFORMED = {"missing_required_parameter", "invalid_json", "untrusted_host"}
 
 
 def status_of(exc: ImagegateError) -> int:
