@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from imagegate.config import Config, ConfigError, load_config
 from imagegate.core.catalog import Catalog
 from imagegate.errors import ImagegateError
+from imagegate.owner_only import private_dir
 from imagegate.service import accounts
 from imagegate.stores import keys, ledger
 from imagegate.stores.db import ApiKey, Database
@@ -69,7 +70,7 @@ def _with_session(config: Config, work: Callable[[AsyncSession], Awaitable[T]]) 
     """Run `work` in one committed transaction on the configured database."""
 
     async def main() -> T:
-        config.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(config.data_dir)
         migrate_database(config.resolved_database_url)
         db = Database(config.resolved_database_url)
         try:
@@ -100,8 +101,7 @@ def serve(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
 ) -> None:
     """Run the API server (offline, classic engine, SQLite in the data dir, unless configured otherwise)."""
-    import uvicorn
-
+    from imagegate import server
     from imagegate.app import create_app
 
     config = _config(data_dir, config_file)
@@ -121,7 +121,7 @@ def serve(
             "It is not an admin key. For the admin API, make one with: imagegate keys create --admin --name admin",
             flush=True,
         )
-    uvicorn.run(create_app(config), host=host, port=port, log_level="info", access_log=False)
+    server.run(create_app(config), host=host, port=port, limits=config.limits)
 
 
 Rpm = Annotated[int | None, typer.Option("--rpm", min=0, help="Requests per minute (0 unlimited).")]
@@ -175,7 +175,7 @@ def worker(
 def migrate(data_dir: DataDir = None, config_file: ConfigFile = None) -> None:
     """Bring the database (SQLite in the data dir, or IMAGEGATE_DATABASE_URL) to the newest schema."""
     config = _config(data_dir, config_file)
-    config.data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(config.data_dir)
     migrate_database(config.resolved_database_url)
     print(f"migrated {config.resolved_database_url.split('@')[-1]}")
 

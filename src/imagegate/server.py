@@ -1,0 +1,116 @@
+"""The HTTP server: uvicorn, with the connection guards it lacks (SPEC §8).
+
+uvicorn bounds neither how long a client may take to send a request's headers nor how many
+connections one address may hold. `GuardedH11Protocol` closes a connection whose request headers are
+not complete `header_timeout_s` after its first byte (or after it opened), and refuses a client
+address past `max_connections_per_client` open connections. The body's pace is bounded later, by
+the edge middleware.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+from collections import Counter
+from typing import Any
+
+import h11
+import uvicorn
+from uvicorn.config import LOGGING_CONFIG
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from imagegate.config import Limits
+
+log = logging.getLogger("imagegate.server")
+_REFUSAL = b'{"error": {"message": "Too many connections from this address.", "code": "too_many_connections"}}'
+_TOO_MANY = (
+    b"HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\nconnection: close\r\n"
+    + f"content-length: {len(_REFUSAL)}\r\n\r\n".encode()
+    + _REFUSAL
+)
+
+
+def guarded_protocol(limits: Limits) -> type[H11Protocol]:
+    """An H11Protocol class enforcing `limits.header_timeout_s` and `limits.max_connections_per_client`
+    (its own count of open connections by client address)."""
+    open_by_address: Counter[str] = Counter()
+
+    class GuardedH11Protocol(H11Protocol):
+        _address = ""
+        _header_timer: asyncio.TimerHandle | None = None
+        _counted = False
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._address = self.client[0] if self.client else ""
+            most = limits.max_connections_per_client
+            if most and open_by_address[self._address] >= most:
+                log.info("%s: refused a connection past its %d open ones", self._address, most)
+                transport.write(_TOO_MANY)
+                transport.close()
+                return
+            open_by_address[self._address] += 1
+            self._counted = True
+            self._arm_header_timer()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm_header_timer()
+            if self._counted:
+                self._counted = False
+                open_by_address[self._address] -= 1
+                if open_by_address[self._address] <= 0:
+                    del open_by_address[self._address]
+            super().connection_lost(exc)
+
+        def data_received(self, data: bytes) -> None:
+            if self.conn.their_state is h11.IDLE:
+                self._arm_header_timer()
+            super().data_received(data)
+            if self.conn.their_state is not h11.IDLE:
+                self._disarm_header_timer()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._disarm_header_timer()  # the keep-alive timeout watches an idle connection
+
+        def _arm_header_timer(self) -> None:
+            if self._header_timer is None:
+                self._header_timer = self.loop.call_later(limits.header_timeout_s, self._headers_too_slow)
+
+        def _disarm_header_timer(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _headers_too_slow(self) -> None:
+            self._header_timer = None
+            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+                log.info(
+                    "%s: closed a connection whose request headers took over %g s",
+                    self._address,
+                    limits.header_timeout_s,
+                )
+                self.transport.close()
+
+    return GuardedH11Protocol
+
+
+def log_config() -> dict[str, Any]:
+    """uvicorn's logging configuration, with imagegate's own loggers at INFO beside uvicorn's."""
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["loggers"]["imagegate"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
+    return config
+
+
+def run(app: Any, *, host: str, port: int, limits: Limits) -> None:
+    """Serve `app` on `host:port` until stopped, with the guards above."""
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level="info",
+        log_config=log_config(),
+        access_log=False,
+        http=guarded_protocol(limits),
+    )
