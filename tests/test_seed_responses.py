@@ -80,7 +80,7 @@ def test_seed003_callback_bodies() -> None:
 def test_seed003_error_body_becomes_the_right_error() -> None:
     body = literal("seed003_error.json")
     assert error_parts(body) == ("fetch failed", "api_error", None)
-    server_fault = rejection(httpx.Response(500, json=body), "p", "sk-secret")
+    server_fault = rejection(httpx.Response(500, json=body), "p")
     assert isinstance(server_fault, EngineError) and server_fault.retryable and "fetch failed" in server_fault.message
-    refused = rejection(httpx.Response(400, json=body), "p", "sk-secret")
+    refused = rejection(httpx.Response(400, json=body), "p")
     assert isinstance(refused, BadRequest) and (refused.message, refused.code) == ("fetch failed", "api_error")

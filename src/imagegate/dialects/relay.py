@@ -135,9 +135,18 @@ def decode_b64(text: str) -> bytes:
         raise EngineError("The upstream answered an image that is not valid base64.") from exc
 
 
-def scrub(text: str, secret: str) -> str:
-    """`text` with `secret` replaced, so an echoed upstream key never reaches a client or a log."""
-    return text.replace(secret, "***") if secret else text
+def scrub(value: Any, secret: str) -> Any:
+    """`value` (a string, or JSON-like lists and dicts of them) with every occurrence of `secret`
+    replaced, so an upstream key a provider echoes never reaches a client, a task row or a log."""
+    if not secret:
+        return value
+    if isinstance(value, str):
+        return value.replace(secret, "***")
+    if isinstance(value, dict):
+        return {scrub(key, secret): scrub(item, secret) for key, item in value.items()}
+    if isinstance(value, list):
+        return [scrub(item, secret) for item in value]
+    return value
 
 
 def error_parts(body: Any) -> tuple[str | None, str | None, str | None]:
@@ -174,15 +183,16 @@ def retry_after(headers: httpx.Headers) -> float | None:
             return None
 
 
-def rejection(response: httpx.Response, channel: str, secret: str) -> ImagegateError:
-    """The error for a non-2xx answer: the provider's own words for a rejected request, else ours."""
+def rejection(response: httpx.Response, channel: str) -> ImagegateError:
+    """The error for a non-2xx answer: the provider's own words for a rejected request, else ours.
+    (The upstream engine scrubs the channel's key from whatever a provider said.)"""
     try:
         body = response.json()
     except ValueError:
         body = None
     message, code, param = error_parts(body)
     status = response.status_code
-    said = scrub(message or response.reason_phrase or "no message", secret)
+    said = message or response.reason_phrase or "no message"
     if status in CLIENT_FAULTS:
         return BadRequest(said, param=param, code=code or "invalid_value")
     if status == 429 or status >= 500 or status in RETRYABLE:
@@ -220,12 +230,11 @@ def http_client(base_url: str, api_key: str, *, timeout_s: float, max_connection
 
 
 class HttpUpstream:
-    """What every HTTP dialect client holds: its channel's name, its key (only ever sent, never shown)
-    and a pooled client; `answer` turns a response into its JSON body or the right error."""
+    """What every HTTP dialect client holds: its channel's name and a pooled client that sends its key;
+    `answer` turns a response into its JSON body or the right error."""
 
     def __init__(self, channel: str, base_url: str, api_key: str, *, timeout_s: float, max_connections: int) -> None:
         self.channel = channel
-        self._secret = api_key
         self._http = http_client(base_url, api_key, timeout_s=timeout_s, max_connections=max_connections)
 
     async def aclose(self) -> None:
@@ -233,7 +242,7 @@ class HttpUpstream:
 
     def refused(self, response: httpx.Response) -> ImagegateError:
         """The error for a non-2xx `response` (its body already read)."""
-        return rejection(response, self.channel, self._secret)
+        return rejection(response, self.channel)
 
     def answer(self, response: httpx.Response) -> Any:
         """The JSON body of a 2xx `response`; raises `refused(...)` or EngineError for a non-JSON body."""

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import io
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 
 import anyio
@@ -17,7 +19,7 @@ import anyio
 from imagegate.config import ChannelSettings, ImagingSettings
 from imagegate.core.catalog import SizeMode
 from imagegate.core.request import OutputFormat, Size
-from imagegate.dialects.relay import UpstreamClient, UpstreamImage
+from imagegate.dialects.relay import UpstreamClient, UpstreamImage, scrub
 from imagegate.engines.base import ImageOut, Job
 from imagegate.errors import EngineError, EngineTimeout, ImagegateError
 from imagegate.imaging import alpha_in, encode, fit_cover, open_image, sniff
@@ -27,13 +29,21 @@ MAX_RESULT_PIXELS = 100_000_000
 
 
 class UpstreamEngine:
-    """An Engine that relays to one channel's provider."""
+    """An Engine that relays to one channel's provider. Every string a provider sends back — an error's
+    message, code and param, `revised_prompt`, `usage`, the task ids kept — is scrubbed of the
+    channel's key here, the one place provider words become ours, before it is stored, logged or answered."""
 
     def __init__(
-        self, channel: ChannelSettings, client: UpstreamClient, fetcher: SafeFetcher, imaging: ImagingSettings
+        self,
+        channel: ChannelSettings,
+        client: UpstreamClient,
+        fetcher: SafeFetcher,
+        imaging: ImagingSettings,
+        secret: str = "",
     ) -> None:
         self.channel = channel
         self.client = client
+        self.secret = secret
         self.fetcher = fetcher
         self.imaging = imaging
         self.name = channel.engine
@@ -48,7 +58,7 @@ class UpstreamEngine:
         model = self.channel.model_map.get(job.spec.id, job.spec.id)
         started = time.perf_counter()
         try:
-            with anyio.fail_after(self.channel.timeout_s):
+            with anyio.fail_after(self.channel.timeout_s), self._scrubbed():
                 answer = await self.client.run(job, model)
                 if not answer.images:
                     raise EngineError("The upstream answered no image.")
@@ -63,14 +73,32 @@ class UpstreamEngine:
             "engine": self.channel.engine,
             "model": model,
             "latency_ms": round((time.perf_counter() - started) * 1000),
-            "usage": answer.usage,
-            **answer.extra,
+            "usage": scrub(answer.usage, self.secret),
+            **scrub(answer.extra, self.secret),
         }
         return [replace(out, upstream=report) for out in outs]
 
+    async def probe(self) -> str:
+        """The channel's one-line health report (scrubbed); raises what the client raises, scrubbed."""
+        with self._scrubbed():
+            report: str = scrub(await self.client.probe(), self.secret)
+            return report
+
+    @contextmanager
+    def _scrubbed(self) -> Iterator[None]:
+        """Our errors raised inside, with the channel's key scrubbed from their message, code and param."""
+        try:
+            yield
+        except ImagegateError as exc:
+            exc.message = scrub(exc.message, self.secret)
+            exc.args = (exc.message,)
+            exc.code = scrub(exc.code, self.secret)
+            exc.param = scrub(exc.param, self.secret)
+            raise
+
     async def _normalise(self, job: Job, image: UpstreamImage, index: int) -> ImageOut:
         data = image.data if image.data is not None else await self._download(image.url or "", index)
-        return await anyio.to_thread.run_sync(self._convert, job, data, image.revised_prompt)
+        return await anyio.to_thread.run_sync(self._convert, job, data, scrub(image.revised_prompt, self.secret))
 
     async def _download(self, url: str, index: int) -> bytes:
         try:

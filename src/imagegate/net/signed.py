@@ -12,6 +12,8 @@ import re
 import secrets
 from pathlib import Path
 
+from imagegate.owner_only import private_dir, private_writer
+
 _TOKEN = re.compile(r"^([A-Za-z0-9_.-]{1,128})~(\d{10,13})~([0-9a-f]{32})$")
 
 
@@ -45,7 +47,6 @@ def secret_for(configured: str | None, data_dir: Path) -> bytes:
         return configured.encode()
     path = data_dir / "signing.key"
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(secrets.token_bytes(32))
-        path.chmod(0o600)
+        with private_writer(private_dir(data_dir) / "signing.key") as out:
+            out.write(secrets.token_bytes(32))
     return path.read_bytes()

@@ -63,11 +63,16 @@ def check_channels(config: Config, catalog: Catalog, env: Mapping[str, str] = os
                 )
 
 
+def channel_key(channel: ChannelSettings, env: Mapping[str, str]) -> str:
+    """The channel's upstream key, read from the environment variable it names ('' without one)."""
+    return env.get(channel.api_key_env, "") if channel.api_key_env else ""
+
+
 def upstream_client(
     channel: ChannelSettings, env: Mapping[str, str], inputs: InputHost, inbox: CallbackInbox
 ) -> UpstreamClient:
     """The dialect client a channel speaks through (its key read from the environment now)."""
-    key = env.get(channel.api_key_env, "") if channel.api_key_env else ""
+    key = channel_key(channel, env)
     base, timeout_s, connections = channel.base_url or "", channel.timeout_s, channel.max_concurrency
     if channel.engine == "envelope":
         return EnvelopeUpstream(channel.name, base, key, timeout_s=timeout_s, max_connections=connections)
@@ -109,7 +114,8 @@ def open_channels(
         if settings.engine in LOCAL_ENGINES:
             engine = registry.create(settings.engine, config)
         else:
-            engine = UpstreamEngine(settings, upstream_client(settings, env, inputs, inbox), fetcher, config.imaging)
+            client = upstream_client(settings, env, inputs, inbox)
+            engine = UpstreamEngine(settings, client, fetcher, config.imaging, channel_key(settings, env))
         opened.append(Channel(settings, engine))
     return opened
 
@@ -140,5 +146,5 @@ async def probe(channel: Channel) -> str:
     """A one-line health report of a channel; raises ImagegateError when it cannot be reached."""
     engine = channel.engine
     if isinstance(engine, UpstreamEngine):
-        return await engine.client.probe()
+        return await engine.probe()
     return f"ok (built-in {engine.name} engine)"

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -18,6 +17,8 @@ from urllib.parse import urlsplit
 
 import anyio
 import boto3
+
+from imagegate.owner_only import private_dir, private_writer
 
 if TYPE_CHECKING:
     from botocore.response import StreamingBody
@@ -67,8 +68,7 @@ class LocalBlobStore:
     """Files in one directory, sharded by the first two characters of the name."""
 
     def __init__(self, root: Path) -> None:
-        self.root = root
-        root.mkdir(parents=True, exist_ok=True)
+        self.root = private_dir(root)
 
     def _path(self, name: str) -> Path:
         return self.root / name[:2] / checked_name(name)
@@ -81,18 +81,13 @@ class LocalBlobStore:
 
     @staticmethod
     def _write(path: Path, data: bytes) -> None:
-        path.parent.mkdir(exist_ok=True)
-        tmp = path.with_name(path.name + ".part")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        with private_writer(path) as out:
+            out.write(data)
 
     @staticmethod
     def _copy(path: Path, fp: IO[bytes]) -> None:
-        path.parent.mkdir(exist_ok=True)
-        tmp = path.with_name(path.name + ".part")
-        with tmp.open("wb") as out:
+        with private_writer(path) as out:
             shutil.copyfileobj(fp, out, 1024 * 1024)
-        os.replace(tmp, path)
 
     async def get(self, name: str) -> bytes | None:
         path = self.local_path(name)

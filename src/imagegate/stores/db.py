@@ -20,6 +20,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
 from imagegate.config import async_database_url
+from imagegate.owner_only import private_file
 
 MICROS = Decimal(1_000_000)
 
@@ -218,8 +219,11 @@ def sync_url(url: str) -> str:
 
 
 def migrate(url: str) -> None:
-    """Upgrade the database at `url` to the newest migration (idempotent)."""
+    """Upgrade the database at `url` to the newest migration (idempotent). A SQLite file is made
+    owner-only (0600) first; SQLite gives its journal files the same mode."""
     url = async_database_url(url)
+    if url.startswith("sqlite") and ":memory:" not in url:
+        private_file(Path(url.split(":///", 1)[1]))
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", str(Path(__file__).with_name("migrations")))
     cfg.set_main_option("sqlalchemy.url", sync_url(url).replace("%", "%%"))
