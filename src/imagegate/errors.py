@@ -7,6 +7,7 @@
     │   ├── InvalidImage                400 invalid_image
     │   ├── ImageTooLarge               400 image_too_large
     │   ├── InvalidImageUrl             400 invalid_image_url
+    │   ├── InvalidCallbackUrl          400 invalid_callback_url
     │   ├── ModelNotSupported           400 model_not_supported
     │   └── IdempotencyKeyReused        422 idempotency_key_reused
     ├── AuthenticationFailed            401 invalid_api_key
@@ -16,6 +17,7 @@
     │   └── ModelNotFound               404 model_not_found
     ├── Conflict                        409 too_many_active_tasks
     │   └── IdempotencyInProgress       409 idempotency_key_in_progress
+    ├── RequestTimeout                  408 request_timeout
     ├── PayloadTooLarge                 413 request_too_large
     ├── RateLimited                     429 rate_limit_exceeded
     ├── Interrupted                     500 interrupted
@@ -27,6 +29,12 @@ Anything else that escapes a handler is a 500 whose detail never reaches the cli
 """
 
 from __future__ import annotations
+
+
+def excerpt(value: object, limit: int = 80) -> str:
+    """`value` as an error message may echo it: at most `limit` characters, the cut marked with `…`."""
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 class ImagegateError(Exception):
@@ -81,6 +89,12 @@ class InvalidImageUrl(BadRequest):
     """An image URL was refused by the fetch rules, failed, or was too large."""
 
     code = "invalid_image_url"
+
+
+class InvalidCallbackUrl(BadRequest):
+    """A callback URL was refused by the address rules (it must be public)."""
+
+    code = "invalid_callback_url"
 
 
 class ModelNotSupported(BadRequest):
@@ -146,6 +160,14 @@ class IdempotencyInProgress(Conflict):
     """A request with this Idempotency-Key is still running."""
 
     code = "idempotency_key_in_progress"
+
+
+class RequestTimeout(ImagegateError):
+    """The request body stalled or arrived too slowly."""
+
+    status = 408
+    code = "request_timeout"
+    type = "invalid_request_error"
 
 
 class PayloadTooLarge(ImagegateError):

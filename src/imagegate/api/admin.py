@@ -15,7 +15,7 @@ from fastapi.responses import Response
 
 from imagegate.api.account import page_size
 from imagegate.dialects.fields import as_bool, as_int, as_str, json_object
-from imagegate.errors import BadRequest
+from imagegate.errors import BadRequest, excerpt
 from imagegate.responses import json_response
 from imagegate.runtime import Runtime, runtime_of
 from imagegate.service import accounts
@@ -32,7 +32,7 @@ def _amount(value: object) -> Decimal:
     try:
         return Decimal(str(value))
     except InvalidOperation:
-        raise BadRequest(f"Invalid 'amount': {value!r} is not a number.", param="amount") from None
+        raise BadRequest(f"Invalid 'amount': {excerpt(value)} is not a number.", param="amount") from None
 
 
 def _settings(body: dict[str, Any]) -> dict[str, Any]:

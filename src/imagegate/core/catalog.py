@@ -12,7 +12,7 @@ from enum import StrEnum
 from typing import Any
 
 from imagegate.core.request import Delivery, OutputFormat, Quality, Size
-from imagegate.errors import ModelNotFound
+from imagegate.errors import ModelNotFound, excerpt
 
 
 class SizeMode(StrEnum):
@@ -169,7 +169,7 @@ class Catalog:
             return self._specs[model_id]
         except KeyError:
             raise ModelNotFound(
-                f"The model '{model_id}' does not exist. GET /v1/models lists the available models.",
+                f"The model '{excerpt(model_id)}' does not exist. GET /v1/models lists the available models.",
                 param="model",
             ) from None
 

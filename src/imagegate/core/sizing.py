@@ -6,7 +6,7 @@ import math
 import re
 
 from imagegate.core.request import Size
-from imagegate.errors import BadRequest
+from imagegate.errors import BadRequest, excerpt
 
 MIN_PIXELS = 655_360
 MAX_PIXELS = 8_294_400
@@ -64,7 +64,9 @@ def parse_wxh(text: str, *, param: str = "size") -> Size:
     """Parse `WxH` (also `W*H`, `W×H`) into a Size, or raise BadRequest naming `param`."""
     match = _WXH.match(text)
     if not match:
-        raise BadRequest(f"Invalid size '{text}': expected 'auto' or WIDTHxHEIGHT such as 1024x1024.", param=param)
+        raise BadRequest(
+            f"Invalid size '{excerpt(text)}': expected 'auto' or WIDTHxHEIGHT such as 1024x1024.", param=param
+        )
     return Size(int(match.group(1)), int(match.group(2)))
 
 
@@ -101,7 +103,7 @@ def parse_ratio(text: str, *, param: str = "size") -> tuple[int, int]:
         a, b = int(match.group(1)), int(match.group(2))
         if (a, b) in _RATIO_TABLE or (b, a) in _RATIO_TABLE:
             return a, b
-    raise BadRequest(f"Invalid aspect ratio '{text}': use one of {', '.join(RATIOS)}.", param=param)
+    raise BadRequest(f"Invalid aspect ratio '{excerpt(text)}': use one of {', '.join(RATIOS)}.", param=param)
 
 
 def size_for_ratio(ratio: tuple[int, int], tier: str = "1K", *, param: str = "resolution") -> Size:

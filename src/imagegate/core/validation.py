@@ -12,7 +12,7 @@ from imagegate.core.sizing import (
     parse_wxh,
     size_for_ratio,
 )
-from imagegate.errors import BadRequest, MissingParameter
+from imagegate.errors import BadRequest, MissingParameter, excerpt
 
 MAX_PROMPT_CHARS = 32_000
 MAX_PARTIAL_IMAGES = 3
@@ -103,7 +103,7 @@ def _explicit_size(text: str, spec: ModelSpec) -> Size | None:
         return check_flexible(size)
     if size not in spec.sizes:
         accepted = ", ".join(map(str, spec.sizes)) + (", auto" if spec.auto_size else "")
-        raise BadRequest(f"Invalid size '{text}': model '{spec.id}' accepts {accepted}.", param="size")
+        raise BadRequest(f"Invalid size '{excerpt(text)}': model '{spec.id}' accepts {accepted}.", param="size")
     return size
 
 

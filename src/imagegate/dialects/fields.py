@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 import orjson
 
 from imagegate.core.request import ImageRef
-from imagegate.errors import BadRequest
+from imagegate.errors import BadRequest, excerpt
 
 E = TypeVar("E", bound=StrEnum)
 _TRUE = {"true", "1", "yes", "on"}
@@ -48,7 +48,7 @@ def as_int(value: object, param: str) -> int:
             return int(value.strip())
         except ValueError:
             pass
-    raise BadRequest(f"Invalid type for '{param}': expected an integer, got {value!r}.", param=param)
+    raise BadRequest(f"Invalid type for '{param}': expected an integer, got {excerpt(value)}.", param=param)
 
 
 def as_bool(value: object, param: str) -> bool:
@@ -56,7 +56,7 @@ def as_bool(value: object, param: str) -> bool:
         return value
     if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
         return value.strip().lower() in _TRUE
-    raise BadRequest(f"Invalid type for '{param}': expected a boolean, got {value!r}.", param=param)
+    raise BadRequest(f"Invalid type for '{param}': expected a boolean, got {excerpt(value)}.", param=param)
 
 
 def as_enum(kind: type[E], value: object, param: str) -> E:
@@ -66,7 +66,7 @@ def as_enum(kind: type[E], value: object, param: str) -> E:
     except ValueError:
         allowed = ", ".join(f"'{member.value}'" for member in kind)
         raise BadRequest(
-            f"Invalid value for '{param}': '{text}'. Supported values are: {allowed}.", param=param
+            f"Invalid value for '{param}': '{excerpt(text)}'. Supported values are: {allowed}.", param=param
         ) from None
 
 

@@ -20,7 +20,7 @@ import anyio
 import httpx
 import pybase64
 
-from imagegate.errors import ImageTooLarge, InvalidImage, InvalidImageUrl
+from imagegate.errors import ImageTooLarge, InvalidImage, InvalidImageUrl, excerpt
 
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -51,11 +51,26 @@ def _embedded_ipv4(ip: IpAddress) -> ipaddress.IPv4Address | None:
     return None
 
 
+GLOBAL_UNICAST_V6 = ipaddress.IPv6Network("2000::/3")
+"""The only IPv6 block handed out for public hosts; everything outside it (site-local fec0::/10, NAT64,
+unique-local, ...) is refused, so ranges defined after this code was written are refused too."""
+SPECIAL_PURPOSE: tuple[IpNetwork, ...] = (
+    ipaddress.IPv4Network("192.0.0.0/24"),  # IETF protocol assignments
+    ipaddress.IPv4Network("192.88.99.0/24"),  # 6to4 relay anycast (deprecated)
+    ipaddress.IPv6Network("2001::/23"),  # IETF protocol assignments: Teredo, ORCHID, benchmarking, ...
+    ipaddress.IPv6Network("2001:db8::/32"),  # documentation
+    ipaddress.IPv6Network("3fff::/20"),  # documentation (RFC 9637)
+    ipaddress.IPv6Network("5f00::/16"),  # SRv6 segment identifiers (RFC 9602)
+)
+"""Special-purpose ranges inside otherwise global space that `ipaddress.is_global` lets through."""
+
+
 def address_refusal(ip: IpAddress, allow: tuple[IpNetwork, ...]) -> str | None:
     """Why `ip` may not be contacted (loopback, private, ...), or None when it may.
 
-    IPv4 addresses embedded in IPv6 (mapped, 6to4, Teredo) are judged as the IPv4 address.
-    An address inside an `allow` network is always permitted.
+    Only globally routable addresses pass: `is_global`, inside IPv6's global unicast block, and not
+    in a special-purpose range. IPv4 addresses embedded in IPv6 (mapped, 6to4, Teredo) are judged as
+    the IPv4 address. An address inside an `allow` network is always permitted.
     """
     if any(ip in net for net in allow if net.version == ip.version):
         return None
@@ -72,6 +87,10 @@ def address_refusal(ip: IpAddress, allow: tuple[IpNetwork, ...]) -> str | None:
     ):
         if getattr(ip, attr):
             return attr.removeprefix("is_").replace("_", "-")
+    if isinstance(ip, ipaddress.IPv6Address) and ip not in GLOBAL_UNICAST_V6:
+        return "non-global"
+    if any(ip in net for net in SPECIAL_PURPOSE if net.version == ip.version):
+        return "special-purpose"
     if not ip.is_global:
         return "non-global"
     return None
@@ -119,28 +138,29 @@ class SafeFetcher:
             parsed = urlsplit(url)
             port = parsed.port or (443 if parsed.scheme == "https" else 80)
         except ValueError as exc:
-            raise InvalidImageUrl(f"Invalid URL in '{param}': {exc}.", param=param) from exc
+            raise InvalidImageUrl(f"Invalid URL in '{param}': {excerpt(str(exc))}.", param=param) from exc
         if parsed.scheme not in self.policy.schemes or not parsed.hostname:
             raise InvalidImageUrl(f"Invalid URL in '{param}': only http and https URLs are fetched.", param=param)
         host = parsed.hostname
+        shown = excerpt(host)
         try:
             addresses = await resolve(host, port)
         except (OSError, UnicodeError) as exc:
-            raise InvalidImageUrl(f"Invalid URL in '{param}': host '{host}' does not resolve.", param=param) from exc
+            raise InvalidImageUrl(f"Invalid URL in '{param}': host '{shown}' does not resolve.", param=param) from exc
         if not addresses:
-            raise InvalidImageUrl(f"Invalid URL in '{param}': host '{host}' does not resolve.", param=param)
+            raise InvalidImageUrl(f"Invalid URL in '{param}': host '{shown}' does not resolve.", param=param)
         for ip in addresses:
             reason = address_refusal(ip, self.policy.allow)
             if reason is not None:
                 raise InvalidImageUrl(
-                    f"Refused URL in '{param}': host '{host}' resolves to a {reason} address; "
+                    f"Refused URL in '{param}': host '{shown}' resolves to a {reason} address; "
                     "only public addresses are fetched.",
                     param=param,
                 )
         try:
             return httpx.URL(url), addresses[0]
         except httpx.InvalidURL as exc:
-            raise InvalidImageUrl(f"Invalid URL in '{param}': {exc}.", param=param) from exc
+            raise InvalidImageUrl(f"Invalid URL in '{param}': {excerpt(str(exc))}.", param=param) from exc
 
     async def fetch(self, url: str, param: str) -> IO[bytes]:
         """Download `url` into a spooled temporary file (rewound), obeying the policy at every hop.
@@ -194,7 +214,8 @@ class SafeFetcher:
             raise InvalidImageUrl(f"No answer from '{param}' within {timeout_s:g} s.", param=param) from exc
         except httpx.HTTPError as exc:
             raise InvalidImageUrl(
-                f"Failed to reach '{param}': {type(exc).__name__} while connecting to {target.host}.", param=param
+                f"Failed to reach '{param}': {type(exc).__name__} while connecting to {excerpt(target.host)}.",
+                param=param,
             ) from exc
         return response.status_code
 
@@ -204,7 +225,7 @@ class SafeFetcher:
             response = await self._client.send(request, stream=True)
         except httpx.HTTPError as exc:
             raise InvalidImageUrl(
-                f"Failed to fetch '{param}': {type(exc).__name__} while connecting to {target.host}.",
+                f"Failed to fetch '{param}': {type(exc).__name__} while connecting to {excerpt(target.host)}.",
                 param=param,
             ) from exc
         try:

@@ -30,7 +30,14 @@ from imagegate.core.request import Background, EditRequest, ImageRef, Size
 from imagegate.core.sizing import tier_of
 from imagegate.core.validation import resolve_size, resolved_quality, validate
 from imagegate.engines.base import Engine, ImageOut, PartialSink
-from imagegate.errors import BadRequest, ImagegateError, ModelNotSupported, NotFound, PermissionDenied
+from imagegate.errors import (
+    BadRequest,
+    ImagegateError,
+    InvalidCallbackUrl,
+    ModelNotSupported,
+    NotFound,
+    PermissionDenied,
+)
 from imagegate.imaging import SourceImage, open_image
 from imagegate.metrics import Metrics
 from imagegate.net.fetch import SafeFetcher, decode_inline
@@ -334,7 +341,7 @@ class TaskService:
         try:
             await self.fetcher.check_url(url, "callback_url")
         except ImagegateError as exc:
-            raise BadRequest(exc.message, param="callback_url") from exc
+            raise InvalidCallbackUrl(exc.message, param="callback_url") from exc
 
     async def _keep(self, ref: ImageRef, name: str, stored: list[str]) -> ImageRef:
         """A reference the runner can open later: URLs are checked now and fetched then; bytes are stored."""

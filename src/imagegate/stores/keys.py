@@ -12,7 +12,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from imagegate.config import AccountDefaults
-from imagegate.errors import AuthenticationFailed, BadRequest, NotFound
+from imagegate.errors import AuthenticationFailed, BadRequest, NotFound, excerpt
 from imagegate.stores import ledger
 from imagegate.stores.db import ApiKey, now_ms
 from imagegate.webhooks import new_secret
@@ -100,7 +100,7 @@ def _apply(row: ApiKey, settings: dict[str, Any]) -> None:
     for name in ("rpm", "max_active", "max_images"):
         value = settings.get(name)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
-            raise BadRequest(f"Invalid '{name}': {value!r}; use a whole number, 0 for unlimited.", param=name)
+            raise BadRequest(f"Invalid '{name}': {excerpt(value)}; use a whole number, 0 for unlimited.", param=name)
     models = settings.get("models")
     if models is not None and (not isinstance(models, list) or not all(isinstance(m, str) for m in models)):
         raise BadRequest("Invalid 'models': expected an array of model ids.", param="models")
