@@ -11,6 +11,8 @@
     row, credit hold, engine run, stored file or settlement).
 (d) relay overhead: throughput and p50/p99 latency of 32 concurrent clients sending 1 MB images through
     imagegate A (its one channel: imagegate B) divided by the same load sent to B directly.
+(e) memory under hostile images: peak RSS under 8 concurrent clients each sending the worst accepted
+    input, divided by the decoded-pixel budget; RSS 60 s after the load divided by RSS before it.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import httpx
 import psutil
 from PIL import Image
 
+from bench.memory import memory_under_attack
 from bench.relay import relay_overhead
 from imagegate.config import ImagingSettings
 from imagegate.core.catalog import Catalog
@@ -123,6 +126,10 @@ def peak_rss_during(pid: int, work: threading.Thread) -> int:
 
 
 def main() -> None:
+    if sys.argv[1:] == ["memory"]:
+        with tempfile.TemporaryDirectory() as tmp:
+            print(memory_under_attack(Path(tmp)))
+        return
     with tempfile.TemporaryDirectory() as tmp:
         proc, base, key = start_server(Path(tmp) / "data")
         try:
@@ -171,6 +178,7 @@ def main() -> None:
             proc.terminate()
             proc.wait(10)
         print(relay_overhead(Path(tmp), picture(580, 580, level=0)))
+        print(memory_under_attack(Path(tmp)))
 
 
 if __name__ == "__main__":

@@ -58,6 +58,10 @@ class Limits(BaseModel):
     body_min_bytes_per_s: int = Field(default=1024, ge=0)
     """After `body_idle_timeout_s`, a body must have averaged at least this rate (408 otherwise); a
     50 MB upload at 1 KB/s would take 14 hours, a slow 1 Mbit/s link takes 7 minutes."""
+    decode_budget_bytes: int | None = Field(default=None, gt=0)
+    """Decoded image memory all requests together may hold (one request at most all of it; more waits,
+    and a request that needs more than all of it is refused with 400). Default: a quarter of the
+    machine's memory, at least 512 MiB."""
     max_connections_per_client: int = Field(default=128, ge=0)
     """Open connections one client address may hold (0: unlimited); more are closed at once."""
 

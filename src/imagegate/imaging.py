@@ -25,6 +25,11 @@ _TRANSPOSE = {
     8: Image.Transpose.ROTATE_90,
 }
 _SWAPS_SIDES = {5, 6, 7, 8}
+_WIDE_MODES = {"I;16": 256, "I;16B": 256, "I;16L": 256, "I;16N": 256, "I": 65536}
+"""Grey modes wider than 8 bits (16-bit PNGs), with the divisor that brings them to 0–255.
+(16-bit colour PNGs are decoded to 8 bits per channel by Pillow itself.)"""
+REDUCING_GAP = 3.0
+STRIP_ROWS = 256
 
 
 def sniff(head: bytes) -> OutputFormat | None:
@@ -76,6 +81,9 @@ class SourceImage:
             w, h = (at_least.height, at_least.width) if swapped else (at_least.width, at_least.height)
             img.draft("RGB", (w, h))
         img.load()
+        if img.mode in _WIDE_MODES:
+            # 16- and 32-bit grey to 8 bits by scaling; a plain convert would clip everything above 255
+            img = img.point(lambda value: value / _WIDE_MODES[img.mode]).convert("L")
         transpose = _TRANSPOSE.get(self.orientation)
         if transpose is not None:
             img = img.transpose(transpose)
@@ -143,7 +151,12 @@ def _too_many_pixels(param: str, dims: tuple[int, int] | None, max_pixels: int) 
 
 
 def fit_cover(img: Image.Image, size: Size) -> Image.Image:
-    """Crop `img` centrally to `size`'s aspect ratio, then resample to exactly `size`."""
+    """Crop `img` centrally to `size`'s aspect ratio, then resample to exactly `size`.
+
+    A much larger image is first box-reduced by a whole factor (as Pillow's `reducing_gap` does), in
+    strips, so that an image with alpha is never copied whole to premultiply it: the extra memory is
+    the reduced image, not a second full-size one.
+    """
     if img.size == (size.width, size.height):
         return img
     w, h = img.size
@@ -154,7 +167,21 @@ def fit_cover(img: Image.Image, size: Size) -> Image.Image:
     else:
         new_h = max(1, round(w / target))
         box = (0, (h - new_h) // 2, w, (h - new_h) // 2 + new_h)
-    return img.resize((size.width, size.height), Image.Resampling.LANCZOS, box=box, reducing_gap=3.0)
+    factor = int(min((box[2] - box[0]) / size.width, (box[3] - box[1]) / size.height) / REDUCING_GAP)
+    if factor >= 2:
+        return _reduced(img, factor, box).resize((size.width, size.height), Image.Resampling.LANCZOS)
+    return img.resize((size.width, size.height), Image.Resampling.LANCZOS, box=box)
+
+
+def _reduced(img: Image.Image, factor: int, box: tuple[int, int, int, int]) -> Image.Image:
+    """`img.reduce(factor, box)`, a strip at a time (each strip premultiplied on its own)."""
+    left, top, right, bottom = box
+    out = Image.new(img.mode, (-(-(right - left) // factor), -(-(bottom - top) // factor)))
+    rows = factor * max(1, STRIP_ROWS // factor)
+    for y in range(top, bottom, rows):
+        strip = img.crop((left, y, right, min(y + rows, bottom))).reduce(factor)
+        out.paste(strip, (0, (y - top) // factor))
+    return out
 
 
 def encode(img: Image.Image, fmt: OutputFormat, settings: ImagingSettings, compression: int | None = None) -> bytes:

@@ -33,6 +33,7 @@ from imagegate.engines.base import Engine, ImageOut, PartialSink
 from imagegate.errors import (
     BadRequest,
     ImagegateError,
+    ImageTooLarge,
     InvalidCallbackUrl,
     ModelNotSupported,
     NotFound,
@@ -41,6 +42,7 @@ from imagegate.errors import (
 from imagegate.imaging import SourceImage, open_image
 from imagegate.metrics import Metrics
 from imagegate.net.fetch import SafeFetcher, decode_inline
+from imagegate.service.budget import DecodeBudget, decode_cost, default_budget
 from imagegate.service.fanout import fan_out
 from imagegate.service.inputs import check_size, open_inputs
 from imagegate.service.leases import Leases
@@ -79,6 +81,8 @@ class Prepared:
     sources: list[SourceImage]
     mask: SourceImage | None
     started: float
+    decode_cost: int
+    """Bytes of decoded images the request may hold (service/budget.py)."""
     resources: AsyncExitStack = field(default_factory=AsyncExitStack)
 
 
@@ -107,6 +111,7 @@ class TaskService:
         self.catalog = catalog
         self.engines = engines
         self.limits = limits
+        self.budget = DecodeBudget(limits.decode_budget_bytes or default_budget())
         self.accounts = accounts
         self.metrics = metrics
         self.leases = leases
@@ -212,20 +217,37 @@ class TaskService:
     ) -> Prepared:
         resources = AsyncExitStack()
         try:
-            sources, mask, size = await self._inputs(req, spec, resources)
+            sources, mask, size, cost = await self._inputs(req, spec, resources)
         except BaseException:
             await resources.aclose()
             raise
-        return Prepared(task_id, key_id, req, spec, size, engine, sources, mask, started, resources)
+        return Prepared(task_id, key_id, req, spec, size, engine, sources, mask, started, cost, resources)
 
     async def _inputs(
         self, req: EditRequest, spec: ModelSpec, resources: AsyncExitStack
-    ) -> tuple[list[SourceImage], SourceImage | None, Size]:
-        """The opened inputs and mask (their files closed with `resources`) and the resolved size."""
+    ) -> tuple[list[SourceImage], SourceImage | None, Size, int]:
+        """The opened inputs and mask (their files closed with `resources`), the resolved size and the
+        decode cost (ImageTooLarge when it is more than the whole budget)."""
         sources = await open_inputs(req.images, self.fetcher, self.limits, resources, self.blobs)
         masks = await open_inputs([req.mask] if req.mask else [], self.fetcher, self.limits, resources, self.blobs)
         size = resolve_size(req, spec, (sources[0].width, sources[0].height) if sources else None)
-        return sources, masks[0] if masks else None, size
+        mask = masks[0] if masks else None
+        return sources, mask, size, self._decode_cost(sources, mask, size)
+
+    def _decode_cost(self, sources: list[SourceImage], mask: SourceImage | None, size: Size) -> int:
+        """The request's decode cost (from the inputs' headers); ImageTooLarge when it alone would need
+        more than the server's whole decoded-pixel budget."""
+        inputs = [(s.width, s.height) for s in [*sources, *([mask] if mask else [])]]
+        cost = decode_cost(inputs, size)
+        if not self.budget.fits(cost):
+            mib = 1024 * 1024
+            raise ImageTooLarge(
+                f"Decoding these inputs at {size} would take about {cost // mib:,} MiB, more than the "
+                f"{self.budget.total // mib:,} MiB this server decodes for one request; send smaller "
+                "images or ask for a smaller size.",
+                param="image" if sources else "size",
+            )
+        return cost
 
     async def execute(self, prepared: Prepared, on_partial: PartialSink | None = None) -> Outcome:
         """Run the engine (fanning out beyond its per-call limit), store the files, finish the task.
@@ -234,7 +256,7 @@ class TaskService:
         """
         async with self.leases.hold(prepared.task_id):
             try:
-                async with prepared.resources:
+                async with prepared.resources, self.budget.hold(prepared.decode_cost):
                     with self.metrics.engine_runs.labels(prepared.engine.name).track_inprogress():
                         outs, failures = await fan_out(prepared, on_partial)
                 delivered, files = await self._store(prepared, outs)
@@ -284,7 +306,7 @@ class TaskService:
         """
         spec, engine = self._checked(key, req)
         async with AsyncExitStack() as resources:
-            sources, mask, size = await self._inputs(req, spec, resources)
+            sources, mask, size, _ = await self._inputs(req, spec, resources)
         quality = resolved_quality(req, spec)
         total = price(spec, quality, size, req.n)
         async with self.db.session() as session:

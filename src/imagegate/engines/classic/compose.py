@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
-from PIL import Image, ImageOps
+from PIL import Image
 
 from imagegate.core.request import Size
 from imagegate.imaging import fit_cover
@@ -25,14 +25,21 @@ def side_by_side(images: Iterable[Image.Image], count: int, size: Size) -> Image
     return canvas
 
 
-def onto(foreground: Image.Image, background: Image.Image, size: Size) -> Image.Image:
-    """Place `foreground` (contained in half the canvas, alpha respected) on the lower centre of
-    `background` cover-fitted to `size`."""
-    base = fit_cover(background, size).convert("RGBA")
-    box = (max(1, size.width // 2), max(1, size.height // 2))
-    fg = ImageOps.contain(foreground.convert("RGBA"), box)
+def onto(foreground: Callable[[], Image.Image], background: Callable[[], Image.Image], size: Size) -> Image.Image:
+    """Place the foreground (contained in half the canvas, alpha respected) on the lower centre of the
+    background cover-fitted to `size`. Each is decoded (by calling it) only when it is used, so only
+    one full-size input is alive at once."""
+    decoded = background()
+    keep_alpha = decoded.mode == "RGBA"
+    base = fit_cover(decoded, size).convert("RGBA")
+    del decoded
+    box = Size(max(1, size.width // 2), max(1, size.height // 2))
+    decoded = foreground()
+    scale = min(box.width / decoded.width, box.height / decoded.height)
+    fg = fit_cover(decoded, Size(max(1, round(decoded.width * scale)), max(1, round(decoded.height * scale))))
+    del decoded
+    fg = fg.convert("RGBA")
     x = (size.width - fg.width) // 2
     y = size.height - fg.height - size.height // 12
     base.alpha_composite(fg, (x, max(0, y)))
-    keep_alpha = background.mode == "RGBA"
     return base if keep_alpha else base.convert("RGB")

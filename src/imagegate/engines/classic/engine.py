@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import partial
 
 import anyio
 from PIL import Image, ImageChops
@@ -80,12 +81,16 @@ class ClassicEngine:
             return self._draw(job)
         the_plan = plan(job.request.prompt, len(job.images))
         notes: list[str] = []
-        base = self._compose(job, the_plan, notes)
+        # Rotations and flips commute with a central crop, so they run on the fitted (small) image:
+        # fit to the size the turns will bring to job.size, then turn.
+        turned = sum(int(op.arg.split("°")[0]) // 90 for op in the_plan.ops if op.name == "rotate") % 2 == 1
+        before_turns = Size(job.size.height, job.size.width) if turned else job.size
+        base = self._compose(job, the_plan, notes, before_turns)
+        fitted = fit_cover(base, before_turns)
+        del base
         for op in the_plan.ops:
             if op.name in GEOMETRIC:
-                base = OPERATIONS[op.name](base, op.arg)
-        fitted = fit_cover(base, job.size)
-        del base
+                fitted = OPERATIONS[op.name](fitted, op.arg)
         edited = fitted
         applied = [op for op in the_plan.ops if op.name in GEOMETRIC]
         for op in the_plan.ops:
@@ -113,10 +118,11 @@ class ClassicEngine:
         image, notes = draw.render(drawing, job.size, self.text, transparent)
         return Rendered(image, drawing.describe(notes))
 
-    def _compose(self, job: Job, the_plan: Plan, notes: list[str]) -> Image.Image:
+    def _compose(self, job: Job, the_plan: Plan, notes: list[str], size: Size) -> Image.Image:
+        """The input, or the inputs composed on a canvas of `size`; one full-size input decoded at a time."""
         images = job.images
         if len(images) == 1:
-            return images[0].decode(at_least=job.size)
+            return images[0].decode(at_least=size)
         labels = ", ".join(f"图{i + 1}" for i in the_plan.order)
         if the_plan.compose == "onto":
             fg, bg = the_plan.order[0], the_plan.order[1]
@@ -124,10 +130,12 @@ class ClassicEngine:
             unused = [f"图{i + 1}" for i in the_plan.order[2:]]
             if unused:
                 the_plan.unperformed.append(f"use of {', '.join(unused)} beyond placing 图{fg + 1} onto 图{bg + 1}")
-            return compose.onto(images[fg].decode(at_least=job.size), images[bg].decode(at_least=job.size), job.size)
+            return compose.onto(
+                partial(images[fg].decode, at_least=size), partial(images[bg].decode, at_least=size), size
+            )
         notes.append(f"composed {len(images)} images side by side in the order {labels}")
-        decoded = (images[i].decode(at_least=job.size) for i in the_plan.order)
-        return compose.side_by_side(decoded, len(images), job.size)
+        decoded = (images[i].decode(at_least=size) for i in the_plan.order)
+        return compose.side_by_side(decoded, len(images), size)
 
     @staticmethod
     def _apply_mask(original: Image.Image, edited: Image.Image, mask: SourceImage, size: Size) -> Image.Image:
