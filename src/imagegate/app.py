@@ -16,7 +16,7 @@ from sqlalchemy import text
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
-from imagegate import __version__
+from imagegate import __version__, openapi
 from imagegate.api import account, admin
 from imagegate.asgi import Scope
 from imagegate.config import Config
@@ -61,6 +61,7 @@ async def _on_http_error(request: Request, exc: Exception) -> Response:
     kind = _STATUS_ERRORS.get(exc.status_code, BadRequest)
     error = kind(str(exc.detail))
     error.status = exc.status_code
+    error.headers = dict(exc.headers or {})  # a 405 keeps its Allow header
     if exc.status_code == 405:
         error.code = "method_not_allowed"
     return _error_response(error, request.scope)
@@ -155,19 +156,19 @@ def create_app(config: Config, engines: dict[str, Engine] | None = None) -> Fast
     app.include_router(account.router())
     app.include_router(admin.router())
 
-    @app.get("/healthz")
+    @app.get("/healthz", responses=openapi.responses("openai", (200, 500)))
     async def healthz(request: Request) -> JSONResponse:
         """Liveness and database reachability."""
         async with runtime_of(request).db.session() as session:
             await session.execute(text("SELECT 1"))
         return JSONResponse({"status": "ok", "version": __version__})
 
-    @app.get("/metrics")
+    @app.get("/metrics", responses={200: {"description": "Prometheus text format", "content": {"text/plain": {}}}})
     async def metrics_page() -> Response:
         """Prometheus metrics in the text exposition format."""
         return Response(metrics.exposition(), media_type=metrics.content_type)
 
-    @app.get("/files/{name}")
+    @app.get("/files/{name}", responses=openapi.responses("openai", (200, 307, 404), images=True))
     async def files(name: str, request: Request) -> Response:
         """A stored result under its unguessable id, cacheable forever."""
         if _FILE_NAME.match(name) is None:
@@ -175,7 +176,7 @@ def create_app(config: Config, engines: dict[str, Engine] | None = None) -> Fast
         headers = {"cache-control": "public, max-age=31536000, immutable"}
         return await blob_response(runtime_of(request), name, headers, "No such file.")
 
-    @app.get("/inputs/{token}")
+    @app.get("/inputs/{token}", responses=openapi.responses("openai", (200, 307, 404), images=True))
     async def inputs(token: str, request: Request) -> Response:
         """An input published for a provider, under a signed URL until it expires or is withdrawn."""
         rt = runtime_of(request)
@@ -184,7 +185,11 @@ def create_app(config: Config, engines: dict[str, Engine] | None = None) -> Fast
             raise NotFound("No such input, or its URL has expired.")
         return await blob_response(rt, name, {"cache-control": "no-store"}, "No such input, or its URL has expired.")
 
-    @app.post("/relay/callbacks/{token}")
+    @app.post(
+        "/relay/callbacks/{token}",
+        responses=openapi.responses("openai", (200, 400, 404, 408, 413)),
+        openapi_extra=openapi.body(json=openapi.CALLBACK_JSON),
+    )
     async def relay_callback(token: str, request: Request) -> Response:
         """A provider's callback for a request this process relayed (seed 003's async mode). Its token
         is checked before a byte of the body is read, and the body has a small limit of its own."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from imagegate import openapi
 from imagegate.core.pricing import price_table
 from imagegate.dialects.fields import as_int
 from imagegate.errors import BadRequest
@@ -55,6 +56,9 @@ async def usage(request: Request) -> Response:
 
 def router() -> APIRouter:
     api = APIRouter()
-    api.add_api_route("/v1/pricing", pricing, methods=["GET"])
-    api.add_api_route("/v1/usage", usage, methods=["GET"])
+    reads = openapi.responses("openai", openapi.READ_STATUSES)
+    api.add_api_route("/v1/pricing", pricing, methods=["GET"], responses=reads)
+    api.add_api_route(
+        "/v1/usage", usage, methods=["GET"], responses=reads, openapi_extra={"parameters": openapi.query(openapi.LIMIT)}
+    )
     return api

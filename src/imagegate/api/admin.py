@@ -13,6 +13,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from imagegate import openapi
 from imagegate.api.account import page_size
 from imagegate.dialects.fields import as_bool, as_int, as_str, json_object
 from imagegate.errors import BadRequest, excerpt
@@ -172,14 +173,53 @@ async def usage(request: Request) -> Response:
 
 def router() -> APIRouter:
     api = APIRouter(prefix=PREFIX, include_in_schema=True)
-    api.add_api_route("/keys", create_key, methods=["POST"])
-    api.add_api_route("/keys", list_keys, methods=["GET"])
-    api.add_api_route("/keys/{key_id}", show_key, methods=["GET"])
-    api.add_api_route("/keys/{key_id}", update_key, methods=["PATCH"])
-    api.add_api_route("/keys/{key_id}", revoke_key, methods=["DELETE"])
-    api.add_api_route("/keys/{key_id}/grant", grant, methods=["POST"])
-    api.add_api_route("/keys/{key_id}/deduct", deduct, methods=["POST"])
-    api.add_api_route("/keys/{key_id}/tasks", key_tasks, methods=["GET"])
-    api.add_api_route("/keys/{key_id}/ledger", key_ledger, methods=["GET"])
-    api.add_api_route("/usage", usage, methods=["GET"])
+    done = openapi.responses("openai", openapi.ADMIN_STATUSES)
+    created = openapi.responses("openai", (201, *openapi.ADMIN_STATUSES[1:]))
+    moved = openapi.responses("openai", (*openapi.ADMIN_STATUSES, 402))
+    api.add_api_route(
+        "/keys", create_key, methods=["POST"], responses=created, openapi_extra=openapi.body(json=openapi.NEW_KEY)
+    )
+    api.add_api_route("/keys", list_keys, methods=["GET"], responses=done)
+    api.add_api_route("/keys/{key_id}", show_key, methods=["GET"], responses=done)
+    api.add_api_route(
+        "/keys/{key_id}",
+        update_key,
+        methods=["PATCH"],
+        responses=done,
+        openapi_extra=openapi.body(json=openapi.KEY_SETTINGS),
+    )
+    api.add_api_route("/keys/{key_id}", revoke_key, methods=["DELETE"], responses=done)
+    for path, endpoint in (("grant", grant), ("deduct", deduct)):
+        api.add_api_route(
+            f"/keys/{{key_id}}/{path}",
+            endpoint,
+            methods=["POST"],
+            responses=moved,
+            openapi_extra=openapi.body(json=openapi.MOVE),
+        )
+    state = (
+        "state",
+        {"type": "string", "enum": ["waiting", "running", "success", "fail"]},
+        "Only tasks in this state.",
+    )
+    api.add_api_route(
+        "/keys/{key_id}/tasks",
+        key_tasks,
+        methods=["GET"],
+        responses=done,
+        openapi_extra={"parameters": openapi.query(openapi.LIMIT, state)},
+    )
+    before = ("before", {"type": "integer"}, "Only rows older than this ledger row id.")
+    api.add_api_route(
+        "/keys/{key_id}/ledger",
+        key_ledger,
+        methods=["GET"],
+        responses=done,
+        openapi_extra={"parameters": openapi.query(openapi.LIMIT, before)},
+    )
+    days = ("days", {"type": "integer", "minimum": 1, "maximum": MAX_USAGE_DAYS}, "How many UTC days back.")
+    key_id = ("key_id", {"type": "string"}, "Only this key's tasks.")
+    api.add_api_route(
+        "/usage", usage, methods=["GET"], responses=done, openapi_extra={"parameters": openapi.query(days, key_id)}
+    )
     return api

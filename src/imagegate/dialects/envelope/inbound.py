@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from imagegate import openapi
 from imagegate.core.request import Delivery, EditRequest
 from imagegate.core.validation import ratio_size
 from imagegate.dialects.fields import dry_run, json_object
@@ -69,5 +70,11 @@ async def edit(request: Request) -> Response:
 
 def router() -> APIRouter:
     api = APIRouter()
-    api.add_api_route(PATH, edit, methods=["POST"])
+    api.add_api_route(
+        PATH,
+        edit,
+        methods=["POST"],
+        responses=openapi.responses("envelope", openapi.IMAGE_STATUSES),
+        openapi_extra={**openapi.body(json=openapi.ENVELOPE_JSON), "parameters": openapi.query(openapi.DRY_RUN)},
+    )
     return api

@@ -14,6 +14,7 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from imagegate import openapi
 from imagegate.core.catalog import Catalog
 from imagegate.core.request import Delivery, EditRequest, OutputFormat, Quality
 from imagegate.core.sizing import TIERS
@@ -174,6 +175,18 @@ async def get_record_info(request: Request) -> Response:
 
 def router() -> APIRouter:
     api = APIRouter()
-    api.add_api_route(f"{PREFIX}/createTask", create_task, methods=["POST"])
-    api.add_api_route(f"{PREFIX}/recordInfo", get_record_info, methods=["GET"])
+    api.add_api_route(
+        f"{PREFIX}/createTask",
+        create_task,
+        methods=["POST"],
+        responses=openapi.responses("jobs", openapi.JOBS_STATUSES),
+        openapi_extra={**openapi.body(json=openapi.JOBS_JSON), "parameters": openapi.query(openapi.DRY_RUN)},
+    )
+    api.add_api_route(
+        f"{PREFIX}/recordInfo",
+        get_record_info,
+        methods=["GET"],
+        responses=openapi.responses("jobs", openapi.READ_STATUSES),
+        openapi_extra={"parameters": openapi.query(("taskId", {"type": "string"}, "The task to report."))},
+    )
     return api

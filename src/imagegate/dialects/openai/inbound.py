@@ -18,8 +18,8 @@ import pybase64
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.datastructures import FormData, UploadFile
-from starlette.formparsers import MultiPartException
 
+from imagegate import openapi
 from imagegate.config import Limits
 from imagegate.core.catalog import Catalog, ModelSpec
 from imagegate.core.request import Background, Delivery, EditRequest, ImageRef, OutputFormat, Quality
@@ -34,6 +34,7 @@ from imagegate.dialects.fields import (
     ref_from_json,
     ref_from_text,
 )
+from imagegate.dialects.forms import read_multipart
 from imagegate.dialects.openai import seed003
 from imagegate.errors import BadRequest, ImagegateError, MissingParameter
 from imagegate.imaging import has_alpha
@@ -180,15 +181,7 @@ async def parse_request(request: Request, limits: Limits, basic_only: BasicOnly)
     """The canonical request from a multipart or JSON body. Raises BadRequest for malformed bodies."""
     content_type = request.headers.get("content-type", "").lower()
     if content_type.startswith("multipart/form-data"):
-        try:
-            form = await request.form(
-                max_files=limits.max_images + 2,
-                max_fields=limits.max_form_fields,
-                max_part_size=limits.max_image_bytes * 4 // 3 + 1024,
-            )
-        except MultiPartException as exc:
-            raise BadRequest(f"Invalid multipart body: {exc.message}") from exc
-        return _from_form(form, basic_only)
+        return _from_form(await read_multipart(request, limits), basic_only)
     if content_type.startswith("application/x-www-form-urlencoded"):
         return _from_form(await request.form(max_fields=limits.max_form_fields), basic_only)
     body = json_object(await request.body(), hint=" Send JSON or multipart/form-data.")
@@ -402,16 +395,23 @@ def router() -> APIRouter:
     api = APIRouter()
     for prefix in PREFIXES:
         images_edits, images_generations = _image_routes(prefix in seed003.PREFIXES)
-        api.add_api_route(f"{prefix}/images/edits", images_edits, methods=["POST"], include_in_schema=prefix == "/v1")
+        shown = prefix == "/v1"
+        for path, endpoint in (("images/edits", images_edits), ("images/generations", images_generations)):
+            api.add_api_route(
+                f"{prefix}/{path}",
+                endpoint,
+                methods=["POST"],
+                include_in_schema=shown,
+                responses=openapi.responses("openai", openapi.IMAGE_STATUSES, stream=True),
+                openapi_extra={
+                    **openapi.body(json=openapi.IMAGES_JSON, form=openapi.IMAGES_FORM),
+                    "parameters": openapi.query(openapi.DRY_RUN),
+                },
+            )
+        reads = openapi.responses("openai", openapi.READ_STATUSES)
+        api.add_api_route(f"{prefix}/models", list_models, methods=["GET"], include_in_schema=shown, responses=reads)
         api.add_api_route(
-            f"{prefix}/images/generations",
-            images_generations,
-            methods=["POST"],
-            include_in_schema=prefix == "/v1",
-        )
-        api.add_api_route(f"{prefix}/models", list_models, methods=["GET"], include_in_schema=prefix == "/v1")
-        api.add_api_route(
-            f"{prefix}/images/tasks/{{task_id}}", get_task, methods=["GET"], include_in_schema=prefix == "/v1"
+            f"{prefix}/images/tasks/{{task_id}}", get_task, methods=["GET"], include_in_schema=shown, responses=reads
         )
     return api
 
