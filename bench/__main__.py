@@ -21,7 +21,6 @@ import asyncio
 import io
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -34,6 +33,7 @@ from PIL import Image
 
 from bench.memory import memory_under_attack
 from bench.relay import relay_overhead
+from bench.serving import serve
 from imagegate.config import ImagingSettings
 from imagegate.core.catalog import Catalog
 from imagegate.core.request import EditRequest, Size
@@ -49,26 +49,6 @@ def picture(width: int, height: int, level: int = 1) -> bytes:
     buf = io.BytesIO()
     noise.save(buf, "PNG", compress_level=level)
     return buf.getvalue()
-
-
-def start_server(data_dir: Path) -> tuple[subprocess.Popen[bytes], str, str]:
-    port = 18000 + os.getpid() % 1000
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "imagegate", "serve", "--port", str(port), "--data-dir", str(data_dir)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-    )
-    assert proc.stdout is not None
-    proc.stdout.readline()
-    key = proc.stdout.readline().decode().strip()
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(100):
-        try:
-            if httpx.get(f"{base}/healthz").status_code == 200:
-                return proc, base, key
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    raise RuntimeError("server did not start")
 
 
 def in_process_edit(png: bytes) -> float:
@@ -131,7 +111,9 @@ def main() -> None:
             print(memory_under_attack(Path(tmp)))
         return
     with tempfile.TemporaryDirectory() as tmp:
-        proc, base, key = start_server(Path(tmp) / "data")
+        port = 18000 + os.getpid() % 1000
+        proc, key = serve(Path(tmp) / "data", port)
+        base = f"http://127.0.0.1:{port}"
         try:
             png = picture(1024, 1024)
             http_edit(base, key, png)

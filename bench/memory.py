@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import os
 import struct
-import subprocess
-import sys
 import threading
 import time
 import zlib
@@ -19,6 +17,7 @@ from pathlib import Path
 import httpx
 import psutil
 
+from bench.serving import serve
 from imagegate.core.request import Size
 from imagegate.service.budget import decode_cost
 
@@ -57,23 +56,9 @@ def memory_under_attack(tmp: Path) -> str:
         "IMAGEGATE_ACCOUNTS__MAX_ACTIVE_TASKS": "0",
         "IMAGEGATE_ACCOUNTS__REQUESTS_PER_MINUTE": "0",
     }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "imagegate", "serve", "--port", str(port), "--data-dir", str(tmp / "memory")],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        env=env,
-    )
+    proc, key = serve(tmp / "memory", port, env)
+    base = f"http://127.0.0.1:{port}"
     try:
-        assert proc.stdout is not None
-        proc.stdout.readline()
-        key = proc.stdout.readline().decode().strip()
-        base = f"http://127.0.0.1:{port}"
-        for _ in range(100):
-            try:
-                if httpx.get(f"{base}/healthz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
         server = psutil.Process(proc.pid)
         time.sleep(2)
         before = server.memory_info().rss

@@ -6,13 +6,13 @@ from __future__ import annotations
 import asyncio
 import os
 import statistics
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+
+from bench.serving import serve
 
 CLIENTS = 32
 PER_CLIENT = 5
@@ -30,26 +30,6 @@ class Load:
     def percentile(self, q: float) -> float:
         ordered = sorted(self.latencies)
         return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-def serve(data_dir: Path, port: int, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
-    """`imagegate serve` on `port`; returns the process and its first-start key."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "imagegate", "serve", "--port", str(port), "--data-dir", str(data_dir)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        env=env,
-    )
-    assert proc.stdout is not None
-    proc.stdout.readline()
-    key = proc.stdout.readline().decode().strip()
-    for _ in range(100):
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
-                return proc, key
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    raise RuntimeError("server did not start")
 
 
 async def load(base: str, key: str, png: bytes) -> Load:
