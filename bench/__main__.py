@@ -36,8 +36,8 @@ from bench.relay import relay_overhead
 from bench.serving import serve
 from imagegate.config import ImagingSettings
 from imagegate.core.catalog import Catalog
+from imagegate.core.job import Job
 from imagegate.core.request import EditRequest, Size
-from imagegate.engines.base import Job
 from imagegate.engines.classic.engine import ClassicEngine
 from imagegate.imaging import open_image
 

@@ -7,7 +7,7 @@ import asyncio
 from PIL import Image
 
 from imagegate.config import ImagingSettings
-from imagegate.engines.base import ImageOut, Job
+from imagegate.core.job import ImageOut, Job, Made
 from imagegate.errors import EngineError
 from imagegate.imaging import encode
 
@@ -29,7 +29,7 @@ class OnePerCall:
         self.started = asyncio.Event()
         """Set when the first call starts."""
 
-    async def run(self, job: Job) -> list[ImageOut]:
+    async def run(self, job: Job) -> Made:
         index = self.calls
         self.calls += 1
         self.started.set()
@@ -43,7 +43,7 @@ class OnePerCall:
                 raise EngineError("the upstream refused this one")
             img = Image.new("RGB", (job.size.width, job.size.height), (index * 40 % 255, 0, 0))
             data = encode(img, job.request.output_format, ImagingSettings())
-            return [ImageOut(data, job.request.output_format, job.size, False, f"image {index}")]
+            return Made([ImageOut(data, job.request.output_format, job.size, False, f"image {index}")])
         finally:
             self.in_flight -= 1
 

@@ -9,8 +9,8 @@ from PIL import Image, ImageChops
 
 from imagegate.config import ImagingSettings
 from imagegate.core.catalog import Catalog
+from imagegate.core.job import Job
 from imagegate.core.request import Background, EditRequest, OutputFormat, Size
-from imagegate.engines.base import Job
 from imagegate.engines.classic.engine import ClassicEngine
 from imagegate.engines.classic.vocabulary import VOCABULARY, plan
 from imagegate.imaging import open_image
@@ -83,7 +83,7 @@ async def _run(prompt: str, *images: bytes, size: Size = SQUARE, **fields: objec
     engine = ClassicEngine(ImagingSettings())
     sources = [open_image(io.BytesIO(data), max_pixels=10**8, param=f"image[{i}]") for i, data in enumerate(images)]
     req = EditRequest(prompt=prompt, size=str(size), **fields)  # type: ignore[arg-type]
-    out = await engine.run(Job(req, Catalog.from_config({}).get("gpt-image-2"), size, sources))
+    out = (await engine.run(Job(req, Catalog.from_config({}).get("gpt-image-2"), size, sources))).images
     return decode(out[0].data), out[0].revised_prompt
 
 

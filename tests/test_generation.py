@@ -8,8 +8,8 @@ from PIL import Image, ImageChops
 
 from imagegate.config import ImagingSettings
 from imagegate.core.catalog import Catalog
+from imagegate.core.job import Job
 from imagegate.core.request import Background, EditRequest, OutputFormat, Size
-from imagegate.engines.base import Job
 from imagegate.engines.classic.draw import read
 from imagegate.engines.classic.engine import ClassicEngine
 from imagegate.engines.classic.palette import colours_in
@@ -22,7 +22,7 @@ SQUARE = Size(1024, 1024)
 async def generate(prompt: str, size: Size = SQUARE, **fields: object) -> tuple[Image.Image, str]:
     engine = ClassicEngine(ImagingSettings())
     req = EditRequest(prompt=prompt, size=str(size), **fields)  # type: ignore[arg-type]
-    (out,) = await engine.run(Job(req, Catalog.from_config({}).get("gpt-image-2"), size))
+    (out,) = (await engine.run(Job(req, Catalog.from_config({}).get("gpt-image-2"), size))).images
     image = decode(out.data)
     assert image.size == (size.width, size.height)
     return image, out.revised_prompt

@@ -11,9 +11,9 @@ import pytest
 
 from imagegate.config import ChannelSettings
 from imagegate.core.catalog import Catalog
+from imagegate.core.job import ImageOut, Job, Made
 from imagegate.core.request import EditRequest, OutputFormat, Size
-from imagegate.engines.base import ImageOut, Job
-from imagegate.errors import BadRequest, EngineError, ImagegateError
+from imagegate.errors import BadRequest, EngineError
 from imagegate.service.router import Breaker, Channel, Router, backoff_s
 
 SPEC = Catalog.from_config({}).get("gpt-image-2")
@@ -25,7 +25,7 @@ class Scripted:
     images_per_call = 1
     can_generate = True
 
-    def __init__(self, name: str, script: list[ImagegateError | None] | None = None, delay: float = 0) -> None:
+    def __init__(self, name: str, script: list[Exception | None] | None = None, delay: float = 0) -> None:
         self.name = name
         self.script = list(script or [])
         self.delay = delay
@@ -33,7 +33,7 @@ class Scripted:
         self.running = 0
         self.most_running = 0
 
-    async def run(self, job: Job) -> list[ImageOut]:
+    async def run(self, job: Job) -> Made:
         self.calls += 1
         self.running += 1
         self.most_running = max(self.most_running, self.running)
@@ -42,7 +42,7 @@ class Scripted:
             outcome = self.script.pop(0) if self.script else None
             if outcome is not None:
                 raise outcome
-            return [ImageOut(b"img", OutputFormat.PNG, job.size, False, self.name)]
+            return Made([ImageOut(b"img", OutputFormat.PNG, job.size, False, self.name)])
         finally:
             self.running -= 1
 
@@ -74,17 +74,17 @@ async def test_retryable_faults_are_retried_then_failed_over() -> None:
     flaky = Scripted("flaky", [EngineError("503"), EngineError("503"), EngineError("503")])
     backup = Scripted("backup")
     router = Router("m", [channel(flaky, max_retries=2), channel(backup, priority=1)])
-    (out,) = await router.run(job())
+    made = await router.run(job())
+    (out,) = made.images
     assert (flaky.calls, backup.calls, out.revised_prompt) == (3, 1, "backup")
-    assert out.upstream is not None and out.upstream["failovers"] == 1 and out.upstream["attempts"] == 1
+    assert made.report is not None and made.report["failovers"] == 1 and made.report["attempts"] == 1
 
 
 async def test_a_non_retryable_fault_fails_over_at_once_and_a_rejection_ends_the_request() -> None:
     misconfigured = Scripted("bad-key", [EngineError("401", retryable=False)])
     backup = Scripted("backup")
-    assert (await Router("m", [channel(misconfigured), channel(backup, priority=1)]).run(job()))[
-        0
-    ].revised_prompt == "backup"
+    made = await Router("m", [channel(misconfigured), channel(backup, priority=1)]).run(job())
+    assert made.images[0].revised_prompt == "backup"
     assert misconfigured.calls == 1
 
     picky = Scripted("picky", [BadRequest("size is not allowed", param="size")])
@@ -111,6 +111,42 @@ async def test_the_breaker_rests_a_failing_channel_and_probes_it_back() -> None:
     breaker.attempt()
     breaker.succeeded()
     assert breaker.state == "closed" and breaker.admits()
+
+
+def resting(engine: Scripted, now: list[float]) -> Channel:
+    """A channel whose circuit is open and whose rest is over (the next request is its probe)."""
+    rested = channel(engine, max_retries=0, breaker_failures=1, breaker_rest_s=10)
+    rested.breaker = Breaker(failures=1, rest_s=10, clock=lambda: now[0])
+    rested.breaker.failed()
+    now[0] = 10
+    assert rested.breaker.state == "half-open" and rested.breaker.admits()
+    return rested
+
+
+async def test_a_cancelled_probe_leaves_the_channel_usable() -> None:
+    now = [0.0]
+    slow = Scripted("slow", delay=60)
+    rested = resting(slow, now)
+    router = Router("m", [rested])
+    with anyio.move_on_after(0.05):  # the client went away (or a handler timed out) mid-probe
+        await router.run(job())
+    assert slow.calls == 1 and rested.breaker.admits(), "the cancelled probe must not hold the circuit"
+    slow.delay = 0
+    made = await router.run(job())
+    assert made.images[0].revised_prompt == "slow" and rested.breaker.state == "closed"
+
+
+async def test_a_probe_that_crashes_rests_the_channel_again_and_probes_later() -> None:
+    now = [0.0]
+    buggy = Scripted("buggy", [RuntimeError("a bug in the engine")])
+    rested = resting(buggy, now)
+    router = Router("m", [rested])
+    with pytest.raises(RuntimeError):
+        await router.run(job())
+    assert rested.breaker.state == "open", "a crash counts against the channel"
+    now[0] = 20
+    assert rested.breaker.admits()
+    assert (await router.run(job())).images[0].revised_prompt == "buggy"
 
 
 async def test_an_open_circuit_is_skipped_and_all_open_is_a_clear_502() -> None:

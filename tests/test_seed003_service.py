@@ -13,7 +13,8 @@ import openai
 import pybase64
 import pytest
 
-from imagegate.engines.base import ImageOut, Job
+from imagegate.core.job import Job, Made
+from imagegate.engines.mock import MockEngine
 from tests.conftest import Api, create_key, decode, make_image, open_api
 from tests.shapes import assert_like
 from tests.test_accounts import DATA_URL, balance, settings
@@ -75,18 +76,9 @@ async def test_v1_images_stays_openais(api: Api) -> None:
     assert refused.json() == {"error": refused.json()["error"]} and refused.json()["error"]["code"] == "invalid_api_key"
 
 
-class Broken:
+async def broken(job: Job) -> Made:
     """An engine that fails with an unexpected exception (a bug, as far as the client can tell)."""
-
-    name = "broken"
-    images_per_call = 1
-    can_generate = True
-
-    async def run(self, job: Job) -> list[ImageOut]:
-        raise RuntimeError("boom: a secret detail")
-
-    async def aclose(self) -> None:
-        return None
+    raise RuntimeError("boom: a secret detail")
 
 
 def assert_seed003_error(r: httpx.Response, status: int, code: str) -> dict[str, Any]:
@@ -117,7 +109,9 @@ async def test_errors_are_seed003s_with_its_codes(tmp_path: Path, prefix: str) -
         assert int(limited.headers["retry-after"]) <= 60
         missing = await api.client.get(f"{prefix}/images/tasks/task_nope", headers=api.auth)
         assert_seed003_error(missing, 404, "not_found")
-    async with open_api(settings(tmp_path / "broken"), {"broken": Broken()}) as api:
+    async with open_api(
+        settings(tmp_path / "broken"), {"broken": MockEngine(broken, name="broken", images_per_call=1)}
+    ) as api:
         app = api.client._transport.app  # type: ignore[attr-defined]
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:

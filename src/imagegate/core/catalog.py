@@ -57,6 +57,8 @@ class ModelSpec:
     """Answers `revised_prompt` = the prompt and `created` = 0, as seed 003's adapter layer does; what
     the engine did goes in the `x-imagegate-applied` header instead."""
     max_images: int = 16
+    b64_on_request: bool = False
+    """Answers URLs unless asked `response_format=b64_json`, so a relayed call asks for it (DALL·E)."""
     prices: dict[str, Decimal] = field(default_factory=lambda: dict(GPT_IMAGE_PRICES))
     """Credits per image by quality; `auto` prices as `medium`."""
     per_call_price: Decimal | None = None
@@ -100,6 +102,7 @@ def _builtin() -> dict[str, ModelSpec]:
             passthrough_qualities=(),
             default_delivery=Delivery.URL,
             max_images=1,
+            b64_on_request=True,
             prices={"standard": Decimal(2)},
             above_1k_multiplier=Decimal(1),
         ),

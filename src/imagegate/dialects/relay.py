@@ -1,90 +1,26 @@
-"""What every outbound dialect client shares: the answer it returns, the protocol it implements, and
-the translation of HTTP faults into our error tree (DESIGN principle 2)."""
+"""What every outbound dialect client shares: a pooled HTTP client, the translation of a provider's
+non-2xx answers into our error tree, inputs as data URLs or published URLs, and b64 decoding.
+(httpx's own failures are mapped once, by the upstream engine that calls every client.)"""
 
 from __future__ import annotations
 
 import email.utils
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
 
 import anyio
 import httpx
 import pybase64
 
-from imagegate.core.request import OutputFormat
-from imagegate.engines.base import Job
-from imagegate.errors import BadRequest, EngineError, EngineTimeout, ImagegateError
+from imagegate.core.upstream import InputHost
+from imagegate.errors import BadRequest, EngineError, ImagegateError
 from imagegate.imaging import SourceImage
 
 CLIENT_FAULTS = {400, 413, 415, 422}
 """Statuses by which a provider rejects the request itself: passed to the client, never retried."""
 RETRYABLE = {408, 409, 425, 429}
-
-
-@dataclass
-class UpstreamImage:
-    """One image as a provider answered it: bytes (b64 or data URL, decoded) or a URL to fetch."""
-
-    data: bytes | None = None
-    url: str | None = None
-    revised_prompt: str = ""
-
-
-@dataclass
-class UpstreamAnswer:
-    images: list[UpstreamImage]
-    usage: dict[str, Any] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-    """Anything else worth keeping on the task (the provider's task id, for example)."""
-
-
-class UpstreamClient(Protocol):
-    """A provider in one dialect. `run` makes one attempt and raises EngineError (retryable or not)
-    for the provider's faults, or a BadRequest leaf carrying the provider's message when the
-    provider rejected the request itself."""
-
-    images_per_call: int
-    can_generate: bool
-
-    async def run(self, job: Job, model: str) -> UpstreamAnswer: ...
-
-    async def probe(self) -> str:
-        """A one-line health report (raises EngineError when the provider cannot be reached)."""
-        ...
-
-    async def aclose(self) -> None: ...
-
-
-class InputHost(Protocol):
-    """Makes input images fetchable by a provider that takes only URLs, for as long as an attempt lasts."""
-
-    async def publish(self, data: bytes, fmt: OutputFormat) -> tuple[str, str]:
-        """A public, signed, expiring URL for `data`, and the handle to withdraw it by."""
-        ...
-
-    async def withdraw(self, handle: str) -> None: ...
-
-
-class CallbackSlot(Protocol):
-    """Where one provider callback lands."""
-
-    url: str
-    """The `callback_url` to give the provider."""
-
-    async def wait(self) -> Any:
-        """The callback's JSON body, once it arrived."""
-        ...
-
-
-class CallbackInbox(Protocol):
-    """Receives providers' callbacks for the requests waiting on them."""
-
-    def expect(self) -> CallbackSlot: ...
-
-    def discard(self, slot: CallbackSlot) -> None: ...
 
 
 class Publications:
@@ -133,20 +69,6 @@ def decode_b64(text: str) -> bytes:
         return pybase64.b64decode(payload, validate=True)
     except ValueError as exc:
         raise EngineError("The upstream answered an image that is not valid base64.") from exc
-
-
-def scrub(value: Any, secret: str) -> Any:
-    """`value` (a string, or JSON-like lists and dicts of them) with every occurrence of `secret`
-    replaced, so an upstream key a provider echoes never reaches a client, a task row or a log."""
-    if not secret:
-        return value
-    if isinstance(value, str):
-        return value.replace(secret, "***")
-    if isinstance(value, dict):
-        return {scrub(key, secret): scrub(item, secret) for key, item in value.items()}
-    if isinstance(value, list):
-        return [scrub(item, secret) for item in value]
-    return value
 
 
 def error_parts(body: Any) -> tuple[str | None, str | None, str | None]:
@@ -206,19 +128,16 @@ def rejection(response: httpx.Response, channel: str) -> ImagegateError:
     return EngineError(f"The upstream channel '{channel}' answered {status}: {said}", retryable=False)
 
 
-@contextmanager
-def mapped_faults(channel: str) -> Iterator[None]:
-    """httpx's failures as EngineTimeout / EngineError (both worth retrying)."""
-    try:
-        yield
-    except httpx.TimeoutException as exc:
-        raise EngineTimeout(f"The upstream channel '{channel}' timed out ({type(exc).__name__}).") from exc
-    except httpx.HTTPError as exc:
-        raise EngineError(f"The upstream channel '{channel}' could not be reached ({type(exc).__name__}).") from exc
-
-
-def http_client(base_url: str, api_key: str, *, timeout_s: float, max_connections: int) -> httpx.AsyncClient:
-    """The pooled client of one channel: bearer auth, the channel's timeout, no proxies from the environment."""
+def http_client(
+    base_url: str,
+    api_key: str,
+    *,
+    timeout_s: float,
+    max_connections: int,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> httpx.AsyncClient:
+    """The pooled client of one channel: bearer auth, the channel's timeout, no proxies from the
+    environment; `transport` replaces the network (an `httpx.MockTransport` in tests)."""
     headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
     return httpx.AsyncClient(
         base_url=base_url.rstrip("/"),
@@ -226,6 +145,7 @@ def http_client(base_url: str, api_key: str, *, timeout_s: float, max_connection
         timeout=httpx.Timeout(timeout_s, connect=min(10.0, timeout_s)),
         limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
         trust_env=False,
+        transport=transport,
     )
 
 
@@ -233,9 +153,20 @@ class HttpUpstream:
     """What every HTTP dialect client holds: its channel's name and a pooled client that sends its key;
     `answer` turns a response into its JSON body or the right error."""
 
-    def __init__(self, channel: str, base_url: str, api_key: str, *, timeout_s: float, max_connections: int) -> None:
+    def __init__(
+        self,
+        channel: str,
+        base_url: str,
+        api_key: str,
+        *,
+        timeout_s: float,
+        max_connections: int,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
         self.channel = channel
-        self._http = http_client(base_url, api_key, timeout_s=timeout_s, max_connections=max_connections)
+        self._http = http_client(
+            base_url, api_key, timeout_s=timeout_s, max_connections=max_connections, transport=transport
+        )
 
     async def aclose(self) -> None:
         await self._http.aclose()

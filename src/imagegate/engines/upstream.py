@@ -1,8 +1,9 @@
 """The upstream engine: one attempt through a provider's dialect client, normalised into our images.
 
-A dialect client (`dialects/<name>/upstream.py`, see `dialects/relay.py`) speaks the wire format; this engine bounds the
-attempt by the channel's timeout, downloads URL results under the §8 fetch rules, decodes b64 and
-data URLs, and converts to the requested format and size where the provider did not. Retries and
+A dialect client (`dialects/<name>/upstream.py`, see `core/upstream.py`) speaks the wire format; this
+engine bounds the attempt by the channel's timeout, maps the client's HTTP failures into our error
+tree (once, for every client), downloads URL results under the §8 fetch rules, decodes b64 and data
+URLs, and converts to the requested format and size where the provider did not. Retries and
 failover across channels are the router's (service/router.py), not this engine's.
 """
 
@@ -12,15 +13,15 @@ import io
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
 
 import anyio
+import httpx
 
 from imagegate.config import ChannelSettings, ImagingSettings
 from imagegate.core.catalog import SizeMode
+from imagegate.core.job import ImageOut, Job, Made
 from imagegate.core.request import OutputFormat, Size
-from imagegate.dialects.relay import UpstreamClient, UpstreamImage, scrub
-from imagegate.engines.base import ImageOut, Job
+from imagegate.core.upstream import UpstreamClient, UpstreamImage, scrub
 from imagegate.errors import EngineError, EngineTimeout, ImagegateError
 from imagegate.imaging import alpha_in, encode, fit_cover, open_image, sniff
 from imagegate.net.fetch import SafeFetcher
@@ -53,12 +54,12 @@ class UpstreamEngine:
     async def aclose(self) -> None:
         await self.client.aclose()
 
-    async def run(self, job: Job) -> list[ImageOut]:
+    async def run(self, job: Job) -> Made:
         """One attempt within the channel's timeout; EngineTimeout when it runs out."""
         model = self.channel.model_map.get(job.spec.id, job.spec.id)
         started = time.perf_counter()
         try:
-            with anyio.fail_after(self.channel.timeout_s), self._scrubbed():
+            with anyio.fail_after(self.channel.timeout_s), self._faults():
                 answer = await self.client.run(job, model)
                 if not answer.images:
                     raise EngineError("The upstream answered no image.")
@@ -76,19 +77,25 @@ class UpstreamEngine:
             "usage": scrub(answer.usage, self.secret),
             **scrub(answer.extra, self.secret),
         }
-        return [replace(out, upstream=report) for out in outs]
+        return Made(outs, report)
 
     async def probe(self) -> str:
         """The channel's one-line health report (scrubbed); raises what the client raises, scrubbed."""
-        with self._scrubbed():
+        with self._faults():
             report: str = scrub(await self.client.probe(), self.secret)
             return report
 
     @contextmanager
-    def _scrubbed(self) -> Iterator[None]:
-        """Our errors raised inside, with the channel's key scrubbed from their message, code and param."""
+    def _faults(self) -> Iterator[None]:
+        """The one place a client's failures become ours: httpx's as EngineTimeout / EngineError (both
+        worth retrying), and our own errors with the channel's key scrubbed from message, code and param."""
+        name = self.channel.name
         try:
             yield
+        except httpx.TimeoutException as exc:
+            raise EngineTimeout(f"The upstream channel '{name}' timed out ({type(exc).__name__}).") from exc
+        except httpx.HTTPError as exc:
+            raise EngineError(f"The upstream channel '{name}' could not be reached ({type(exc).__name__}).") from exc
         except ImagegateError as exc:
             exc.message = scrub(exc.message, self.secret)
             exc.args = (exc.message,)

@@ -9,10 +9,10 @@ from collections.abc import Mapping
 
 from imagegate.config import ChannelSettings, Config, ConfigError
 from imagegate.core.catalog import Catalog
+from imagegate.core.upstream import InputHost, UpstreamClient
 from imagegate.dialects.envelope.upstream import EnvelopeUpstream
 from imagegate.dialects.jobs.upstream import JobsUpstream
 from imagegate.dialects.openai.upstream import OpenAIUpstream
-from imagegate.dialects.relay import InputHost, UpstreamClient
 from imagegate.engines import registry
 from imagegate.engines.base import Engine
 from imagegate.engines.upstream import UpstreamEngine

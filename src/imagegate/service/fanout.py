@@ -4,11 +4,11 @@ reported rather than fatal, and a provider that ignores `n` is called again for 
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import TYPE_CHECKING
 
-from imagegate.engines.base import ImageOut, Job, PartialSink
+from imagegate.core.job import CallReport, ImageOut, Job, Made, PartialSink
 from imagegate.errors import ImagegateError
 from imagegate.service.concurrently import run_all
 from imagegate.service.records import failure_of
@@ -19,34 +19,44 @@ if TYPE_CHECKING:
 log = logging.getLogger("imagegate.tasks")
 
 
-async def fan_out(prepared: Prepared, on_partial: PartialSink | None) -> tuple[list[ImageOut], list[dict[str, str]]]:
+@dataclass
+class FannedOut:
+    """The images of every call that succeeded, one report per relayed call, and the failed calls."""
+
+    images: list[ImageOut] = field(default_factory=list)
+    reports: list[CallReport] = field(default_factory=list)
+    failures: list[dict[str, str]] = field(default_factory=list)
+
+
+async def fan_out(prepared: Prepared, on_partial: PartialSink | None) -> FannedOut:
     """n images from ceil(n / per-call) concurrent engine calls; failed calls are reported, not fatal,
     while at least one call succeeds. A call that returns fewer images than it asked for (a provider
     that ignores `n`) is made up for by one more round of single-image calls."""
     req = prepared.request
     per_call = max(1, prepared.engine.images_per_call)
     counts = [min(per_call, req.n - start) for start in range(0, req.n, per_call)]
-    images, errors = await _calls(prepared, counts, on_partial)
-    shortfall = req.n - len(images) - sum(count for count, exc in zip(counts, errors, strict=True) if exc)
-    if images and shortfall > 0:
-        more, more_errors = await _calls(prepared, [1] * shortfall, None)
-        images += more
-        errors += more_errors
+    result = FannedOut()
+    errors = await _calls(prepared, counts, on_partial, result)
+    shortfall = req.n - len(result.images) - sum(count for count, exc in zip(counts, errors, strict=True) if exc)
+    if result.images and shortfall > 0:
+        errors += await _calls(prepared, [1] * shortfall, None, result)
     failed = [exc for exc in errors if exc is not None]
-    if not images:
+    if not result.images:
         raise failed[0]
     for exc in failed:
         if not isinstance(exc, ImagegateError):
             log.error("an engine call of task %s failed", prepared.task_id, exc_info=exc)
-    return images, [dict(zip(("code", "message"), failure_of(exc), strict=True)) for exc in failed]
+    result.failures = [dict(zip(("code", "message"), failure_of(exc), strict=True)) for exc in failed]
+    return result
 
 
 async def _calls(
-    prepared: Prepared, counts: list[int], on_partial: PartialSink | None
-) -> tuple[list[ImageOut], list[Exception | None]]:
-    """One concurrent engine call per entry of `counts` (images it asks for); the images made and
-    each call's error (None where it succeeded). Only the first call streams partial images."""
-    results: list[list[ImageOut]] = [[] for _ in counts]
+    prepared: Prepared, counts: list[int], on_partial: PartialSink | None, into: FannedOut
+) -> list[Exception | None]:
+    """One concurrent engine call per entry of `counts` (images it asks for), their images and reports
+    added to `into` in call order; each call's error (None where it succeeded). Only the first call
+    streams partial images."""
+    results: list[Made | None] = [None] * len(counts)
     errors: list[Exception | None] = [None] * len(counts)
 
     async def call(index: int) -> None:
@@ -59,9 +69,14 @@ async def _calls(
             on_partial if index == 0 else None,
         )
         try:
-            results[index] = (await prepared.engine.run(job))[: counts[index]]
+            results[index] = await prepared.engine.run(job)
         except Exception as exc:  # kept per call; the caller decides
             errors[index] = exc
 
     await run_all([partial(call, index) for index in range(len(counts))])
-    return [image for batch in results for image in batch], errors
+    for made, count in zip(results, counts, strict=True):
+        if made is not None:
+            into.images += made.images[:count]
+            if made.report is not None:
+                into.reports.append(made.report)
+    return errors

@@ -27,8 +27,6 @@ from imagegate.stores import ledger
 from imagegate.stores.blobs import BlobStore
 from imagegate.stores.db import Database, StoredFile, Task, WebhookDelivery, now_ms
 
-TERMINAL = frozenset({"success", "fail"})
-
 
 @dataclass
 class Delivered:
@@ -117,20 +115,9 @@ def result_record(outcome: Outcome) -> dict[str, Any]:
         "usage": outcome.usage,
         "price": str(outcome.price),
         "failures": outcome.failures,
-        "upstream": _distinct(outcome.upstream),
+        "upstream": outcome.upstream,
         "resampled_from": str(outcome.resampled_from) if outcome.resampled_from else None,
     }
-
-
-def _distinct(reports: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
-    """One report per provider call (the images of one call share theirs)."""
-    if reports is None:
-        return None
-    seen: list[dict[str, Any]] = []
-    for report in reports:
-        if not any(report is other for other in seen):
-            seen.append(report)
-    return seen
 
 
 async def outcome_of(task: Task, blobs: BlobStore) -> Outcome:

@@ -15,12 +15,13 @@ import logging
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import anyio
 
 from imagegate.config import ChannelSettings
-from imagegate.engines.base import Engine, ImageOut, Job
+from imagegate.core.job import Job, Made
+from imagegate.engines.base import Engine
 from imagegate.errors import EngineError, ImagegateError
 from imagegate.metrics import Metrics
 
@@ -55,6 +56,11 @@ class Breaker:
     def attempt(self) -> None:
         if self.state == "half-open":
             self.probing = True
+
+    def settled(self) -> None:
+        """An attempt ended without an outcome (cancelled): its probe, if it was one, no longer holds
+        the circuit, so the next request may probe."""
+        self.probing = False
 
     def succeeded(self) -> None:
         self.consecutive, self.opened_at, self.probing = 0, None, False
@@ -126,7 +132,7 @@ class Router:
                 ordered.append(pick)
         return ordered
 
-    async def run(self, job: Job) -> list[ImageOut]:
+    async def run(self, job: Job) -> Made:
         """Images from the first channel that makes them; the last fault when none does."""
         last: EngineError | None = None
         tried: list[str] = []
@@ -137,44 +143,59 @@ class Router:
                 continue
             tried.append(channel.settings.name)
             try:
-                outs = await self._on(channel, job)
+                made = await self._on(channel, job)
             except EngineError as exc:
                 log.warning("channel %s failed for %s: %s", channel.settings.name, self.model_id, exc.message)
                 last = exc
                 continue
-            for report in {id(out.upstream): out.upstream for out in outs if out.upstream is not None}.values():
-                report["failovers"] = len(tried) - 1
-            return outs
+            made.report = {**(made.report or {}), "failovers": len(tried) - 1}
+            return made
         if last is None:
             raise EngineError(
                 f"Every channel serving '{self.model_id}' is resting after repeated failures; try again shortly."
             )
         raise last
 
-    async def _on(self, channel: Channel, job: Job) -> list[ImageOut]:
+    async def _on(self, channel: Channel, job: Job) -> Made:
         settings = channel.settings
         for attempt in range(settings.max_retries + 1):
-            channel.breaker.attempt()
             try:
-                async with channel.slots:
-                    outs = await channel.engine.run(job)
+                made = await self._attempt(channel, job)
             except EngineError as exc:
-                channel.breaker.failed()
-                self._count(channel, "retryable" if exc.retryable else "failed")
                 final = attempt == settings.max_retries or not exc.retryable or not channel.breaker.admits()
                 if final:
                     raise
                 await anyio.sleep(backoff_s(attempt, settings.retry_backoff_s, exc.retry_after, self.rng))
                 continue
-            except ImagegateError:
-                channel.breaker.succeeded()  # the channel answered; the request itself was refused
-                self._count(channel, "rejected")
-                raise
-            channel.breaker.succeeded()
-            self._count(channel, "ok")
-            report = {"channel": settings.name, **(outs[0].upstream or {}), "attempts": attempt + 1} if outs else {}
-            return [replace(out, upstream=report) for out in outs]
+            made.report = {"channel": settings.name, **(made.report or {}), "attempts": attempt + 1}
+            return made
         raise AssertionError("unreachable: the last attempt returns or raises")
+
+    async def _attempt(self, channel: Channel, job: Job) -> Made:
+        """One call on `channel`, its outcome told to the channel's breaker on every way out: a fault
+        counts against the channel, an answer (a refusal of the request included) for it, and an
+        attempt cancelled before either (client gone, timeout, shutdown) releases a probe it held."""
+        channel.breaker.attempt()
+        try:
+            async with channel.slots:
+                made = await channel.engine.run(job)
+        except EngineError as exc:
+            channel.breaker.failed()
+            self._count(channel, "retryable" if exc.retryable else "failed")
+            raise
+        except ImagegateError:
+            channel.breaker.succeeded()  # the channel answered; the request itself was refused
+            self._count(channel, "rejected")
+            raise
+        except Exception:
+            channel.breaker.failed()
+            self._count(channel, "failed")
+            raise
+        finally:
+            channel.breaker.settled()
+        channel.breaker.succeeded()
+        self._count(channel, "ok")
+        return made
 
     def _count(self, channel: Channel, result: str) -> None:
         if self.metrics is not None:

@@ -25,11 +25,12 @@ import anyio
 
 from imagegate.config import AccountDefaults, Limits
 from imagegate.core.catalog import Catalog, ModelSpec
+from imagegate.core.job import ImageOut, PartialSink
 from imagegate.core.pricing import credits_text, price, price_before_inputs
 from imagegate.core.request import Background, EditRequest, ImageRef, Size
 from imagegate.core.sizing import tier_of
 from imagegate.core.validation import resolve_size, resolved_quality, validate
-from imagegate.engines.base import Engine, ImageOut, PartialSink
+from imagegate.engines.base import Engine
 from imagegate.errors import (
     BadRequest,
     ImagegateError,
@@ -43,7 +44,7 @@ from imagegate.imaging import SourceImage, open_image
 from imagegate.metrics import Metrics
 from imagegate.net.fetch import SafeFetcher, decode_inline
 from imagegate.service.budget import DecodeBudget, decode_cost, default_budget
-from imagegate.service.fanout import fan_out
+from imagegate.service.fanout import FannedOut, fan_out
 from imagegate.service.inputs import check_size, open_inputs
 from imagegate.service.leases import Leases
 from imagegate.service.records import Delivered, Outcome, TaskRecords, failure_of, file_name, outcome_of
@@ -258,23 +259,21 @@ class TaskService:
             try:
                 async with prepared.resources, self.budget.hold(prepared.decode_cost):
                     with self.metrics.engine_runs.labels(prepared.engine.name).track_inprogress():
-                        outs, failures = await fan_out(prepared, on_partial)
-                delivered, files = await self._store(prepared, outs)
+                        made = await fan_out(prepared, on_partial)
+                delivered, files = await self._store(prepared, made.images)
             except BaseException as exc:
                 await self._finish_failed(
                     prepared.task_id, prepared.spec.id, prepared.engine.name, prepared.started, exc
                 )
                 raise
-            outcome = self._outcome(prepared, outs, delivered, failures)
+            outcome = self._outcome(prepared, made, delivered)
             await self.records.finish(prepared.task_id, outcome=outcome, files=files)
         seconds = time.perf_counter() - prepared.started
         self.metrics.task_finished(prepared.spec.id, prepared.engine.name, seconds, images=len(delivered))
         return outcome
 
     @staticmethod
-    def _outcome(
-        prepared: Prepared, outs: list[ImageOut], delivered: list[Delivered], failures: list[dict[str, str]]
-    ) -> Outcome:
+    def _outcome(prepared: Prepared, made: FannedOut, delivered: list[Delivered]) -> Outcome:
         req, spec = prepared.request, prepared.spec
         quality = resolved_quality(req, spec)
         inputs = [(s.width, s.height) for s in prepared.sources]
@@ -286,13 +285,13 @@ class TaskService:
             size=prepared.size,
             quality=quality,
             output_format=req.output_format,
-            background=Background.TRANSPARENT if outs[0].transparent else Background.OPAQUE,
+            background=Background.TRANSPARENT if made.images[0].transparent else Background.OPAQUE,
             delivery=req.delivery or spec.default_delivery,
-            usage=provider_usage(outs) or usage(req.prompt, inputs, prepared.size, quality, len(outs)),
-            price=price(spec, quality, prepared.size, len(outs)),
-            failures=failures,
-            upstream=[out.upstream for out in outs if out.upstream is not None] or None,
-            resampled_from=next((out.resampled_from for out in outs if out.resampled_from is not None), None),
+            usage=provider_usage(made.reports) or usage(req.prompt, inputs, prepared.size, quality, len(made.images)),
+            price=price(spec, quality, prepared.size, len(made.images)),
+            failures=made.failures,
+            upstream=made.reports or None,
+            resampled_from=next((out.resampled_from for out in made.images if out.resampled_from), None),
         )
 
     async def run(self, key: ApiKey, req: EditRequest, origin: Origin) -> Outcome:

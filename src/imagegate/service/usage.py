@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from imagegate.core.job import CallReport
 from imagegate.core.request import Quality, Size
-from imagegate.engines.base import ImageOut
 
 _OUTPUT_TOKENS_1024 = {Quality.LOW: 272, Quality.MEDIUM: 1056, Quality.HIGH: 4160}
 _TILE = 512
@@ -36,10 +36,9 @@ def usage(prompt: str, inputs: list[tuple[int, int]], size: Size, quality: Quali
     }
 
 
-def provider_usage(outs: list[ImageOut]) -> dict[str, Any] | None:
+def provider_usage(reports: list[CallReport]) -> dict[str, Any] | None:
     """The providers' own `usage`, summed over the calls of a fan-out, when every call reported one."""
-    reports = {id(out.upstream): out.upstream for out in outs if out.upstream is not None}
-    usages = [report.get("usage") for report in reports.values()]
+    usages = [report.get("usage") for report in reports]
     if not usages or not all(isinstance(u, dict) for u in usages):
         return None
     if len(usages) == 1:

@@ -7,17 +7,11 @@ from typing import Any
 
 import anyio
 
+from imagegate.core.job import Job
 from imagegate.core.request import Quality
 from imagegate.core.sizing import native_size
-from imagegate.dialects.relay import (
-    HttpUpstream,
-    UpstreamAnswer,
-    UpstreamImage,
-    data_url,
-    decode_b64,
-    mapped_faults,
-)
-from imagegate.engines.base import Job
+from imagegate.core.upstream import UpstreamAnswer, UpstreamImage
+from imagegate.dialects.relay import HttpUpstream, data_url, decode_b64
 from imagegate.errors import EngineError
 
 
@@ -59,13 +53,11 @@ class EnvelopeUpstream(HttpUpstream):
             body["quality"] = job.request.quality.value
         if job.request.n != 1:
             body["n"] = job.request.n
-        with mapped_faults(self.channel):
-            response = await self._http.post("/images/edit", json=body)
+        response = await self._http.post("/images/edit", json=body)
         return parse_envelope(self.answer(response))
 
     async def probe(self) -> str:
-        with mapped_faults(self.channel):
-            response = await self._http.post("/images/edit", json={})
+        response = await self._http.post("/images/edit", json={})
         if response.status_code in (401, 403):
             raise self.refused(response)
         return f"ok (answers {response.status_code} to an empty request)"

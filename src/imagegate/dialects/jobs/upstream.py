@@ -10,17 +10,11 @@ import anyio
 import httpx
 import orjson
 
+from imagegate.core.job import Job
 from imagegate.core.request import Quality
 from imagegate.core.sizing import ratio_and_tier
-from imagegate.dialects.relay import (
-    HttpUpstream,
-    InputHost,
-    UpstreamAnswer,
-    UpstreamImage,
-    mapped_faults,
-    published,
-)
-from imagegate.engines.base import Job
+from imagegate.core.upstream import InputHost, UpstreamAnswer, UpstreamImage
+from imagegate.dialects.relay import HttpUpstream, published
 from imagegate.errors import EngineError
 
 EDIT_MODEL = "gpt-image-2-image-to-image"
@@ -73,9 +67,12 @@ class JobsUpstream(HttpUpstream):
         *,
         timeout_s: float,
         max_connections: int,
+        transport: httpx.AsyncBaseTransport | None = None,
         poll_interval_s: float,
     ) -> None:
-        super().__init__(channel, base_url, api_key, timeout_s=timeout_s, max_connections=max_connections)
+        super().__init__(
+            channel, base_url, api_key, timeout_s=timeout_s, max_connections=max_connections, transport=transport
+        )
         self._inputs = inputs
         self._poll_s = poll_interval_s
 
@@ -93,8 +90,7 @@ class JobsUpstream(HttpUpstream):
         if job.request.quality in (Quality.LOW, Quality.MEDIUM, Quality.HIGH):
             given["quality"] = job.request.quality.value
         given["output_format"] = job.request.output_format.value
-        with mapped_faults(self.channel):
-            response = await self._http.post("/jobs/createTask", json={"model": model, "input": given})
+        response = await self._http.post("/jobs/createTask", json={"model": model, "input": given})
         body = self._json(response)
         data = body.get("data") if isinstance(body, dict) else None
         task_id = data.get("taskId") if isinstance(data, dict) else None
@@ -106,8 +102,7 @@ class JobsUpstream(HttpUpstream):
         interval = self._poll_s
         while True:
             await anyio.sleep(interval)
-            with mapped_faults(self.channel):
-                response = await self._http.get("/jobs/recordInfo", params={"taskId": task_id})
+            response = await self._http.get("/jobs/recordInfo", params={"taskId": task_id})
             answer, failure = parse_record(self._json(response))
             if answer is not None:
                 return answer
@@ -122,8 +117,7 @@ class JobsUpstream(HttpUpstream):
         return body
 
     async def probe(self) -> str:
-        with mapped_faults(self.channel):
-            response = await self._http.get("/jobs/recordInfo", params={"taskId": "probe"})
+        response = await self._http.get("/jobs/recordInfo", params={"taskId": "probe"})
         if response.status_code in (401, 403):
             raise self.refused(response)
         return f"ok (answers {response.status_code} to an unknown task)"

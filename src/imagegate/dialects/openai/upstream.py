@@ -12,23 +12,19 @@ import httpx
 import orjson
 
 from imagegate.core.catalog import SizeMode
+from imagegate.core.job import Job
 from imagegate.core.request import Background, OutputFormat, Quality
 from imagegate.core.sizing import native_size
+from imagegate.core.upstream import CallbackInbox, InputHost, UpstreamAnswer, UpstreamImage
 from imagegate.dialects.relay import (
-    CallbackInbox,
     HttpUpstream,
-    InputHost,
     Publications,
-    UpstreamAnswer,
-    UpstreamImage,
     data_url,
     decode_b64,
     error_parts,
-    mapped_faults,
     published,
     read_source,
 )
-from imagegate.engines.base import Job
 from imagegate.errors import EngineError
 from imagegate.imaging import SourceImage
 
@@ -52,7 +48,7 @@ def wire_fields(job: Job, model: str) -> dict[str, str]:
         fields["background"] = req.background.value
     if req.user:
         fields["user"] = req.user
-    if model.startswith("dall-e"):
+    if job.spec.b64_on_request:
         fields["response_format"] = "b64_json"
     for name, value in req.extra.items():
         if isinstance(value, str | int | float) and not isinstance(value, bool) and name not in fields:
@@ -149,11 +145,14 @@ class OpenAIUpstream(HttpUpstream):
         *,
         timeout_s: float,
         max_connections: int,
+        transport: httpx.AsyncBaseTransport | None = None,
         callbacks: CallbackInbox | None = None,
         send_inputs: str = "multipart",
         inputs: InputHost | None = None,
     ) -> None:
-        super().__init__(channel, base_url, api_key, timeout_s=timeout_s, max_connections=max_connections)
+        super().__init__(
+            channel, base_url, api_key, timeout_s=timeout_s, max_connections=max_connections, transport=transport
+        )
         self._send_inputs = send_inputs
         self._inputs = inputs
         self._callbacks = callbacks
@@ -173,17 +172,16 @@ class OpenAIUpstream(HttpUpstream):
         elif self._callbacks is not None:
             return await self._by_callback(job, fields, self._callbacks, inputs)
         request = await self._request(job, fields, inputs)
-        with mapped_faults(self.channel):
-            response = await self._http.send(request, stream=streamed)
-            try:
-                if response.status_code >= 300:
-                    await response.aread()
-                    raise self.refused(response)
-                if streamed and response.headers.get("content-type", "").startswith("text/event-stream"):
-                    return await relay_events(response, job)
-                body = (await response.aread()) if streamed else response.content
-            finally:
-                await response.aclose()
+        response = await self._http.send(request, stream=streamed)
+        try:
+            if response.status_code >= 300:
+                await response.aread()
+                raise self.refused(response)
+            if streamed and response.headers.get("content-type", "").startswith("text/event-stream"):
+                return await relay_events(response, job)
+            body = (await response.aread()) if streamed else response.content
+        finally:
+            await response.aclose()
         try:
             return parse_images(orjson.loads(body))
         except orjson.JSONDecodeError as exc:
@@ -197,8 +195,7 @@ class OpenAIUpstream(HttpUpstream):
         try:
             fields["callback_url"] = slot.url
             request = await self._request(job, fields, inputs)
-            with mapped_faults(self.channel):
-                response = await self._http.send(request)
+            response = await self._http.send(request)
             body = self.answer(response)
             if isinstance(body, dict) and isinstance(body.get("data"), list):
                 return parse_images(body)
@@ -223,8 +220,7 @@ class OpenAIUpstream(HttpUpstream):
         return self._http.build_request("POST", "/images/edits", json=payload)
 
     async def probe(self) -> str:
-        with mapped_faults(self.channel):
-            response = await self._http.get("/models")
+        response = await self._http.get("/models")
         body = self.answer(response)
         data = body.get("data") if isinstance(body, dict) else None
         return f"ok ({len(data)} models listed)" if isinstance(data, list) else "ok"

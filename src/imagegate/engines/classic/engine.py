@@ -10,8 +10,8 @@ import anyio
 from PIL import Image, ImageChops
 
 from imagegate.config import Config, ImagingSettings
+from imagegate.core.job import ImageOut, Job, Made
 from imagegate.core.request import Background, OutputFormat, Size
-from imagegate.engines.base import ImageOut, Job
 from imagegate.engines.classic import compose, draw
 from imagegate.engines.classic.operations import GEOMETRIC, OPERATIONS, TextRenderer, remove_background
 from imagegate.engines.classic.vocabulary import Plan, describe, plan
@@ -48,7 +48,7 @@ class ClassicEngine:
     async def aclose(self) -> None:
         return None
 
-    async def run(self, job: Job) -> list[ImageOut]:
+    async def run(self, job: Job) -> Made:
         """Render once and return `n` copies (the engine is deterministic); previews go to `on_partial`."""
         data, previews, transparent, revised = await anyio.to_thread.run_sync(
             self._render_encoded, job, limiter=self._limiter
@@ -57,7 +57,7 @@ class ClassicEngine:
             for index, preview in enumerate(previews):
                 await job.on_partial(index, preview)
         out = ImageOut(data, job.request.output_format, job.size, transparent, revised)
-        return [out] * job.request.n
+        return Made([out] * job.request.n)
 
     def _render_encoded(self, job: Job) -> tuple[bytes, list[bytes], bool, str]:
         rendered = self.render(job)
