@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
+from imagegate.builtins import builtin_registry
 from imagegate.config import Config, ConfigError, load_config
 from imagegate.core.catalog import Catalog
 from imagegate.service.channels import check_channels
@@ -226,7 +227,7 @@ def test_bad_channel_config_fails_naming_the_key(tmp_path: Path) -> None:
     for channel, key in cases:
         config = load_config(data_dir=tmp_path, channels=[channel])
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-            check_channels(config, catalog, env={})
+            check_channels(config, catalog, builtin_registry().engines, env={})
     with pytest.raises(ConfigError, match="unique"):
         load_config(data_dir=tmp_path, channels=[{"name": "x"}, {"name": "x"}])
 

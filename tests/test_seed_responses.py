@@ -13,8 +13,8 @@ import pytest
 from imagegate.dialects.envelope.upstream import parse_envelope
 from imagegate.dialects.jobs.upstream import parse_record
 from imagegate.dialects.openai.upstream import parse_images
-from imagegate.dialects.relay import error_parts, rejection
 from imagegate.errors import BadRequest, EngineError
+from imagegate.wire.outbound import error_parts, rejection
 
 RESPONSES = Path(__file__).parent / "seeds" / "responses"
 

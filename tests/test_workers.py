@@ -21,6 +21,7 @@ import psycopg
 import pytest
 from sqlalchemy import select
 
+from imagegate.builtins import builtin_registry
 from imagegate.config import Config, ConfigError, load_config
 from imagegate.core.request import EditRequest
 from imagegate.metrics import Metrics
@@ -267,7 +268,7 @@ async def test_a_handler_past_its_timeout_hands_the_task_back_for_a_retry(postgr
     raw = await create_key(config)
     gate = asyncio.Event()
     async with AsyncExitStack() as stack:
-        runtime = await open_runtime(config, stack, Metrics(), {"slow": OnePerCall(gate=gate)})
+        runtime = await open_runtime(config, stack, Metrics(), builtin_registry(), {"slow": OnePerCall(gate=gate)})
         async with runtime.db.session() as session:
             key = await keys.authenticate(session, raw)
         request = EditRequest(prompt="x", model="gpt-image-2-text-to-image", size="1024x1024")

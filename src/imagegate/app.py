@@ -18,73 +18,60 @@ from starlette.requests import ClientDisconnect
 
 from imagegate import __version__, openapi
 from imagegate.api import account, admin
-from imagegate.asgi import Scope
+from imagegate.builtins import builtin_registry
 from imagegate.config import Config
-from imagegate.dialects.envelope import inbound as envelope
-from imagegate.dialects.fields import json_object
-from imagegate.dialects.jobs import inbound as jobs
-from imagegate.dialects.openai import inbound as openai
-from imagegate.dialects.openai import seed003
 from imagegate.edge import CLIENT_GONE, EdgeMiddleware
 from imagegate.engines.base import Engine
 from imagegate.errors import BadRequest, ImagegateError, NotFound, PayloadTooLarge
 from imagegate.idempotency import IdempotencyMiddleware
 from imagegate.metrics import Metrics
+from imagegate.registry import Registry
 from imagegate.responses import json_response
 from imagegate.runtime import Runtime, open_runtime, runtime_of
+from imagegate.wire.fields import json_object
 
 log = logging.getLogger("imagegate")
 _FILE_NAME = re.compile(r"^([A-Za-z0-9_-]{16,64})\.(png|jpeg|webp)$")
 _STATUS_ERRORS: dict[int, type[ImagegateError]] = {404: NotFound, 413: PayloadTooLarge}
 
 
-def _error_response(exc: ImagegateError, scope: Scope) -> Response:
-    """`exc` in the error shape of the dialect that owns the request's path (OpenAI's by default)."""
-    path = scope["path"]
-    if path == envelope.PATH:
-        return envelope.error_response(exc)
-    if path.startswith(jobs.PREFIX + "/"):
-        return jobs.error_response(exc)
-    if seed003.owns(path):
-        trace_id = scope.get("state", {}).get("request_id")
-        return json_response(seed003.error_body(exc, trace_id), exc.status, exc.headers)
-    return json_response(openai.error_body(exc), exc.status, exc.headers)
+class ErrorRendering:
+    """The app's exception handlers: every error in the shape of the dialect that owns the request."""
 
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
 
-async def _on_domain_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ImagegateError)
-    return _error_response(exc, request.scope)
+    async def on_domain_error(self, request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ImagegateError)
+        return self.registry.error_response(exc, request.scope)
 
+    async def on_http_error(self, request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        kind = _STATUS_ERRORS.get(exc.status_code, BadRequest)
+        error = kind(str(exc.detail))
+        error.status = exc.status_code
+        error.headers = dict(exc.headers or {})  # a 405 keeps its Allow header
+        if exc.status_code == 405:
+            error.code = "method_not_allowed"
+        return self.registry.error_response(error, request.scope)
 
-async def _on_http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    kind = _STATUS_ERRORS.get(exc.status_code, BadRequest)
-    error = kind(str(exc.detail))
-    error.status = exc.status_code
-    error.headers = dict(exc.headers or {})  # a 405 keeps its Allow header
-    if exc.status_code == 405:
-        error.code = "method_not_allowed"
-    return _error_response(error, request.scope)
+    async def on_validation_error(self, request: Request, exc: Exception) -> Response:
+        return self.registry.error_response(BadRequest(f"Invalid request: {exc}"), request.scope)
 
-
-async def _on_validation_error(request: Request, exc: Exception) -> Response:
-    return _error_response(BadRequest(f"Invalid request: {exc}"), request.scope)
+    async def on_unexpected(self, request: Request, exc: Exception) -> Response:
+        request_id = getattr(request.state, "request_id", "")
+        log.exception("unhandled error in %s %s (%s)", request.method, request.url.path, request_id)
+        error = ImagegateError(f"The server had an error processing your request ({request_id}).")
+        response = self.registry.error_response(error, request.scope)
+        response.headers["x-request-id"] = request_id
+        response.headers["x-imagegate-engine"] = "none"
+        return response
 
 
 async def _on_disconnect(request: Request, exc: Exception) -> Response:
     """A client that went away mid-request: one INFO line, counted as 499, nothing sent to anybody."""
     log.info("%s %s: the client went away before the answer", request.method, request.url.path)
     return Response(status_code=CLIENT_GONE)
-
-
-async def _on_unexpected(request: Request, exc: Exception) -> Response:
-    request_id = getattr(request.state, "request_id", "")
-    log.exception("unhandled error in %s %s (%s)", request.method, request.url.path, request_id)
-    error = ImagegateError(f"The server had an error processing your request ({request_id}).")
-    response = _error_response(error, request.scope)
-    response.headers["x-request-id"] = request_id
-    response.headers["x-imagegate-engine"] = "none"
-    return response
 
 
 async def blob_response(rt: Runtime, name: str, headers: dict[str, str], missing: str) -> Response:
@@ -125,34 +112,28 @@ async def read_at_most(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-def register_callbacks(runtime: Runtime) -> None:
-    """Teach the task records each dialect's callback body (wherever tasks finish: API or worker)."""
-    runtime.tasks.records.renderers["openai"] = openai.callback_renderer(runtime.catalog, runtime.links)
-    runtime.tasks.records.renderers["jobs"] = jobs.callback_renderer(runtime.links)
-
-
-def create_app(config: Config, engines: dict[str, Engine] | None = None) -> FastAPI:
+def create_app(config: Config, engines: dict[str, Engine] | None = None, registry: Registry | None = None) -> FastAPI:
     """The imagegate ASGI application for `config`; stores, engines, the task runner and the webhook
-    sender run in its lifespan. `engines` replaces the built-in engine (embedding and tests)."""
+    sender run in its lifespan. `engines` replaces the built-in engine (embedding and tests);
+    `registry` replaces the built-in dialects and engine kinds (start from `builtin_registry()`)."""
     metrics = Metrics()
+    registry = registry or builtin_registry()
+    errors = ErrorRendering(registry)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
-            runtime = await open_runtime(config, stack, metrics, engines)
-            register_callbacks(runtime)
-            app.state.runtime = runtime
+            app.state.runtime = await open_runtime(config, stack, metrics, registry, engines)
             yield
 
     app = FastAPI(title="imagegate", version=__version__, lifespan=lifespan, docs_url="/docs", redoc_url=None)
-    app.add_exception_handler(ImagegateError, _on_domain_error)
-    app.add_exception_handler(HTTPException, _on_http_error)
-    app.add_exception_handler(RequestValidationError, _on_validation_error)
+    app.add_exception_handler(ImagegateError, errors.on_domain_error)
+    app.add_exception_handler(HTTPException, errors.on_http_error)
+    app.add_exception_handler(RequestValidationError, errors.on_validation_error)
     app.add_exception_handler(ClientDisconnect, _on_disconnect)
-    app.add_exception_handler(Exception, _on_unexpected)
-    app.include_router(openai.router())
-    app.include_router(envelope.router())
-    app.include_router(jobs.router())
+    app.add_exception_handler(Exception, errors.on_unexpected)
+    for router in registry.routers():
+        app.include_router(router)
     app.include_router(account.router())
     app.include_router(admin.router())
 
@@ -202,12 +183,12 @@ def create_app(config: Config, engines: dict[str, Engine] | None = None) -> Fast
             raise NotFound("No request waits on this callback.")
         return json_response({"received": True})
 
-    app.add_middleware(IdempotencyMiddleware, render_error=_error_response)
+    app.add_middleware(IdempotencyMiddleware, render_error=registry.error_response)
     app.add_middleware(
         EdgeMiddleware,
         limits=config.limits,
         trusted_hosts=config.trusted_hosts,
         metrics=metrics,
-        render_error=_error_response,
+        render_error=registry.error_response,
     )
     return app

@@ -55,11 +55,12 @@ def _config(data_dir: Path | None, config_file: Path | None) -> Config:
 
 def _catalog_with_channels(config: Config) -> Catalog:
     """The catalog, after checking every channel of `config` (exit 2 naming the bad key)."""
+    from imagegate.builtins import builtin_registry
     from imagegate.service.channels import check_channels
 
     try:
         catalog = Catalog.from_config(config.models)
-        check_channels(config, catalog)
+        check_channels(config, catalog, builtin_registry().engines)
     except (ConfigError, ValueError) as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
@@ -327,6 +328,8 @@ def credits_ledger(
 @channels_app.command("check")
 def channels_check(data_dir: DataDir = None, config_file: ConfigFile = None) -> None:
     """Probe every configured channel and print its health; exits 1 when any cannot be reached."""
+    from imagegate.builtins import builtin_registry
+    from imagegate.core.upstream import RelayHosts
     from imagegate.net.fetch import SafeFetcher
     from imagegate.runtime import fetch_policy
     from imagegate.service.channels import open_channels, probe, relay_hosts
@@ -344,7 +347,8 @@ def channels_check(data_dir: DataDir = None, config_file: ConfigFile = None) -> 
             fetcher = SafeFetcher(fetch_policy(config))
             stack.push_async_callback(fetcher.aclose)
             blobs = open_blob_store(config.storage_url, config.files_dir)
-            channels = open_channels(config, catalog, fetcher, *relay_hosts(config, blobs))
+            hosts = RelayHosts(*relay_hosts(config, blobs))
+            channels = open_channels(config, catalog, builtin_registry().engines, fetcher, hosts)
             for channel in channels:
                 stack.push_async_callback(channel.engine.aclose)
             results = []

@@ -10,13 +10,14 @@ from fastapi import Request
 
 from imagegate.config import Config
 from imagegate.core.catalog import Catalog
-from imagegate.engines import registry
-from imagegate.engines.base import Engine
+from imagegate.core.upstream import RelayHosts
+from imagegate.engines.base import Engine, EngineContext
 from imagegate.errors import PermissionDenied, RateLimited
 from imagegate.metrics import Metrics
 from imagegate.net import hosts
 from imagegate.net.fetch import FetchPolicy, SafeFetcher
 from imagegate.owner_only import private_dir
+from imagegate.registry import Registry
 from imagegate.service.callbacks_in import CallbackInbox
 from imagegate.service.channels import open_channels, relay_hosts, routes
 from imagegate.service.leases import Leases
@@ -48,7 +49,6 @@ class Runtime:
     tasks: TaskService
     metrics: Metrics
     runner: TaskRunner
-    webhooks: WebhookSender
     limiter: ratelimit.RateLimiter
     inputs: PublishedInputs
     inbox: CallbackInbox
@@ -112,13 +112,18 @@ def fetch_policy(config: Config) -> FetchPolicy:
 
 
 async def open_runtime(
-    config: Config, stack: AsyncExitStack, metrics: Metrics, engines: dict[str, Engine] | None = None
+    config: Config,
+    stack: AsyncExitStack,
+    metrics: Metrics,
+    registry: Registry,
+    engines: dict[str, Engine] | None = None,
 ) -> Runtime:
     """Migrate the database, open every store and engine, and start the task runner and webhook
     sender in the background; `stack` stops and closes them all.
 
-    Models are served by the configured channels; with none, by `engines` (embedding and tests: its
-    first engine serves every model) or else the built-in `classic` engine.
+    Models are served by the configured channels, opened by the engine kinds of `registry`; with
+    none, by `engines` (embedding and tests: its first engine serves every model) or else the
+    `classic` engine. The task records learn every dialect's callback body.
     """
     private_dir(config.data_dir)
     url = config.resolved_database_url
@@ -130,9 +135,10 @@ async def open_runtime(
     catalog = Catalog.from_config(config.models)
     blobs = open_blob_store(config.storage_url, config.files_dir)
     inputs, inbox = relay_hosts(config, blobs, db)
-    channels = open_channels(config, catalog, fetcher, inputs, inbox)
+    hosts = RelayHosts(inputs, inbox)
+    channels = open_channels(config, catalog, registry.engines, fetcher, hosts)
     if engines is None and not channels:
-        engines = {"classic": registry.create("classic", config)}
+        engines = {"classic": registry.engines["classic"].open(EngineContext(config, fetcher, hosts))}
     for engine in [*(engines or {}).values(), *(channel.engine for channel in channels)]:
         stack.push_async_callback(engine.aclose)
     default = next(iter(engines.values())) if engines else None
@@ -151,9 +157,10 @@ async def open_runtime(
     background.start_soon(sender.run)
     limiter = ratelimit.limiter_for(db)
     links = ResultLinks(blobs, presigned=config.result_urls == "presigned", ttl_s=config.presigned_url_ttl_s)
-    return Runtime(
-        config, db, blobs, fetcher, catalog, served, tasks, metrics, runner, sender, limiter, inputs, inbox, links
-    )
+    for dialect in registry.dialects.values():
+        if dialect.callbacks is not None:
+            tasks.records.renderers[dialect.name] = dialect.callbacks(catalog, links)
+    return Runtime(config, db, blobs, fetcher, catalog, served, tasks, metrics, runner, limiter, inputs, inbox, links)
 
 
 def runtime_of(request: Request) -> Runtime:

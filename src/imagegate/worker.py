@@ -17,7 +17,7 @@ from contextlib import AsyncExitStack
 import anyio
 import procrastinate
 
-from imagegate.app import register_callbacks
+from imagegate.builtins import builtin_registry
 from imagegate.config import Config, WorkerSettings
 from imagegate.metrics import Metrics
 from imagegate.runtime import Runtime, open_runtime
@@ -78,8 +78,7 @@ async def run_worker(
     """Run until stopped (SIGINT/SIGTERM finish the jobs in hand first) or cancelled."""
     settings = config.worker
     async with AsyncExitStack() as stack:
-        runtime = await open_runtime(config, stack, Metrics())
-        register_callbacks(runtime)
+        runtime = await open_runtime(config, stack, Metrics(), builtin_registry())
         app = worker_app(runtime)
         await stack.enter_async_context(app.open_async())
         async with anyio.create_task_group() as group:

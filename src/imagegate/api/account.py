@@ -7,11 +7,11 @@ from fastapi.responses import Response
 
 from imagegate import openapi
 from imagegate.core.pricing import price_table
-from imagegate.dialects.fields import as_int
 from imagegate.errors import BadRequest
 from imagegate.responses import json_response
 from imagegate.runtime import runtime_of
 from imagegate.service import accounts
+from imagegate.wire.fields import as_int
 
 MAX_LIMIT = 100
 

@@ -15,13 +15,13 @@ from fastapi.responses import Response
 
 from imagegate import openapi
 from imagegate.api.account import page_size
-from imagegate.dialects.fields import as_bool, as_int, as_str, json_object
 from imagegate.errors import BadRequest, excerpt
 from imagegate.responses import json_response
 from imagegate.runtime import Runtime, runtime_of
 from imagegate.service import accounts
 from imagegate.stores import keys, ledger
 from imagegate.stores.db import ApiKey, now_ms
+from imagegate.wire.fields import as_bool, as_int, as_str, json_object
 
 PREFIX = "/admin"
 MAX_USAGE_DAYS = 366

@@ -37,8 +37,6 @@ class Background(StrEnum):
 class Delivery(StrEnum):
     URL = "url"
     B64_JSON = "b64_json"
-    DATA_URL = "data_url"
-    """b64_json whose value carries the `data:image/<fmt>;base64,` prefix (seed 001)."""
 
 
 @dataclass(frozen=True, order=True)

@@ -4,9 +4,11 @@ engines and dialects both depend on this module and never on each other."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from imagegate.config import ChannelSettings
 from imagegate.core.job import Job
 from imagegate.core.request import OutputFormat
 
@@ -73,6 +75,18 @@ class CallbackInbox(Protocol):
     def expect(self) -> CallbackSlot: ...
 
     def discard(self, slot: CallbackSlot) -> None: ...
+
+
+@dataclass(frozen=True)
+class RelayHosts:
+    """What this server offers the providers of relayed calls: published inputs and a callback inbox."""
+
+    inputs: InputHost
+    inbox: CallbackInbox
+
+
+ClientFactory = Callable[[ChannelSettings, str, RelayHosts], UpstreamClient]
+"""A dialect's outbound client for one channel, given the channel's upstream key."""
 
 
 def scrub(value: Any, secret: str) -> Any:

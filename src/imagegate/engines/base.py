@@ -1,10 +1,16 @@
-"""The Engine protocol: who makes pixels. Our types in, our types out (DESIGN principle 1)."""
+"""The Engine protocol (who makes pixels; our types in, our types out: DESIGN principle 1) and the
+EngineKind a registry holds for each kind a channel may name."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
+from imagegate.config import ChannelSettings, Config
 from imagegate.core.job import Job, Made
+from imagegate.core.upstream import RelayHosts
+from imagegate.net.fetch import SafeFetcher
 
 
 class Engine(Protocol):
@@ -20,3 +26,32 @@ class Engine(Protocol):
     async def run(self, job: Job) -> Made: ...
 
     async def aclose(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class EngineContext:
+    """What opening an engine may use: the configuration, the channel it serves (None for the default
+    engine of a server without channels) with its key, and the hosts relayed calls lean on."""
+
+    config: Config
+    fetcher: SafeFetcher
+    hosts: RelayHosts
+    channel: ChannelSettings | None = None
+    key: str = ""
+    """The channel's upstream key, read from the environment variable it names."""
+
+
+def never(channel: ChannelSettings) -> bool:
+    return False
+
+
+@dataclass(frozen=True)
+class EngineKind:
+    """One kind of engine a channel may name (`engine = "<name>"`): how to open one, whether it relays
+    to a provider at a `base_url`, and whether that provider calls this server back (then `public_url`
+    must be set)."""
+
+    name: str
+    open: Callable[[EngineContext], Engine]
+    relays: bool = False
+    calls_back: Callable[[ChannelSettings], bool] = never

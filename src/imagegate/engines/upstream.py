@@ -11,17 +11,18 @@ from __future__ import annotations
 
 import io
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import anyio
 import httpx
 
-from imagegate.config import ChannelSettings, ImagingSettings
+from imagegate.config import ChannelSettings, ConfigError, ImagingSettings
 from imagegate.core.catalog import SizeMode
 from imagegate.core.job import ImageOut, Job, Made
 from imagegate.core.request import OutputFormat, Size
-from imagegate.core.upstream import UpstreamClient, UpstreamImage, scrub
+from imagegate.core.upstream import ClientFactory, UpstreamClient, UpstreamImage, scrub
+from imagegate.engines.base import Engine, EngineContext, EngineKind
 from imagegate.errors import EngineError, EngineTimeout, ImagegateError
 from imagegate.imaging import alpha_in, encode, fit_cover, open_image, sniff
 from imagegate.net.fetch import SafeFetcher
@@ -136,3 +137,16 @@ class UpstreamEngine:
         return ImageOut(
             encoded, want, size, transparent, revised_prompt, resampled_from=None if native == size else native
         )
+
+
+def relaying(name: str, client: ClientFactory, calls_back: Callable[[ChannelSettings], bool]) -> EngineKind:
+    """The engine kind `name` that relays through the dialect client `client` makes for each channel."""
+
+    def open_engine(context: EngineContext) -> Engine:
+        channel = context.channel
+        if channel is None:
+            raise ConfigError(f"the '{name}' engine relays to a provider, so it serves channels only")
+        relay = client(channel, context.key, context.hosts)
+        return UpstreamEngine(channel, relay, context.fetcher, context.config.imaging, context.key)
+
+    return EngineKind(name, open_engine, relays=True, calls_back=calls_back)

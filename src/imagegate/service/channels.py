@@ -9,12 +9,8 @@ from collections.abc import Mapping
 
 from imagegate.config import ChannelSettings, Config, ConfigError
 from imagegate.core.catalog import Catalog
-from imagegate.core.upstream import InputHost, UpstreamClient
-from imagegate.dialects.envelope.upstream import EnvelopeUpstream
-from imagegate.dialects.jobs.upstream import JobsUpstream
-from imagegate.dialects.openai.upstream import OpenAIUpstream
-from imagegate.engines import registry
-from imagegate.engines.base import Engine
+from imagegate.core.upstream import RelayHosts
+from imagegate.engines.base import Engine, EngineContext, EngineKind
 from imagegate.engines.upstream import UpstreamEngine
 from imagegate.metrics import Metrics
 from imagegate.net.fetch import SafeFetcher
@@ -25,33 +21,32 @@ from imagegate.service.router import Channel, Router
 from imagegate.stores.blobs import BlobStore
 from imagegate.stores.db import Database
 
-UPSTREAM_ENGINES = ("openai", "envelope", "jobs")
-LOCAL_ENGINES = ("classic",)
-
 
 def _key(index: int, name: str) -> str:
     return f"channels.{index}.{name}"
 
 
-def check_channels(config: Config, catalog: Catalog, env: Mapping[str, str] = os.environ) -> None:
+def check_channels(
+    config: Config, catalog: Catalog, kinds: Mapping[str, EngineKind], env: Mapping[str, str] = os.environ
+) -> None:
     """Raise ConfigError naming `channels.<i>.<field>` for the first thing wrong with a channel."""
     known = {spec.id for spec in catalog}
     for index, channel in enumerate(config.channels):
-        if channel.engine not in UPSTREAM_ENGINES + LOCAL_ENGINES:
-            choices = ", ".join(UPSTREAM_ENGINES + LOCAL_ENGINES)
+        kind = kinds.get(channel.engine)
+        if kind is None:
             raise ConfigError(
-                f"invalid configuration key '{_key(index, 'engine')}': '{channel.engine}' is not one of {choices}"
+                f"invalid configuration key '{_key(index, 'engine')}': '{channel.engine}' is not one of "
+                f"{', '.join(kinds)}"
             )
         unknown = [model for model in [*channel.models, *channel.model_map] if model not in known]
         if unknown:
             raise ConfigError(
                 f"invalid configuration key '{_key(index, 'models')}': unknown model ids {', '.join(unknown)}"
             )
-        if channel.engine in UPSTREAM_ENGINES:
+        if kind.relays:
             if not channel.base_url or not channel.base_url.startswith(("http://", "https://")):
                 raise ConfigError(f"invalid configuration key '{_key(index, 'base_url')}': an http(s) URL is required")
-            calls_back = channel.engine == "jobs" or channel.callback or channel.send_inputs == "urls"
-            if calls_back and not config.public_url:
+            if kind.calls_back(channel) and not config.public_url:
                 raise ConfigError(
                     f"invalid configuration key '{_key(index, 'engine')}': this channel's provider calls this "
                     "server back (inputs or callbacks), so public_url (IMAGEGATE_PUBLIC_URL) must be set"
@@ -68,55 +63,21 @@ def channel_key(channel: ChannelSettings, env: Mapping[str, str]) -> str:
     return env.get(channel.api_key_env, "") if channel.api_key_env else ""
 
 
-def upstream_client(
-    channel: ChannelSettings, env: Mapping[str, str], inputs: InputHost, inbox: CallbackInbox
-) -> UpstreamClient:
-    """The dialect client a channel speaks through (its key read from the environment now)."""
-    key = channel_key(channel, env)
-    base, timeout_s, connections = channel.base_url or "", channel.timeout_s, channel.max_concurrency
-    if channel.engine == "envelope":
-        return EnvelopeUpstream(channel.name, base, key, timeout_s=timeout_s, max_connections=connections)
-    if channel.engine == "jobs":
-        return JobsUpstream(
-            channel.name,
-            base,
-            key,
-            inputs,
-            timeout_s=timeout_s,
-            max_connections=connections,
-            poll_interval_s=channel.poll_interval_s,
-        )
-    return OpenAIUpstream(
-        channel.name,
-        base,
-        key,
-        timeout_s=timeout_s,
-        max_connections=connections,
-        callbacks=inbox if channel.callback else None,
-        send_inputs=channel.send_inputs,
-        inputs=inputs,
-    )
-
-
 def open_channels(
     config: Config,
     catalog: Catalog,
+    kinds: Mapping[str, EngineKind],
     fetcher: SafeFetcher,
-    inputs: InputHost,
-    inbox: CallbackInbox,
+    hosts: RelayHosts,
     env: Mapping[str, str] = os.environ,
 ) -> list[Channel]:
-    """Every configured channel as a live Channel (the caller closes their engines)."""
-    check_channels(config, catalog, env)
+    """Every configured channel as a live Channel, its engine opened by the kind it names (the caller
+    closes their engines)."""
+    check_channels(config, catalog, kinds, env)
     opened = []
     for settings in config.channels:
-        engine: Engine
-        if settings.engine in LOCAL_ENGINES:
-            engine = registry.create(settings.engine, config)
-        else:
-            client = upstream_client(settings, env, inputs, inbox)
-            engine = UpstreamEngine(settings, client, fetcher, config.imaging, channel_key(settings, env))
-        opened.append(Channel(settings, engine))
+        context = EngineContext(config, fetcher, hosts, settings, channel_key(settings, env))
+        opened.append(Channel(settings, kinds[settings.engine].open(context)))
     return opened
 
 

@@ -6,15 +6,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field, replace
 from functools import partial
-from typing import TYPE_CHECKING
 
-from imagegate.core.job import CallReport, ImageOut, Job, Made, PartialSink
+from imagegate.core.job import CallReport, ImageOut, Job, Made
+from imagegate.engines.base import Engine
 from imagegate.errors import ImagegateError
 from imagegate.service.concurrently import run_all
 from imagegate.service.records import failure_of
-
-if TYPE_CHECKING:
-    from imagegate.service.tasks import Prepared
 
 log = logging.getLogger("imagegate.tasks")
 
@@ -28,31 +25,29 @@ class FannedOut:
     failures: list[dict[str, str]] = field(default_factory=list)
 
 
-async def fan_out(prepared: Prepared, on_partial: PartialSink | None) -> FannedOut:
-    """n images from ceil(n / per-call) concurrent engine calls; failed calls are reported, not fatal,
-    while at least one call succeeds. A call that returns fewer images than it asked for (a provider
-    that ignores `n`) is made up for by one more round of single-image calls."""
-    req = prepared.request
-    per_call = max(1, prepared.engine.images_per_call)
-    counts = [min(per_call, req.n - start) for start in range(0, req.n, per_call)]
+async def fan_out(engine: Engine, job: Job, task_id: str) -> FannedOut:
+    """`job.request.n` images from ceil(n / per-call) concurrent calls of `engine`; failed calls are
+    reported, not fatal, while at least one call succeeds. A call that returns fewer images than it
+    asked for (a provider that ignores `n`) is made up for by one more round of single-image calls."""
+    n = job.request.n
+    per_call = max(1, engine.images_per_call)
+    counts = [min(per_call, n - start) for start in range(0, n, per_call)]
     result = FannedOut()
-    errors = await _calls(prepared, counts, on_partial, result)
-    shortfall = req.n - len(result.images) - sum(count for count, exc in zip(counts, errors, strict=True) if exc)
+    errors = await _calls(engine, job, counts, result)
+    shortfall = n - len(result.images) - sum(count for count, exc in zip(counts, errors, strict=True) if exc)
     if result.images and shortfall > 0:
-        errors += await _calls(prepared, [1] * shortfall, None, result)
+        errors += await _calls(engine, replace(job, on_partial=None), [1] * shortfall, result)
     failed = [exc for exc in errors if exc is not None]
     if not result.images:
         raise failed[0]
     for exc in failed:
         if not isinstance(exc, ImagegateError):
-            log.error("an engine call of task %s failed", prepared.task_id, exc_info=exc)
+            log.error("an engine call of task %s failed", task_id, exc_info=exc)
     result.failures = [dict(zip(("code", "message"), failure_of(exc), strict=True)) for exc in failed]
     return result
 
 
-async def _calls(
-    prepared: Prepared, counts: list[int], on_partial: PartialSink | None, into: FannedOut
-) -> list[Exception | None]:
+async def _calls(engine: Engine, job: Job, counts: list[int], into: FannedOut) -> list[Exception | None]:
     """One concurrent engine call per entry of `counts` (images it asks for), their images and reports
     added to `into` in call order; each call's error (None where it succeeded). Only the first call
     streams partial images."""
@@ -60,16 +55,11 @@ async def _calls(
     errors: list[Exception | None] = [None] * len(counts)
 
     async def call(index: int) -> None:
-        job = Job(
-            replace(prepared.request, n=counts[index]),
-            prepared.spec,
-            prepared.size,
-            prepared.sources,
-            prepared.mask,
-            on_partial if index == 0 else None,
+        call_job = replace(
+            job, request=replace(job.request, n=counts[index]), on_partial=job.on_partial if index == 0 else None
         )
         try:
-            results[index] = await prepared.engine.run(job)
+            results[index] = await engine.run(call_job)
         except Exception as exc:  # kept per call; the caller decides
             errors[index] = exc
 

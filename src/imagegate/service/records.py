@@ -60,6 +60,47 @@ class Outcome:
     """The size the engine made when the server cropped or resampled it to `size` (SPEC §4)."""
 
 
+@dataclass(frozen=True)
+class TaskView:
+    """What a dialect may know of a task: a plain copy of its row (never the row itself)."""
+
+    id: str
+    model: str
+    kind: str
+    state: str
+    attempts: int
+    engine: str
+    request: dict[str, Any]
+    created_at: int
+    finished_at: int | None
+    error_code: str | None
+    error_message: str | None
+    trace_id: str | None
+    base_url: str | None
+    wire: dict[str, Any] | None
+    result: dict[str, Any] | None
+
+    @classmethod
+    def of(cls, task: Task) -> TaskView:
+        return cls(
+            id=task.id,
+            model=task.model,
+            kind=task.kind,
+            state=task.state,
+            attempts=task.attempts,
+            engine=task.engine or "",
+            request=dict(task.request),
+            created_at=task.created_at,
+            finished_at=task.finished_at,
+            error_code=task.error_code,
+            error_message=task.error_message,
+            trace_id=task.trace_id,
+            base_url=task.base_url,
+            wire=dict(task.wire) if task.wire is not None else None,
+            result=dict(task.result) if task.result is not None else None,
+        )
+
+
 def file_name(file_id: str, fmt: OutputFormat) -> str:
     return f"{file_id}.{fmt.value}"
 
@@ -120,8 +161,8 @@ def result_record(outcome: Outcome) -> dict[str, Any]:
     }
 
 
-async def outcome_of(task: Task, blobs: BlobStore) -> Outcome:
-    """The Outcome a successful task row records; image bytes are read back unless delivered as URLs."""
+async def outcome_of(task: TaskView, blobs: BlobStore) -> Outcome:
+    """The Outcome a successful task records; image bytes are read back unless delivered as URLs."""
     result = task.result or {}
     fmt = OutputFormat(result["output_format"])
     delivery = Delivery(result["delivery"])
@@ -134,7 +175,7 @@ async def outcome_of(task: Task, blobs: BlobStore) -> Outcome:
     native = result.get("resampled_from")
     return Outcome(
         task_id=task.id,
-        engine=task.engine or "",
+        engine=task.engine,
         created=int(result.get("created", (task.finished_at or 0) // 1000)),
         images=images,
         size=parse_wxh(result["size"]),
@@ -150,7 +191,7 @@ async def outcome_of(task: Task, blobs: BlobStore) -> Outcome:
     )
 
 
-CallbackRenderer = Callable[[Task, Outcome | None], Awaitable[dict[str, Any]]]
+CallbackRenderer = Callable[[TaskView, Outcome | None], Awaitable[dict[str, Any]]]
 """A dialect's callback body for a finished task (with its Outcome when it succeeded)."""
 
 
@@ -240,7 +281,7 @@ class TaskRecords:
         renderer = self.renderers.get(task.dialect)
         if task.mode != "async" or not task.callback_url or renderer is None:
             return False
-        body = await renderer(task, outcome)
+        body = await renderer(TaskView.of(task), outcome)
         session.add(
             WebhookDelivery(
                 id="msg_" + secrets.token_hex(12),

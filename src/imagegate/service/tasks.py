@@ -25,7 +25,7 @@ import anyio
 
 from imagegate.config import AccountDefaults, Limits
 from imagegate.core.catalog import Catalog, ModelSpec
-from imagegate.core.job import ImageOut, PartialSink
+from imagegate.core.job import ImageOut, Job, PartialSink
 from imagegate.core.pricing import credits_text, price, price_before_inputs
 from imagegate.core.request import Background, EditRequest, ImageRef, Size
 from imagegate.core.sizing import tier_of
@@ -47,7 +47,15 @@ from imagegate.service.budget import DecodeBudget, decode_cost, default_budget
 from imagegate.service.fanout import FannedOut, fan_out
 from imagegate.service.inputs import check_size, open_inputs
 from imagegate.service.leases import Leases
-from imagegate.service.records import Delivered, Outcome, TaskRecords, failure_of, file_name, outcome_of
+from imagegate.service.records import (
+    Delivered,
+    Outcome,
+    TaskRecords,
+    TaskView,
+    failure_of,
+    file_name,
+    outcome_of,
+)
 from imagegate.service.usage import provider_usage, usage
 from imagegate.stores import ledger
 from imagegate.stores.blobs import BlobStore
@@ -85,6 +93,10 @@ class Prepared:
     decode_cost: int
     """Bytes of decoded images the request may hold (service/budget.py)."""
     resources: AsyncExitStack = field(default_factory=AsyncExitStack)
+
+    def job(self, on_partial: PartialSink | None = None) -> Job:
+        """What the engine gets: the request, its model and size, the opened inputs."""
+        return Job(self.request, self.spec, self.size, self.sources, self.mask, on_partial)
 
 
 def new_task_id() -> str:
@@ -128,15 +140,15 @@ class TaskService:
             raise ModelNotSupported(f"No channel of this server serves model '{spec.id}'.", param="model")
         return engine
 
-    async def get_task(self, key_id: str, task_id: str) -> Task:
+    async def get_task(self, key_id: str, task_id: str) -> TaskView:
         """The task `task_id` if it belongs to `key_id`; NotFound otherwise (another key's task included)."""
         async with self.db.session() as session:
             task = await session.get(Task, task_id)
         if task is None or task.key_id != key_id:
             raise NotFound(f"No task with id '{task_id}'.", param="task_id")
-        return task
+        return TaskView.of(task)
 
-    async def outcome(self, task: Task) -> Outcome | None:
+    async def outcome(self, task: TaskView) -> Outcome | None:
         """The Outcome of a successful task (image bytes read back where delivered inline), else None."""
         return await outcome_of(task, self.blobs) if task.state == "success" else None
 
@@ -259,7 +271,7 @@ class TaskService:
             try:
                 async with prepared.resources, self.budget.hold(prepared.decode_cost):
                     with self.metrics.engine_runs.labels(prepared.engine.name).track_inprogress():
-                        made = await fan_out(prepared, on_partial)
+                        made = await fan_out(prepared.engine, prepared.job(on_partial), prepared.task_id)
                 delivered, files = await self._store(prepared, made.images)
             except BaseException as exc:
                 await self._finish_failed(

@@ -10,19 +10,20 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from imagegate import openapi
+from imagegate.asgi import Scope
 from imagegate.core.request import Delivery, EditRequest
 from imagegate.core.validation import ratio_size
-from imagegate.dialects.fields import dry_run, json_object
-from imagegate.dialects.openai import inbound as openai
 from imagegate.errors import ImagegateError, MissingParameter
 from imagegate.responses import json_response
 from imagegate.runtime import runtime_of
 from imagegate.service.tasks import Origin
+from imagegate.wire.fields import dry_run, json_object
+from imagegate.wire.image_request import apply_fields, request_from_json
 
 PATH = "/v1/images/edit"
 
 
-def error_response(exc: ImagegateError) -> Response:
+def error_response(exc: ImagegateError, scope: Scope) -> Response:
     """The dialect's one error shape."""
     body = {"code": exc.status, "message": exc.message, "data": None}
     return json_response(body, exc.status, exc.headers)
@@ -39,13 +40,13 @@ async def edit(request: Request) -> Response:
     key = await rt.admit(request)
     body = json_object(await request.body(), hint=" Send JSON.")
     size = body.pop("size", None)
-    req: EditRequest = openai.request_from_json(body, rt.catalog.basic_fields_only)
+    req: EditRequest = request_from_json(body, rt.catalog.basic_fields_only)
     if not req.images:
         raise MissingParameter("Missing required parameter: 'image'.", param="image")
     if isinstance(size, str) and ":" in size:
         req.size = ratio_size(rt.catalog.get(req.model), size)
     elif size is not None:
-        openai.apply_fields(req, {"size": size})
+        apply_fields(req, {"size": size})
     req.delivery = Delivery.URL
     req.callback_url = None
     if dry_run(request.query_params):

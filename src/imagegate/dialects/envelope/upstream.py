@@ -7,12 +7,13 @@ from typing import Any
 
 import anyio
 
+from imagegate.config import ChannelSettings
 from imagegate.core.job import Job
 from imagegate.core.request import Quality
 from imagegate.core.sizing import native_size
-from imagegate.core.upstream import UpstreamAnswer, UpstreamImage
-from imagegate.dialects.relay import HttpUpstream, data_url, decode_b64
+from imagegate.core.upstream import RelayHosts, UpstreamAnswer, UpstreamImage
 from imagegate.errors import EngineError
+from imagegate.wire.outbound import HttpUpstream, data_url, decode_b64
 
 
 def parse_envelope(body: Any) -> UpstreamAnswer:
@@ -61,3 +62,10 @@ class EnvelopeUpstream(HttpUpstream):
         if response.status_code in (401, 403):
             raise self.refused(response)
         return f"ok (answers {response.status_code} to an empty request)"
+
+
+def client_for(channel: ChannelSettings, key: str, hosts: RelayHosts) -> EnvelopeUpstream:
+    """A channel's seed-000 client (inputs go inline as data URLs)."""
+    return EnvelopeUpstream(
+        channel.name, channel.base_url or "", key, timeout_s=channel.timeout_s, max_connections=channel.max_concurrency
+    )

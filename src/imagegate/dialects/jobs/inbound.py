@@ -15,17 +15,17 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from imagegate import openapi
+from imagegate.asgi import Scope
 from imagegate.core.catalog import Catalog
 from imagegate.core.request import Delivery, EditRequest, OutputFormat, Quality
 from imagegate.core.sizing import TIERS
 from imagegate.core.validation import ratio_size
-from imagegate.dialects.fields import as_enum, as_str, dry_run, json_object, ref_from_text
 from imagegate.errors import BadRequest, ImagegateError, MissingParameter
 from imagegate.responses import json_response
 from imagegate.runtime import runtime_of
-from imagegate.service.records import Outcome, ResultLinks
+from imagegate.service.records import Outcome, ResultLinks, TaskView
 from imagegate.service.tasks import Origin
-from imagegate.stores.db import Task
+from imagegate.wire.fields import as_enum, as_str, dry_run, json_object, ref_from_text
 
 PREFIX = "/api/v1/jobs"
 MAX_PROMPT_CHARS = 20_000
@@ -44,7 +44,7 @@ def status_of(exc: ImagegateError) -> int:
     return 400 if exc.status < 500 else 500
 
 
-def error_response(exc: ImagegateError) -> Response:
+def error_response(exc: ImagegateError, scope: Scope) -> Response:
     """The dialect's one error shape: `{"code", "msg", "data": null}` with the same HTTP status."""
     status = status_of(exc)
     body = {"code": status, "msg": exc.message, "data": None}
@@ -116,7 +116,7 @@ def parse_create(body: dict[str, Any], catalog: Catalog) -> tuple[EditRequest, s
     return req, "edit" if urls else "generate"
 
 
-def record_info(task: Task, outcome: Outcome | None, links: ResultLinks) -> dict[str, Any]:
+def record_info(task: TaskView, outcome: Outcome | None, links: ResultLinks) -> dict[str, Any]:
     """recordInfo's `data` for any task, whichever dialect created it."""
     base = (task.base_url or "").rstrip("/")
     result = None
@@ -140,10 +140,10 @@ def record_info(task: Task, outcome: Outcome | None, links: ResultLinks) -> dict
     }
 
 
-def callback_renderer(links: ResultLinks) -> Callable[[Task, Outcome | None], Awaitable[dict[str, Any]]]:
+def callback_renderer(links: ResultLinks) -> Callable[[TaskView, Outcome | None], Awaitable[dict[str, Any]]]:
     """What `callBackUrl` receives: the recordInfo answer of the finished task."""
 
-    async def body(task: Task, outcome: Outcome | None) -> dict[str, Any]:
+    async def body(task: TaskView, outcome: Outcome | None) -> dict[str, Any]:
         return {"code": 200, "msg": "success", "data": record_info(task, outcome, links)}
 
     return body

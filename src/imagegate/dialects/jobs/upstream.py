@@ -10,12 +10,13 @@ import anyio
 import httpx
 import orjson
 
+from imagegate.config import ChannelSettings
 from imagegate.core.job import Job
 from imagegate.core.request import Quality
 from imagegate.core.sizing import ratio_and_tier
-from imagegate.core.upstream import InputHost, UpstreamAnswer, UpstreamImage
-from imagegate.dialects.relay import HttpUpstream, published
+from imagegate.core.upstream import InputHost, RelayHosts, UpstreamAnswer, UpstreamImage
 from imagegate.errors import EngineError
+from imagegate.wire.outbound import HttpUpstream, published
 
 EDIT_MODEL = "gpt-image-2-image-to-image"
 GENERATE_MODEL = "gpt-image-2-text-to-image"
@@ -121,3 +122,21 @@ class JobsUpstream(HttpUpstream):
         if response.status_code in (401, 403):
             raise self.refused(response)
         return f"ok (answers {response.status_code} to an unknown task)"
+
+
+def client_for(channel: ChannelSettings, key: str, hosts: RelayHosts) -> JobsUpstream:
+    """A channel's seed-002 client; its inputs are always published as URLs, results polled."""
+    return JobsUpstream(
+        channel.name,
+        channel.base_url or "",
+        key,
+        hosts.inputs,
+        timeout_s=channel.timeout_s,
+        max_connections=channel.max_concurrency,
+        poll_interval_s=channel.poll_interval_s,
+    )
+
+
+def calls_back(channel: ChannelSettings) -> bool:
+    """Always: the provider fetches the inputs from this server."""
+    return True

@@ -6,7 +6,6 @@ or as SSE events, and owns the OpenAI error shape (`error_body`).
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -17,51 +16,23 @@ import orjson
 import pybase64
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from starlette.datastructures import FormData, UploadFile
 
 from imagegate import openapi
-from imagegate.config import Limits
+from imagegate.asgi import Scope
 from imagegate.core.catalog import Catalog, ModelSpec
-from imagegate.core.request import Background, Delivery, EditRequest, ImageRef, OutputFormat, Quality
+from imagegate.core.request import Background, Delivery
 from imagegate.core.validation import resolved_quality
-from imagegate.dialects.fields import (
-    as_bool,
-    as_enum,
-    as_int,
-    as_str,
-    dry_run,
-    json_object,
-    ref_from_json,
-    ref_from_text,
-)
-from imagegate.dialects.forms import read_multipart
 from imagegate.dialects.openai import seed003
 from imagegate.errors import BadRequest, ImagegateError, MissingParameter
 from imagegate.imaging import has_alpha
 from imagegate.responses import json_response
 from imagegate.runtime import Runtime, runtime_of
-from imagegate.service.records import Outcome, ResultLinks, UrlFor
+from imagegate.service.records import Outcome, ResultLinks, TaskView, UrlFor
 from imagegate.service.tasks import Origin, Prepared
-from imagegate.stores.db import Task
-
-PREFIXES = ("/v1", *seed003.PREFIXES)
-_IMAGE_FIELD = re.compile(r"^image(\[\d*\])?$")
-_NESTED = re.compile(r"^(\w+)\[(\w+)\]$")
-_SCALARS = {
-    "prompt",
-    "model",
-    "n",
-    "size",
-    "quality",
-    "background",
-    "output_format",
-    "output_compression",
-    "response_format",
-    "stream",
-    "partial_images",
-    "callback_url",
-    "user",
-}
+from imagegate.wire.fields import (
+    dry_run,
+)
+from imagegate.wire.image_request import parse_request
 
 
 def error_body(exc: ImagegateError) -> dict[str, Any]:
@@ -69,123 +40,15 @@ def error_body(exc: ImagegateError) -> dict[str, Any]:
     return {"error": {"message": exc.message, "type": exc.type, "param": exc.param, "code": exc.code}}
 
 
-def apply_fields(req: EditRequest, values: dict[str, Any]) -> None:
-    """Set the scalar fields named in `values` (wire spellings) on `req`; BadRequest names a bad one."""
-    for name, value in values.items():
-        if value is None:
-            continue
-        if name == "prompt":
-            req.prompt = as_str(value, name)
-        elif name == "model":
-            req.model = as_str(value, name).strip()
-        elif name == "n":
-            req.n = as_int(value, name)
-        elif name == "size":
-            req.size = as_str(value, name).strip().lower() or "auto"
-        elif name == "quality":
-            req.quality = as_enum(Quality, value, name)
-        elif name == "background":
-            req.background = as_enum(Background, value, name)
-        elif name == "output_format":
-            text = as_str(value, name).strip().lower()
-            req.output_format = as_enum(OutputFormat, "jpeg" if text == "jpg" else text, name)
-        elif name == "output_compression":
-            req.output_compression = as_int(value, name)
-        elif name == "response_format":
-            delivery = as_str(value, name).strip().lower()
-            if delivery not in ("url", "b64_json"):
-                raise BadRequest(
-                    f"Invalid value for 'response_format': '{delivery}'. Supported values are: 'url', 'b64_json'.",
-                    param="response_format",
-                )
-            req.delivery = Delivery(delivery)
-        elif name == "stream":
-            req.stream = as_bool(value, name)
-        elif name == "partial_images":
-            req.partial_images = as_int(value, name)
-        elif name == "callback_url":
-            req.callback_url = as_str(value, name)
-        elif name == "user":
-            req.user = as_str(value, name)
+def error_response(exc: ImagegateError, scope: Scope) -> Response:
+    """The dialect's one error shape, with the error's status and headers."""
+    return json_response(error_body(exc), exc.status, exc.headers)
 
 
-def _reject_aspect_ratio(values: dict[str, Any]) -> None:
-    if "aspect_ratio" in values:
-        raise BadRequest(
-            "Unknown parameter 'aspect_ratio': this API sets shape and resolution through 'size' "
-            "(for example 1536x1024 or auto).",
-            param="size",
-        )
-
-
-BasicOnly = Callable[[str], bool]
-"""Whether a model id honours only model, prompt and image (its other fields are ignored unparsed)."""
-
-
-def _apply_scalars(req: EditRequest, scalars: dict[str, Any], basic_only: BasicOnly) -> None:
-    model = scalars.get("model")
-    if isinstance(model, str) and basic_only(model.strip()):
-        # seed 003: its async callback works for these models like for any other
-        scalars = {k: v for k, v in scalars.items() if k in ("model", "prompt", "callback_url")}
-    apply_fields(req, scalars)
-
-
-def _from_form(form: FormData, basic_only: BasicOnly) -> EditRequest:
-    req = EditRequest(prompt="")
-    scalars: dict[str, Any] = {}
-    for name, value in form.multi_items():
-        if _IMAGE_FIELD.match(name):
-            param = f"image[{len(req.images)}]"
-            req.images.append(_form_ref(value, param))
-        elif name == "mask":
-            req.mask = _form_ref(value, "mask")
-        elif isinstance(value, UploadFile):
-            req.extra[name] = f"<file {value.filename}>"
-        elif name in _SCALARS:
-            scalars[name] = value
-        elif nested := _NESTED.match(name):
-            req.extra.setdefault(nested.group(1), {})[nested.group(2)] = value
-        else:
-            req.extra[name] = value
-    _reject_aspect_ratio(req.extra)
-    _apply_scalars(req, scalars, basic_only)
-    return req
-
-
-def _form_ref(value: UploadFile | str, param: str) -> ImageRef:
-    if isinstance(value, UploadFile):
-        return ImageRef(param=param, upload=value.file, filename=value.filename)
-    return ref_from_text(value, param)
-
-
-def request_from_json(body: dict[str, Any], basic_only: BasicOnly) -> EditRequest:
-    """The canonical request from an OpenAI-style JSON object (also used by the envelope dialect)."""
-    _reject_aspect_ratio(body)
-    req = EditRequest(prompt="")
-    image = body.get("image")
-    items: list[Any] = image if isinstance(image, list) else ([] if image is None else [image])
-    images = body.get("images")
-    if images is not None:
-        if not isinstance(images, list):
-            raise BadRequest("Invalid 'images': expected an array.", param="images")
-        items += images
-    req.images = [ref_from_json(item, f"image[{index}]") for index, item in enumerate(items)]
-    if body.get("mask") is not None:
-        req.mask = ref_from_json(body["mask"], "mask")
-    _apply_scalars(req, {k: v for k, v in body.items() if k in _SCALARS}, basic_only)
-    req.extra = {k: v for k, v in body.items() if k not in _SCALARS and k not in ("image", "images", "mask")}
-    return req
-
-
-async def parse_request(request: Request, limits: Limits, basic_only: BasicOnly) -> EditRequest:
-    """The canonical request from a multipart or JSON body. Raises BadRequest for malformed bodies."""
-    content_type = request.headers.get("content-type", "").lower()
-    if content_type.startswith("multipart/form-data"):
-        return _from_form(await read_multipart(request, limits), basic_only)
-    if content_type.startswith("application/x-www-form-urlencoded"):
-        return _from_form(await request.form(max_fields=limits.max_form_fields), basic_only)
-    body = json_object(await request.body(), hint=" Send JSON or multipart/form-data.")
-    return request_from_json(body, basic_only)
+def seed003_error_response(exc: ImagegateError, scope: Scope) -> Response:
+    """Seed 003's error shape on its prefixes, with the request's id as `trace_id`."""
+    trace_id = scope.get("state", {}).get("request_id")
+    return json_response(seed003.error_body(exc, trace_id), exc.status, exc.headers)
 
 
 def _image_item(outcome: Outcome, index: int, url_for: UrlFor, spec: ModelSpec, prompt: str) -> dict[str, Any]:
@@ -365,10 +228,10 @@ async def list_models(request: Request) -> JSONResponse:
 
 def callback_renderer(
     catalog: Catalog, links: ResultLinks
-) -> Callable[[Task, Outcome | None], Awaitable[dict[str, Any]]]:
+) -> Callable[[TaskView, Outcome | None], Awaitable[dict[str, Any]]]:
     """The seed 003 callback body for a finished task: its sync response under `data`, or its error."""
 
-    async def body(task: Task, outcome: Outcome | None) -> dict[str, Any]:
+    async def body(task: TaskView, outcome: Outcome | None) -> dict[str, Any]:
         head: dict[str, Any] = {"task_id": task.id, "trace_id": task.trace_id}
         if outcome is not None:
             url_for = links.at((task.base_url or "").rstrip("/"))
@@ -390,12 +253,12 @@ async def get_task(request: Request, task_id: str) -> Response:
     return json_response({**body, "status": task.state})
 
 
-def router() -> APIRouter:
-    """The dialect's routes under every prefix clients use (`/v1`, `/v1/openai`, `/v1/v1`)."""
+def router(prefixes: tuple[str, ...], *, seed003_service: bool) -> APIRouter:
+    """The dialect's routes under each of `prefixes`: OpenAI's service (`/v1`) or seed 003's."""
     api = APIRouter()
-    for prefix in PREFIXES:
-        images_edits, images_generations = _image_routes(prefix in seed003.PREFIXES)
-        shown = prefix == "/v1"
+    for prefix in prefixes:
+        images_edits, images_generations = _image_routes(seed003_service)
+        shown = not seed003_service
         for path, endpoint in (("images/edits", images_edits), ("images/generations", images_generations)):
             api.add_api_route(
                 f"{prefix}/{path}",
@@ -414,6 +277,3 @@ def router() -> APIRouter:
             f"{prefix}/images/tasks/{{task_id}}", get_task, methods=["GET"], include_in_schema=shown, responses=reads
         )
     return api
-
-
-__all__ = ["error_body", "parse_request", "router"]

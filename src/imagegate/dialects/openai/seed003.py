@@ -20,11 +20,6 @@ CODES = {401: "invalid_token", 429: "too_many_requests", 500: "api_error"}
 """The error codes seed 003 names, by HTTP status; every other status keeps our precise code."""
 
 
-def owns(path: str) -> bool:
-    """Whether a request path is under one of seed 003's prefixes."""
-    return any(path.startswith(prefix + "/") for prefix in PREFIXES)
-
-
 def error_body(exc: ImagegateError, trace_id: str | None) -> dict[str, Any]:
     """`{"success": false, "error": {"code", "message", "type", "param"}, "trace_id"}`."""
     error = {"code": CODES.get(exc.status, exc.code), "message": exc.message, "type": exc.type, "param": exc.param}

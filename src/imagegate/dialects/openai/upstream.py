@@ -11,12 +11,15 @@ import anyio
 import httpx
 import orjson
 
+from imagegate.config import ChannelSettings
 from imagegate.core.catalog import SizeMode
 from imagegate.core.job import Job
 from imagegate.core.request import Background, OutputFormat, Quality
 from imagegate.core.sizing import native_size
-from imagegate.core.upstream import CallbackInbox, InputHost, UpstreamAnswer, UpstreamImage
-from imagegate.dialects.relay import (
+from imagegate.core.upstream import CallbackInbox, InputHost, RelayHosts, UpstreamAnswer, UpstreamImage
+from imagegate.errors import EngineError
+from imagegate.imaging import SourceImage
+from imagegate.wire.outbound import (
     HttpUpstream,
     Publications,
     data_url,
@@ -25,8 +28,6 @@ from imagegate.dialects.relay import (
     published,
     read_source,
 )
-from imagegate.errors import EngineError
-from imagegate.imaging import SourceImage
 
 
 def wire_fields(job: Job, model: str) -> dict[str, str]:
@@ -224,3 +225,22 @@ class OpenAIUpstream(HttpUpstream):
         body = self.answer(response)
         data = body.get("data") if isinstance(body, dict) else None
         return f"ok ({len(data)} models listed)" if isinstance(data, list) else "ok"
+
+
+def client_for(channel: ChannelSettings, key: str, hosts: RelayHosts) -> OpenAIUpstream:
+    """A channel's OpenAI client: results by callback when `callback` is set, inputs as it sends them."""
+    return OpenAIUpstream(
+        channel.name,
+        channel.base_url or "",
+        key,
+        timeout_s=channel.timeout_s,
+        max_connections=channel.max_concurrency,
+        callbacks=hosts.inbox if channel.callback else None,
+        send_inputs=channel.send_inputs,
+        inputs=hosts.inputs,
+    )
+
+
+def calls_back(channel: ChannelSettings) -> bool:
+    """Whether the provider posts results to this server or fetches inputs from it."""
+    return channel.callback or channel.send_inputs == "urls"
