@@ -12,7 +12,6 @@ Every request is a task row before any work (SPEC §1).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import secrets
 import time
@@ -20,8 +19,7 @@ from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from decimal import Decimal
-
-import anyio
+from functools import partial
 
 from imagegate.config import AccountDefaults, Limits
 from imagegate.core.catalog import Catalog, ModelSpec
@@ -44,6 +42,7 @@ from imagegate.imaging import SourceImage, open_image
 from imagegate.metrics import Metrics
 from imagegate.net.fetch import SafeFetcher, decode_inline
 from imagegate.service.budget import DecodeBudget, decode_cost, default_budget
+from imagegate.service.execution import Execution
 from imagegate.service.fanout import FannedOut, fan_out
 from imagegate.service.inputs import check_size, open_inputs
 from imagegate.service.leases import Leases
@@ -52,7 +51,6 @@ from imagegate.service.records import (
     Outcome,
     TaskRecords,
     TaskView,
-    failure_of,
     file_name,
     outcome_of,
 )
@@ -89,10 +87,11 @@ class Prepared:
     engine: Engine
     sources: list[SourceImage]
     mask: SourceImage | None
-    started: float
     decode_cost: int
     """Bytes of decoded images the request may hold (service/budget.py)."""
+    execution: Execution
     resources: AsyncExitStack = field(default_factory=AsyncExitStack)
+    """Closes the opened inputs (when the execution's work is done)."""
 
     def job(self, on_partial: PartialSink | None = None) -> Job:
         """What the engine gets: the request, its model and size, the opened inputs."""
@@ -213,28 +212,25 @@ class TaskService:
         was recorded).
         """
         spec, engine = self._checked(key, req)
-        task_id = new_task_id()
-        started = time.perf_counter()
-        row = self._row(task_id, key.id, req, spec, engine, origin)
+        execution = self._execution(new_task_id(), spec.id, engine.name)
+        row = self._row(execution.task_id, key.id, req, spec, engine, origin)
         row.state, row.mode, row.started_at, row.attempts = "running", "sync", now_ms(), 1
         row.lease_owner, row.lease_until = self.leases.owner, self.leases.expiry()
         await self._record(key, row, req, spec)
-        try:
-            return await self._open(task_id, key.id, req, spec, engine, started)
-        except BaseException as exc:
-            await self._finish_failed(task_id, spec.id, engine.name, started, exc)
-            raise
+        return await execution.step(partial(self._open, execution, key.id, req, spec, engine))
+
+    def _execution(self, task_id: str, model: str, engine: str) -> Execution:
+        """The execution of a task this process has just claimed."""
+        return Execution(self.records, self.metrics, task_id, model, engine)
 
     async def _open(
-        self, task_id: str, key_id: str, req: EditRequest, spec: ModelSpec, engine: Engine, started: float
+        self, execution: Execution, key_id: str, req: EditRequest, spec: ModelSpec, engine: Engine
     ) -> Prepared:
-        resources = AsyncExitStack()
-        try:
+        async with AsyncExitStack() as resources:
             sources, mask, size, cost = await self._inputs(req, spec, resources)
-        except BaseException:
-            await resources.aclose()
-            raise
-        return Prepared(task_id, key_id, req, spec, size, engine, sources, mask, started, cost, resources)
+            kept = resources.pop_all()
+        task_id = execution.task_id
+        return Prepared(task_id, key_id, req, spec, size, engine, sources, mask, cost, execution, kept)
 
     async def _inputs(
         self, req: EditRequest, spec: ModelSpec, resources: AsyncExitStack
@@ -267,22 +263,19 @@ class TaskService:
 
         Raises the error the task failed with.
         """
+        execution = prepared.execution
         async with self.leases.hold(prepared.task_id):
-            try:
-                async with prepared.resources, self.budget.hold(prepared.decode_cost):
-                    with self.metrics.engine_runs.labels(prepared.engine.name).track_inprogress():
-                        made = await fan_out(prepared.engine, prepared.job(on_partial), prepared.task_id)
-                delivered, files = await self._store(prepared, made.images)
-            except BaseException as exc:
-                await self._finish_failed(
-                    prepared.task_id, prepared.spec.id, prepared.engine.name, prepared.started, exc
-                )
-                raise
-            outcome = self._outcome(prepared, made, delivered)
-            await self.records.finish(prepared.task_id, outcome=outcome, files=files)
-        seconds = time.perf_counter() - prepared.started
-        self.metrics.task_finished(prepared.spec.id, prepared.engine.name, seconds, images=len(delivered))
+            outcome, files = await execution.step(partial(self._make, prepared, on_partial))
+            await execution.succeed(outcome, files)
         return outcome
+
+    async def _make(self, prepared: Prepared, on_partial: PartialSink | None) -> tuple[Outcome, list[StoredFile]]:
+        """The images of `prepared` (fanned out within the decode budget), stored as files."""
+        async with prepared.resources, self.budget.hold(prepared.decode_cost):
+            with self.metrics.engine_runs.labels(prepared.engine.name).track_inprogress():
+                made = await fan_out(prepared.engine, prepared.job(on_partial), prepared.task_id)
+        delivered, files = await self._store(prepared, made.images)
+        return self._outcome(prepared, made, delivered), files
 
     @staticmethod
     def _outcome(prepared: Prepared, made: FannedOut, delivered: list[Delivered]) -> Outcome:
@@ -355,18 +348,14 @@ class TaskService:
         if req.callback_url:
             await self._check_callback(req.callback_url)
         task_id = new_task_id()
-        stored: list[str] = []
-        try:
-            req.images = [await self._keep(ref, f"in_{task_id}_{i}", stored) for i, ref in enumerate(req.images)]
+        async with AsyncExitStack() as undo:  # stored inputs are deleted unless the task is recorded
+            req.images = [await self._keep(ref, f"in_{task_id}_{i}", undo) for i, ref in enumerate(req.images)]
             if req.mask is not None:
-                req.mask = await self._keep(req.mask, f"in_{task_id}_mask", stored)
+                req.mask = await self._keep(req.mask, f"in_{task_id}_mask", undo)
             row = self._row(task_id, key.id, req, spec, engine, origin)
             row.state, row.mode = "waiting", "async"
             await self._record(key, row, req, spec)
-        except BaseException:
-            for name in stored:
-                await self.blobs.delete(name)
-            raise
+            undo.pop_all()
         self.on_submitted()
         return task_id
 
@@ -376,8 +365,9 @@ class TaskService:
         except ImagegateError as exc:
             raise InvalidCallbackUrl(exc.message, param="callback_url") from exc
 
-    async def _keep(self, ref: ImageRef, name: str, stored: list[str]) -> ImageRef:
-        """A reference the runner can open later: URLs are checked now and fetched then; bytes are stored."""
+    async def _keep(self, ref: ImageRef, name: str, undo: AsyncExitStack) -> ImageRef:
+        """A reference the runner can open later: URLs are checked now and fetched then; bytes are stored
+        (and deleted by `undo`)."""
         if ref.url is not None:
             await self.fetcher.check_url(ref.url, ref.param)
             return ref
@@ -391,7 +381,7 @@ class TaskService:
             open_image(fp, max_pixels=self.limits.max_image_pixels, param=ref.param)
             fp.seek(0)
             await self.blobs.put_file(name, fp)
-            stored.append(name)
+            undo.push_async_callback(self.blobs.delete, name)
         finally:
             if fp is not ref.upload:
                 fp.close()
@@ -400,47 +390,38 @@ class TaskService:
     async def run_task(self, task: Task) -> None:
         """Run a claimed async task to its final state; failures are recorded on the task, not raised.
 
-        If the runner is cancelled (shutdown), the task is handed back as `waiting` for the next start.
+        If the runner is cancelled (shutdown), the task is handed back as `waiting` for the next start,
+        its stored inputs kept for it.
         """
-        started = time.perf_counter()
-        req: EditRequest | None = None
+        execution = self._execution(task.id, task.model, task.engine or "")
         try:
-            req = EditRequest.from_record(task.request)
-            spec, engine = self._validated(req)
-            prepared = await self._open(task.id, task.key_id, req, spec, engine, started)
-        except BaseException as exc:
-            await self._finish_failed(task.id, task.model, task.engine or "", started, exc)
-            if not isinstance(exc, Exception):
-                raise
-        else:
-            with contextlib.suppress(Exception):  # execute recorded the failure on the task
-                await self.execute(prepared)
-        if req is not None:
-            await self._drop_inputs(req)
+            prepared = await execution.step(partial(self._reopen, execution, task))
+            await self.execute(prepared)
+        except Exception:  # recorded on the task by its execution
+            log.debug("task %s failed", task.id, exc_info=True)
+        await self._drop_inputs(task)
+
+    async def _reopen(self, execution: Execution, task: Task) -> Prepared:
+        """A recorded async task's request, validated again and its inputs opened."""
+        req = EditRequest.from_record(task.request)
+        spec, engine = self._validated(req)
+        return await self._open(execution, task.key_id, req, spec, engine)
 
     async def abandon(self, task: Task, error: ImagegateError) -> None:
         """Fail a claimed async task without running it (its callback is still sent)."""
-        await self._finish_failed(task.id, task.model, task.engine or "", time.perf_counter(), error)
+        await self._execution(task.id, task.model, task.engine or "").fail(error)
+        await self._drop_inputs(task)
+
+    async def _drop_inputs(self, task: Task) -> None:
+        """Delete the inputs an async task kept for its run."""
         try:
-            await self._drop_inputs(EditRequest.from_record(task.request))
+            req = EditRequest.from_record(task.request)
         except (KeyError, ValueError):
             log.warning("task %s: its stored inputs could not be listed for removal", task.id)
-
-    async def _drop_inputs(self, req: EditRequest) -> None:
-        refs = [*req.images, *([req.mask] if req.mask else [])]
-        for ref in refs:
+            return
+        for ref in [*req.images, *([req.mask] if req.mask else [])]:
             if ref.blob is not None:
                 await self.blobs.delete(ref.blob)
-
-    async def _finish_failed(self, task_id: str, model: str, engine: str, started: float, exc: BaseException) -> None:
-        cancelled = isinstance(exc, anyio.get_cancelled_exc_class())
-        if cancelled and await self.records.release_if_async(task_id):
-            return
-        if not isinstance(exc, ImagegateError) and not cancelled:
-            log.error("task %s failed unexpectedly", task_id, exc_info=exc)
-        await self.records.finish(task_id, error=exc)
-        code = failure_of(exc)[0]
-        self.metrics.task_finished(model, engine, time.perf_counter() - started, error=code)
 
     async def _store(self, prepared: Prepared, outs: list[ImageOut]) -> tuple[list[Delivered], list[StoredFile]]:
         """Write each image as its own file (identical images too: each has its own URL); returns what

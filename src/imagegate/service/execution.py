@@ -1,0 +1,69 @@
+"""One task's execution, from its claim to its end, in one place: run → settle or release → callback.
+
+A task is claimed when it is recorded running (a sync request) or won by the runner (an async one).
+From then on every exit goes through its Execution: a success is settled (final state, credits and
+callback delivery written in one transaction by TaskRecords.finish); anything a step raises — the
+client's bad input, an engine error, a crash — fails the task the same way; and a cancellation
+(the client went away, a handler timed out, the server stops) hands an async task back as `waiting`
+and fails a sync one, whose client is gone.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import anyio
+
+from imagegate.errors import ImagegateError
+from imagegate.metrics import Metrics
+from imagegate.service.records import Outcome, TaskRecords, failure_of
+from imagegate.stores.db import StoredFile
+
+log = logging.getLogger("imagegate.tasks")
+T = TypeVar("T")
+
+
+@dataclass
+class Execution:
+    """The execution of one claimed task; `step` runs its work, `succeed` and `fail` end it."""
+
+    records: TaskRecords
+    metrics: Metrics
+    task_id: str
+    model: str
+    engine: str
+    started: float = field(default_factory=time.perf_counter)
+
+    async def step(self, work: Callable[[], Awaitable[T]]) -> T:
+        """`work()`; when it raises anything at all, the execution ends failed (or released) first and
+        the error is raised again."""
+        try:
+            return await work()
+        except BaseException as exc:
+            await self.fail(exc)
+            raise
+
+    async def succeed(self, outcome: Outcome, files: Sequence[StoredFile]) -> None:
+        """Settle the task with `outcome` and its stored `files` (and queue its callback)."""
+        await self.records.finish(self.task_id, outcome=outcome, files=files)
+        self._count(images=len(outcome.images))
+
+    async def fail(self, exc: BaseException) -> None:
+        """End the task for `exc`: an async task cancelled is handed back as `waiting`; anything else
+        fails it, its hold released and its callback queued (an unexpected error is logged whole)."""
+        cancelled = isinstance(exc, anyio.get_cancelled_exc_class())
+        if cancelled and await self.records.release_if_async(self.task_id):
+            return
+        if not isinstance(exc, ImagegateError) and not cancelled:
+            log.error("task %s failed unexpectedly", self.task_id, exc_info=exc)
+        await self.records.finish(self.task_id, error=exc)
+        self._count(error=failure_of(exc)[0])
+
+    def _count(self, images: int = 0, error: str | None = None) -> None:
+        self.metrics.task_finished(
+            self.model, self.engine, time.perf_counter() - self.started, images=images, error=error
+        )
