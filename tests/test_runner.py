@@ -14,7 +14,7 @@ from imagegate.service.leases import Leases
 from imagegate.service.records import TaskRecords
 from imagegate.service.runner import TaskRunner
 from imagegate.stores import ledger
-from imagegate.stores.db import ApiKey, Database, Task, now_ms
+from imagegate.stores.db import ApiKey, Clock, Database, Task, now_ms
 from tests.conftest import Api
 from tests.receivers import webhook_receiver
 
@@ -52,9 +52,9 @@ async def get(db: Database, task_id: str) -> Task:
     return task
 
 
-def runner(db: Database, lease_s: float = 60, max_attempts: int = 3) -> TaskRunner:
+def runner(db: Database, lease_s: float = 60, max_attempts: int = 3, clock: Clock = now_ms) -> TaskRunner:
     settings = RunnerSettings(lease_s=lease_s, max_attempts=max_attempts)
-    return TaskRunner(db, None, Leases(db, lease_s), settings)  # type: ignore[arg-type]
+    return TaskRunner(db, None, Leases(db, lease_s, clock), settings)  # type: ignore[arg-type]
 
 
 async def test_two_runners_never_claim_the_same_task(db: Database) -> None:
@@ -104,16 +104,23 @@ async def test_sync_tasks_of_a_dead_process_fail_as_interrupted_and_release_thei
 
 async def test_lease_renewal_keeps_a_task_from_being_reclaimed(db: Database) -> None:
     await add(db, "task_1")
-    a = runner(db, lease_s=0.3)
+    now = [now_ms()]
+
+    def clock() -> int:
+        return now[0]
+
+    a = runner(db, lease_s=0.3, clock=clock)
     task = await a.claim()
     assert task is not None
     async with a.leases.hold(task.id):
         for _ in range(4):
-            await asyncio.sleep(0.1)
+            now[0] += 100
             await a.leases.renew()
-        assert await runner(db).claim() is None
-    await asyncio.sleep(0.4)
-    assert (await runner(db).claim()) is not None, "unrenewed, the lease runs out"
+        assert await runner(db, clock=clock).claim() is None, "renewed, the lease outlives its first 300 ms"
+    now[0] += 300
+    assert await runner(db, clock=clock).claim() is None
+    now[0] += 1
+    assert (await runner(db, clock=clock).claim()) is not None, "unrenewed, the lease runs out"
 
 
 async def test_leases_only_renew_what_this_process_owns(db: Database) -> None:

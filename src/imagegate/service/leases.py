@@ -13,21 +13,22 @@ from contextlib import asynccontextmanager
 
 from sqlalchemy import update
 
-from imagegate.stores.db import Database, Task, now_ms
+from imagegate.stores.db import Clock, Database, Task, now_ms
 
 
 class Leases:
     """The tasks this process holds, and their renewal."""
 
-    def __init__(self, db: Database, lease_s: float) -> None:
+    def __init__(self, db: Database, lease_s: float, clock: Clock = now_ms) -> None:
         self.db = db
+        self.clock = clock
         self.owner = "proc_" + secrets.token_hex(8)
         self.lease_ms = max(1, int(lease_s * 1000))
         self._held: set[str] = set()
 
     def expiry(self) -> int:
         """`lease_until` for a lease taken or renewed now."""
-        return now_ms() + self.lease_ms
+        return self.clock() + self.lease_ms
 
     @asynccontextmanager
     async def hold(self, task_id: str) -> AsyncIterator[None]:

@@ -25,7 +25,7 @@ from imagegate.core.sizing import parse_wxh
 from imagegate.errors import ImagegateError, Interrupted
 from imagegate.stores import ledger
 from imagegate.stores.blobs import BlobStore
-from imagegate.stores.db import Database, StoredFile, Task, WebhookDelivery, now_ms
+from imagegate.stores.db import Clock, Database, StoredFile, Task, WebhookDelivery, now_ms
 
 
 @dataclass
@@ -198,9 +198,10 @@ CallbackRenderer = Callable[[TaskView, Outcome | None], Awaitable[dict[str, Any]
 class TaskRecords:
     """Writes the final state of tasks and queues their callbacks."""
 
-    def __init__(self, db: Database, owner: str) -> None:
+    def __init__(self, db: Database, owner: str, clock: Clock = now_ms) -> None:
         self.db = db
         self.owner = owner
+        self.clock = clock
         self.renderers: dict[str, CallbackRenderer] = {}
         self.on_callback_queued: Callable[[], None] = lambda: None
 
@@ -217,7 +218,7 @@ class TaskRecords:
 
         Returns False (and writes nothing) when the task was reclaimed or already final.
         """
-        values: dict[str, Any] = {"finished_at": now_ms(), "lease_until": None}
+        values: dict[str, Any] = {"finished_at": self.clock(), "lease_until": None}
         if outcome is not None:
             values.update(state="success", result=result_record(outcome), images=len(outcome.images))
         else:
@@ -242,7 +243,7 @@ class TaskRecords:
 
         Their clients' connections are gone with the process, so nobody is waiting for a result.
         """
-        now = now_ms()
+        now = self.clock()
         orphaned = (Task.mode == "sync", Task.state == "running", Task.lease_until < now)
         failed = 0
         async with self.db.session() as session, session.begin():
@@ -291,7 +292,7 @@ class TaskRecords:
                 body=orjson.dumps(body),
                 state="pending",
                 attempts=0,
-                next_at=now_ms(),
+                next_at=self.clock(),
             )
         )
         return True

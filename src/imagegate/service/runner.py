@@ -17,7 +17,7 @@ from imagegate.config import RunnerSettings
 from imagegate.errors import Interrupted
 from imagegate.service.leases import Leases
 from imagegate.service.tasks import TaskService
-from imagegate.stores.db import Database, Task, now_ms
+from imagegate.stores.db import Database, Task
 
 log = logging.getLogger("imagegate.runner")
 
@@ -120,7 +120,7 @@ class TaskRunner:
     async def claim(self, task_id: str | None = None) -> Task | None:
         """The oldest claimable async task (or `task_id`, if claimable), now `running` under this
         process's lease, or None."""
-        now = now_ms()
+        now = self.leases.clock()
         async with self.db.session() as session, session.begin():
             query = select(Task.id).where(self._claimable(now))
             if task_id is not None:

@@ -127,7 +127,7 @@ class TaskService:
         self.accounts = accounts
         self.metrics = metrics
         self.leases = leases
-        self.records = TaskRecords(db, leases.owner)
+        self.records = TaskRecords(db, leases.owner, leases.clock)
         self.queue: TaskQueue = RowQueue()
         self.on_submitted: Callable[[], None] = lambda: None
 

@@ -7,6 +7,7 @@ database to the newest revision and is run before the application opens its engi
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,11 @@ MICROS = Decimal(1_000_000)
 def now_ms() -> int:
     """Milliseconds since the epoch: the one clock every stored timestamp uses."""
     return time.time_ns() // 1_000_000
+
+
+Clock = Callable[[], int]
+"""A source of `now_ms` readings; the parts that decide by time (leases, task records, idempotency
+expiry) take one, so their tests move time instead of sleeping."""
 
 
 class Credits(TypeDecorator[Decimal]):

@@ -13,7 +13,7 @@ from enum import StrEnum
 from sqlalchemy import delete
 from sqlalchemy.exc import IntegrityError
 
-from imagegate.stores.db import Database, IdempotentResponse, now_ms
+from imagegate.stores.db import Clock, Database, IdempotentResponse, now_ms
 
 LIFETIME_MS = 24 * 3600 * 1000
 STALE_PENDING_MS = 15 * 60 * 1000
@@ -37,8 +37,9 @@ class Stored:
 
 
 class IdempotencyStore:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, clock: Clock = now_ms) -> None:
         self.db = db
+        self.clock = clock
 
     async def begin(self, scope: str, key: str, fingerprint: str) -> tuple[Verdict, Stored | None]:
         """Reserve `key` for a request with `fingerprint`, or say why not (with the answer to replay)."""
@@ -50,7 +51,7 @@ class IdempotencyStore:
         return Verdict.IN_PROGRESS, None
 
     async def _begin_once(self, scope: str, key: str, fingerprint: str) -> tuple[Verdict, Stored | None]:
-        now = now_ms()
+        now = self.clock()
         async with self.db.session() as session, session.begin():
             row = await session.get(IdempotentResponse, (scope, key))
             if row is not None:
