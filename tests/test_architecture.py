@@ -62,9 +62,9 @@ def rank_of(module: str, table: list[tuple[int, list[str]]]) -> int | None:
     best: tuple[int, int] | None = None
     for rank, prefixes in table:
         for prefix in prefixes:
-            if module == prefix or module.startswith(prefix + "."):
-                if best is None or len(prefix) > best[0]:
-                    best = (len(prefix), rank)
+            holds = module == prefix or module.startswith(prefix + ".")
+            if holds and (best is None or len(prefix) > best[0]):
+                best = (len(prefix), rank)
     return best[1] if best else None
 
 

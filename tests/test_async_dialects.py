@@ -27,9 +27,8 @@ from tests.receivers import webhook_receiver
 
 PNG = make_image(800, 600)
 FAST: dict[str, Any] = {
-    "webhook_retry_delays": "0.1,0.1,0.1",
     "runner": {"poll_interval_s": 0.05},
-    "webhooks": {"poll_interval_s": 0.05, "timeout_s": 5},
+    "webhooks": {"poll_interval_s": 0.05, "timeout_s": 5, "retry_delays": "0.1,0.1,0.1"},
 }
 
 
@@ -352,7 +351,9 @@ async def test_n_fan_out_failing_everywhere_fails_the_task(tmp_path: Path) -> No
 
 async def test_a_pending_retry_survives_a_restart(tmp_path: Path) -> None:
     config = load_config(
-        data_dir=tmp_path / "data", fetch_allow=LOOPBACK_ALLOW, **{**FAST, "webhook_retry_delays": "1"}
+        data_dir=tmp_path / "data",
+        fetch_allow=LOOPBACK_ALLOW,
+        **{**FAST, "webhooks": {**FAST["webhooks"], "retry_delays": "1"}},
     )
     with webhook_receiver(statuses=[500]) as receiver:
         async with open_api(config) as api:

@@ -97,7 +97,7 @@ async def test_a_revoked_or_expired_key_gets_no_replay(api: Api) -> None:
 
 
 def test_the_default_body_limits_follow_the_image_limits() -> None:
-    limits = Limits(max_image_bytes=10 * MB, max_images=4)
+    limits = Limits(max_image_bytes=10 * MB, max_input_images=4)
     assert limits.body_bytes == 4 * 10 * MB + MB
     assert limits.json_bytes == (10 * MB + 2) // 3 * 4 + MB, "one data URL of a full-size image"
     assert Limits(max_body_bytes=123, max_json_bytes=456).json_bytes == 123, "JSON never above the body limit"

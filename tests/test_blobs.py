@@ -87,7 +87,7 @@ def test_storage_urls_choose_the_store(tmp_path: Path) -> None:
     assert isinstance(open_blob_store(None, tmp_path), LocalBlobStore)
     assert isinstance(open_blob_store(f"file://{tmp_path}/x", tmp_path), LocalBlobStore)
     with pytest.raises(ValueError, match="s3://bucket/prefix or file:///path"):
-        load_config(data_dir=tmp_path, storage_url="ftp://x/y")
+        load_config(data_dir=tmp_path, storage={"url": "ftp://x/y"})
 
 
 @pytest.mark.parametrize("result_urls", ["api", "presigned"])
@@ -95,8 +95,7 @@ async def test_the_server_keeps_results_and_inputs_in_s3(s3_bucket: str, tmp_pat
     config = load_config(
         data_dir=tmp_path / "data",
         fetch_allow=LOOPBACK_ALLOW,
-        storage_url=f"s3://{s3_bucket}/results",
-        result_urls=result_urls,
+        storage={"url": f"s3://{s3_bucket}/results", "result_urls": result_urls},
     )
     png = make_image(320, 240)
     async with open_api(config) as api:

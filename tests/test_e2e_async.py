@@ -201,7 +201,7 @@ def crashable(tmp_path: Path) -> Iterator[Server]:
         "IMAGEGATE_RUNNER__CONCURRENCY": "2",
         "IMAGEGATE_RUNNER__POLL_INTERVAL_S": "0.1",
         "IMAGEGATE_WEBHOOKS__POLL_INTERVAL_S": "0.1",
-        "IMAGEGATE_WEBHOOK_RETRY_DELAYS": "0.5,1,1,2",
+        "IMAGEGATE_WEBHOOKS__RETRY_DELAYS": "0.5,1,1,2",
     }
     server = Server(data_dir, free_port(), env)
     try:

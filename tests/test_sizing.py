@@ -119,17 +119,17 @@ def test_fixed_size_models() -> None:
     legacy = catalog.get("gpt-image-1")
     assert resolve_size(_req("auto", "gpt-image-1"), legacy, (1920, 1080)) == Size(1536, 1024)
     with pytest.raises(BadRequest, match="1024x1024, 1536x1024, 1024x1536, auto"):
-        validate(_req("2048x2048", "gpt-image-1"), legacy, max_images=16)
+        validate(_req("2048x2048", "gpt-image-1"), legacy, max_input_images=16)
     dalle = catalog.get("dall-e-2")
     with pytest.raises(BadRequest, match="256x256, 512x512, 1024x1024"):
-        validate(_req("2048x2048", "dall-e-2"), dalle, max_images=16)
+        validate(_req("2048x2048", "dall-e-2"), dalle, max_input_images=16)
 
 
 def test_dalle2_without_a_size_is_1024_square_as_at_openai() -> None:
     catalog = Catalog.from_config({})
     dalle = catalog.get("dall-e-2")
     req = _req("auto", "dall-e-2")
-    validate(req, dalle, max_images=16)
+    validate(req, dalle, max_input_images=16)
     assert resolve_size(req, dalle, (1920, 1080)) == Size(1024, 1024)
     assert price_before_inputs(req, dalle) == 2
 

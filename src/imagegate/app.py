@@ -75,14 +75,14 @@ async def _on_disconnect(request: Request, exc: Exception) -> Response:
 
 
 async def blob_response(rt: Runtime, name: str, headers: dict[str, str], missing: str) -> Response:
-    """Blob `name`: sent from its file, redirected to a presigned object-store URL (`result_urls =
-    "presigned"`), or streamed from the store; NotFound(`missing`) when there is none."""
+    """Blob `name`: sent from its file, redirected to a presigned object-store URL (`[storage]
+    result_urls = "presigned"`), or streamed from the store; NotFound(`missing`) when there is none."""
     media_type = f"image/{name.rsplit('.', 1)[-1]}"
     path = rt.blobs.local_path(name)
     if path is not None:
         return FileResponse(path, media_type=media_type, headers=headers)
-    if rt.config.result_urls == "presigned":
-        url = rt.blobs.presigned_url(name, rt.config.presigned_url_ttl_s)
+    if rt.config.storage.result_urls == "presigned":
+        url = rt.blobs.presigned_url(name, rt.config.storage.presigned_url_ttl_s)
         if url is not None:
             return RedirectResponse(url, status_code=307)
     fp = await rt.blobs.open(name)

@@ -346,7 +346,7 @@ def channels_check(data_dir: DataDir = None, config_file: ConfigFile = None) -> 
         async with AsyncExitStack() as stack:
             fetcher = SafeFetcher(fetch_policy(config))
             stack.push_async_callback(fetcher.aclose)
-            blobs = open_blob_store(config.storage_url, config.files_dir)
+            blobs = open_blob_store(config.storage.url, config.files_dir)
             hosts = RelayHosts(*relay_hosts(config, blobs))
             channels = open_channels(config, catalog, builtin_registry().engines, fetcher, hosts)
             for channel in channels:

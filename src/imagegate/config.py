@@ -6,11 +6,14 @@ Sources, later wins: defaults, the TOML file (`--config` / `IMAGEGATE_CONFIG`), 
 from __future__ import annotations
 
 import ipaddress
+import logging
+import os
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -20,6 +23,7 @@ from pydantic_settings import (
 )
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+log = logging.getLogger("imagegate.config")
 
 
 FORM_OVERHEAD = 1024 * 1024
@@ -38,9 +42,10 @@ class Limits(BaseModel):
 
     max_image_bytes: int = Field(default=50 * 1024 * 1024, gt=0)
     max_image_pixels: int = Field(default=50_000_000, gt=0)
-    max_images: int = Field(default=16, ge=1)
+    max_input_images: int = Field(default=16, ge=1)
+    """Input images (`image[]` references) one request may carry; formerly `limits.max_images`."""
     max_body_bytes: int | None = Field(default=None, gt=0)
-    """The most a request body may carry (413 past it); by default `max_images` uploads of
+    """The most a request body may carry (413 past it); by default `max_input_images` uploads of
     `max_image_bytes` and FORM_OVERHEAD. Multipart bodies are spooled to disk, never held whole."""
     max_json_bytes: int | None = Field(default=None, gt=0)
     """The most a JSON body may carry (JSON is parsed in memory): by default one data URL of
@@ -68,7 +73,7 @@ class Limits(BaseModel):
     @property
     def body_bytes(self) -> int:
         """The effective `max_body_bytes`."""
-        return self.max_body_bytes or self.max_images * self.max_image_bytes + FORM_OVERHEAD
+        return self.max_body_bytes or self.max_input_images * self.max_image_bytes + FORM_OVERHEAD
 
     @property
     def json_bytes(self) -> int:
@@ -116,6 +121,9 @@ class WorkerSettings(BaseModel):
     keep_finished_jobs_hours: int = Field(default=24, ge=1)
 
 
+DEFAULT_WEBHOOK_RETRY_DELAYS = [5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0]
+
+
 class WebhookSettings(BaseModel):
     """Delivery of signed task callbacks."""
 
@@ -124,6 +132,54 @@ class WebhookSettings(BaseModel):
     timeout_s: float = Field(default=10.0, gt=0)
     concurrency: int = Field(default=8, ge=1)
     poll_interval_s: float = Field(default=1.0, gt=0)
+    retry_delays: Annotated[list[float], NoDecode] = Field(default_factory=lambda: list(DEFAULT_WEBHOOK_RETRY_DELAYS))
+    """Seconds to wait before each retry of a failed delivery (`5,300,...` in the environment); after
+    the last, it is given up. Formerly `webhook_retry_delays`."""
+
+    @field_validator("retry_delays", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        return split_commas(value)
+
+    @field_validator("retry_delays")
+    @classmethod
+    def _non_negative(cls, value: list[float]) -> list[float]:
+        if any(delay < 0 for delay in value):
+            raise ValueError("delays must be zero or more seconds")
+        return value
+
+
+class StorageSettings(BaseModel):
+    """Where inputs and results live, and how clients fetch results."""
+
+    model_config = {"extra": "forbid"}
+
+    url: str | None = None
+    """`s3://bucket/prefix` (endpoint and credentials from the standard `AWS_*` variables, e.g.
+    AWS_ENDPOINT_URL), `file:///path`, or by default the data dir's `files`. Formerly `storage_url`."""
+    result_urls: Literal["api", "presigned"] = "api"
+    """`/files/...` URLs are streamed by the API (`api`) or redirect to presigned object-store URLs."""
+    presigned_url_ttl_s: int = Field(default=3600, ge=1)
+
+    @field_validator("url")
+    @classmethod
+    def _storage_scheme(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("s3://", "file://")):
+            raise ValueError("use s3://bucket/prefix or file:///path")
+        if value and value.startswith("s3://") and not value[5:].split("/", 1)[0]:
+            raise ValueError("an s3:// URL must name a bucket")
+        return value
+
+
+class RelaySettings(BaseModel):
+    """Relaying to providers that fetch inputs from this server or post their results back to it."""
+
+    model_config = {"extra": "forbid"}
+
+    signing_secret: str | None = None
+    """Signs the expiring URLs of relayed inputs and callbacks; by default a random key kept in the
+    data dir. Set it where several processes must honour each other's URLs. Formerly `signing_secret`
+    at the top level."""
 
 
 class AccountDefaults(BaseModel):
@@ -135,8 +191,9 @@ class AccountDefaults(BaseModel):
     """Image requests (edits, generations, createTask) a key may make in a sliding minute."""
     max_active_tasks: int = Field(default=64, ge=0)
     """Tasks of one key that may be waiting or running at once."""
-    max_images_per_request: int = Field(default=10, ge=0)
-    """Images (`n`) one request may ask for, below each model's own maximum."""
+    max_output_images: int = Field(default=10, ge=0)
+    """Images (`n`) one request may ask for, below each model's own maximum (a key's own limit is its
+    `max_images`). Formerly `max_images_per_request`."""
 
 
 class ChannelSettings(BaseModel):
@@ -180,9 +237,6 @@ class ChannelSettings(BaseModel):
     the connection open; the provider posts it to IMAGEGATE_PUBLIC_URL/relay/callbacks/..."""
 
 
-DEFAULT_WEBHOOK_RETRY_DELAYS = [5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0]
-
-
 class ConfigError(ValueError):
     """The configuration is invalid; the message names the bad key."""
 
@@ -205,48 +259,24 @@ class Config(BaseSettings):
     first_key_credits: int = 1000
     accounts: AccountDefaults = Field(default_factory=AccountDefaults)
     channels: list[ChannelSettings] = Field(default_factory=list)
-    storage_url: str | None = None
-    """Where inputs and results live: `s3://bucket/prefix` (endpoint and credentials from the standard
-    `AWS_*` variables, e.g. AWS_ENDPOINT_URL), `file:///path`, or by default the data dir's `files`."""
-    result_urls: Literal["api", "presigned"] = "api"
-    """`/files/...` URLs are streamed by the API (`api`) or redirect to presigned object-store URLs."""
-    presigned_url_ttl_s: int = Field(default=3600, ge=1)
-    signing_secret: str | None = None
-    """Signs the expiring URLs of relayed inputs; by default a random key kept in the data dir.
-    Set it (`IMAGEGATE_SIGNING_SECRET`) where several processes must honour each other's URLs."""
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    relay: RelaySettings = Field(default_factory=RelaySettings)
     runner: RunnerSettings = Field(default_factory=RunnerSettings)
     webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
     queue: Literal["auto", "runner", "procrastinate"] = "auto"
     """Who runs async tasks: `runner` (in process, polling the task rows) or `procrastinate` workers
     (`imagegate worker`); `auto` picks procrastinate on PostgreSQL and the runner otherwise."""
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
-    webhook_retry_delays: Annotated[list[float], NoDecode] = Field(
-        default_factory=lambda: list(DEFAULT_WEBHOOK_RETRY_DELAYS)
-    )
-    """Seconds to wait before each retry of a failed webhook delivery; after the last, it is given up."""
 
-    @field_validator("fetch_allow", "webhook_retry_delays", "trusted_hosts", mode="before")
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: object) -> object:
+        return with_current_names(data) if isinstance(data, dict) else data
+
+    @field_validator("fetch_allow", "trusted_hosts", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return value
-
-    @field_validator("webhook_retry_delays")
-    @classmethod
-    def _non_negative(cls, value: list[float]) -> list[float]:
-        if any(delay < 0 for delay in value):
-            raise ValueError("delays must be zero or more seconds")
-        return value
-
-    @field_validator("storage_url")
-    @classmethod
-    def _storage_scheme(cls, value: str | None) -> str | None:
-        if value and not value.startswith(("s3://", "file://")):
-            raise ValueError("use s3://bucket/prefix or file:///path")
-        if value and value.startswith("s3://") and not value[5:].split("/", 1)[0]:
-            raise ValueError("an s3:// URL must name a bucket")
-        return value
+        return split_commas(value)
 
     @field_validator("channels")
     @classmethod
@@ -285,6 +315,71 @@ class Config(BaseSettings):
         return self.data_dir / "files"
 
 
+def split_commas(value: object) -> object:
+    """A comma-separated string (as an environment variable gives it) as a list of its parts."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+RENAMED: dict[tuple[str, ...], tuple[str, str]] = {
+    ("storage_url",): ("storage", "url"),
+    ("result_urls",): ("storage", "result_urls"),
+    ("presigned_url_ttl_s",): ("storage", "presigned_url_ttl_s"),
+    ("signing_secret",): ("relay", "signing_secret"),
+    ("webhook_retry_delays",): ("webhooks", "retry_delays"),
+    ("limits", "max_images"): ("limits", "max_input_images"),
+    ("accounts", "max_images_per_request"): ("accounts", "max_output_images"),
+}
+"""Configuration keys renamed in 0.13, by their old path: still read (with a warning) until 0.14."""
+
+
+def with_current_names(data: dict[str, Any]) -> dict[str, Any]:
+    """`data` with every old key of RENAMED moved to its new place (a value already there wins) and a
+    warning logged for each."""
+    data = dict(data)
+    for old, (table, name) in RENAMED.items():
+        holder = data if len(old) == 1 else data.get(old[0])
+        if not isinstance(holder, dict) or old[-1] not in holder:
+            continue
+        if len(old) > 1:
+            holder = data[old[0]] = dict(holder)
+        value = holder.pop(old[-1])
+        target = data.get(table)
+        target = dict(target) if isinstance(target, dict) else {}
+        target.setdefault(name, value)
+        data[table] = target
+        log.warning(
+            "configuration key '%s' is now '%s.%s' (IMAGEGATE_%s__%s); the old name is read until the next release",
+            ".".join(old),
+            table,
+            name,
+            table.upper(),
+            name.upper(),
+        )
+    return data
+
+
+class RenamedEnvironment(PydanticBaseSettingsSource):
+    """The old top-level `IMAGEGATE_*` variables of RENAMED, read under their old keys (the Config
+    moves them, with a warning); below the current variables, above the file."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        environ = {name.upper(): value for name, value in os.environ.items()}
+        found: dict[str, Any] = {}
+        for old in RENAMED:
+            name = "IMAGEGATE_" + "__".join(old).upper()
+            if name in environ:
+                if len(old) == 1:
+                    found[old[0]] = environ[name]
+                else:
+                    found.setdefault(old[0], {})[old[1]] = environ[name]
+        return found
+
+
 def async_database_url(url: str) -> str:
     """`url` with the async driver SQLAlchemy should use: psycopg 3 for PostgreSQL, aiosqlite for SQLite."""
     for plain, driver in (
@@ -313,7 +408,7 @@ def load_config(config_file: Path | None = None, **overrides: Any) -> Config:
             dotenv_settings: PydanticBaseSettingsSource,
             file_secret_settings: PydanticBaseSettingsSource,
         ) -> tuple[PydanticBaseSettingsSource, ...]:
-            sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+            sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings, RenamedEnvironment(settings_cls)]
             if config_file is not None:
                 sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
             return tuple(sources)

@@ -133,7 +133,7 @@ async def open_runtime(
     fetcher = SafeFetcher(fetch_policy(config))
     stack.push_async_callback(fetcher.aclose)
     catalog = Catalog.from_config(config.models)
-    blobs = open_blob_store(config.storage_url, config.files_dir)
+    blobs = open_blob_store(config.storage.url, config.files_dir)
     inputs, inbox = relay_hosts(config, blobs, db)
     hosts = RelayHosts(inputs, inbox)
     channels = open_channels(config, catalog, registry.engines, fetcher, hosts)
@@ -148,7 +148,7 @@ async def open_runtime(
     if config.uses_procrastinate:
         tasks.queue = ProcrastinateQueue(procrastinate_app(url), config.worker.queues[0])
     runner = TaskRunner(db, tasks, leases, config.runner, claims=not config.uses_procrastinate)
-    sender = WebhookSender(db, fetcher, config.webhooks, config.webhook_retry_delays)
+    sender = WebhookSender(db, fetcher, config.webhooks, config.webhooks.retry_delays)
     tasks.on_submitted = runner.wake
     tasks.records.on_callback_queued = sender.wake
     background = await stack.enter_async_context(anyio.create_task_group())
@@ -156,7 +156,9 @@ async def open_runtime(
     background.start_soon(runner.run)
     background.start_soon(sender.run)
     limiter = ratelimit.limiter_for(db)
-    links = ResultLinks(blobs, presigned=config.result_urls == "presigned", ttl_s=config.presigned_url_ttl_s)
+    links = ResultLinks(
+        blobs, presigned=config.storage.result_urls == "presigned", ttl_s=config.storage.presigned_url_ttl_s
+    )
     for dialect in registry.dialects.values():
         if dialect.callbacks is not None:
             tasks.records.renderers[dialect.name] = dialect.callbacks(catalog, links)

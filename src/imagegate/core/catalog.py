@@ -56,7 +56,7 @@ class ModelSpec:
     echo_prompt: bool = False
     """Answers `revised_prompt` = the prompt and `created` = 0, as seed 003's adapter layer does; what
     the engine did goes in the `x-imagegate-applied` header instead."""
-    max_images: int = 16
+    max_input_images: int = 16
     b64_on_request: bool = False
     """Answers URLs unless asked `response_format=b64_json`, so a relayed call asks for it (DALL·E)."""
     prices: dict[str, Decimal] = field(default_factory=lambda: dict(GPT_IMAGE_PRICES))
@@ -101,7 +101,7 @@ def _builtin() -> dict[str, ModelSpec]:
             qualities=(Quality.STANDARD, Quality.AUTO),
             passthrough_qualities=(),
             default_delivery=Delivery.URL,
-            max_images=1,
+            max_input_images=1,
             b64_on_request=True,
             prices={"standard": Decimal(2)},
             above_1k_multiplier=Decimal(1),

@@ -33,7 +33,7 @@ def _strip_to_basic_fields(req: EditRequest) -> None:
     req.images = req.images[:1]
 
 
-def validate(req: EditRequest, spec: ModelSpec, *, max_images: int, max_prompt: int = MAX_PROMPT_CHARS) -> None:
+def validate(req: EditRequest, spec: ModelSpec, *, max_input_images: int, max_prompt: int = MAX_PROMPT_CHARS) -> None:
     """Check every field of `req` against `spec`, normalising where the model ignores fields.
 
     Raises BadRequest (or MissingParameter) whose `param` names the offending field.
@@ -48,7 +48,7 @@ def validate(req: EditRequest, spec: ModelSpec, *, max_images: int, max_prompt: 
         raise BadRequest(
             f"Invalid 'prompt': {len(req.prompt)} characters; the maximum is {max_prompt}.", param="prompt"
         )
-    limit = min(max_images, spec.max_images)
+    limit = min(max_input_images, spec.max_input_images)
     if len(req.images) > limit:
         raise BadRequest(
             f"Invalid 'image': {len(req.images)} images given; model '{spec.id}' accepts at most {limit}.",

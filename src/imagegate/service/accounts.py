@@ -48,7 +48,7 @@ def key_view(key: ApiKey, defaults: AccountDefaults) -> dict[str, Any]:
         "effective_limits": {
             "rpm": effective.rpm,
             "max_active": effective.max_active,
-            "max_images": effective.max_images,
+            "max_images": effective.max_output_images,
         },
         "created_at": seconds(key.created_at),
         "last_used_at": seconds(key.last_used_at),

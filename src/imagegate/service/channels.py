@@ -84,7 +84,7 @@ def open_channels(
 def relay_hosts(config: Config, blobs: BlobStore, db: Database | None = None) -> tuple[PublishedInputs, CallbackInbox]:
     """Where inputs are published for providers to fetch, and where their callbacks land (shared
     through `db` between nodes); both sign their URLs with the configured or the data dir's secret."""
-    signer = UrlSigner(secret_for(config.signing_secret, config.data_dir))
+    signer = UrlSigner(secret_for(config.relay.signing_secret, config.data_dir))
     public_url = config.public_url or "http://127.0.0.1"
     return PublishedInputs(blobs, signer, public_url), CallbackInbox(signer, public_url, db)
 

@@ -160,7 +160,7 @@ class TaskService:
         if key.models is not None and req.model not in key.models:
             raise PermissionDenied(f"This key may not use model '{req.model}'.", param="model")
         spec, engine = self._validated(req)
-        most = self.key_limits(key).max_images
+        most = self.key_limits(key).max_output_images
         if most and req.n > most:
             raise BadRequest(
                 f"Invalid 'n': {req.n}; this key may ask for at most {most} images per request.", param="n"
@@ -169,7 +169,7 @@ class TaskService:
 
     def _validated(self, req: EditRequest) -> tuple[ModelSpec, Engine]:
         spec = self.catalog.get(req.model)
-        validate(req, spec, max_images=self.limits.max_images)
+        validate(req, spec, max_input_images=self.limits.max_input_images)
         engine = self.engine_for(spec)
         if not req.is_edit and not engine.can_generate:
             raise ModelNotSupported(

@@ -30,7 +30,7 @@ class KeyLimits:
 
     rpm: int
     max_active: int
-    max_images: int
+    max_output_images: int
 
 
 def limits_of(key: ApiKey, defaults: AccountDefaults) -> KeyLimits:
@@ -38,7 +38,7 @@ def limits_of(key: ApiKey, defaults: AccountDefaults) -> KeyLimits:
     return KeyLimits(
         rpm=defaults.requests_per_minute if key.rpm is None else key.rpm,
         max_active=defaults.max_active_tasks if key.max_active is None else key.max_active,
-        max_images=defaults.max_images_per_request if key.max_images is None else key.max_images,
+        max_output_images=defaults.max_output_images if key.max_images is None else key.max_images,
     )
 
 

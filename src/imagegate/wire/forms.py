@@ -60,7 +60,7 @@ async def read_multipart(request: Request, limits: Limits) -> FormData:
     parser = BoundedMultiPartParser(
         request.headers,
         request.stream(),
-        max_files=limits.max_images + 2,
+        max_files=limits.max_input_images + 2,
         max_fields=limits.max_form_fields,
         max_part_size=limits.max_image_bytes * 4 // 3 + 1024,
         max_file_size=limits.max_image_bytes,
