@@ -57,6 +57,8 @@ class ModelSpec:
     """Answers `revised_prompt` = the prompt and `created` = 0, as seed 003's adapter layer does; what
     the engine did goes in the `x-imagegate-applied` header instead."""
     max_input_images: int = 16
+    needs_image: bool = False
+    """Edits only: a request without an input image is refused (seed 002's image-to-image model)."""
     b64_on_request: bool = False
     """Answers URLs unless asked `response_format=b64_json`, so a relayed call asks for it (DALL·E)."""
     prices: dict[str, Decimal] = field(default_factory=lambda: dict(GPT_IMAGE_PRICES))
@@ -85,7 +87,7 @@ def _builtin() -> dict[str, ModelSpec]:
         gpt2,
         replace(gpt2, id="gpt-image-2-2026-04-21", description="gpt-image-2 snapshot"),
         replace(gpt2, id="gpt-image-2-all", max_n=1, default_delivery=Delivery.URL, url_b64_as_data_url=True),
-        replace(gpt2, id="gpt-image-2-image-to-image", max_n=1, default_delivery=Delivery.URL),
+        replace(gpt2, id="gpt-image-2-image-to-image", max_n=1, default_delivery=Delivery.URL, needs_image=True),
         replace(gpt2, id="gpt-image-2-text-to-image", max_n=1, default_delivery=Delivery.URL),
         legacy,
         replace(legacy, id="gpt-image-1.5"),

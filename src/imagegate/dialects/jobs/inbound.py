@@ -30,7 +30,6 @@ from imagegate.wire.fields import as_enum, as_str, dry_run, json_object, ref_fro
 PREFIX = "/api/v1/jobs"
 MAX_PROMPT_CHARS = 20_000
 IMAGE_FIELDS = ("image_urls", "input_urls", "image_input")
-EDIT_MODEL = "gpt-image-2-image-to-image"
 _STATUSES = {400, 401, 402, 404, 409, 422, 429, 500}
 _MALFORMED = {"missing_required_parameter", "invalid_json", "untrusted_host"}
 
@@ -87,7 +86,7 @@ def parse_create(body: dict[str, Any], catalog: Catalog) -> tuple[EditRequest, s
         for url in _strings(data.get(name), f"input.{name}"):
             if url.strip() and url.strip() not in urls:
                 urls.append(url.strip())
-    if spec.id == EDIT_MODEL and not urls:
+    if spec.needs_image and not urls:
         raise MissingParameter(
             "Missing required parameter: 'input.image_urls' (at least one URL).", param="input.image_urls"
         )
