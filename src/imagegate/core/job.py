@@ -6,13 +6,33 @@ another to reach them (docs/architecture.md).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import threading
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import IO, Any, Protocol
+
+from PIL import Image
 
 from imagegate.core.catalog import ModelSpec
 from imagegate.core.request import EditRequest, OutputFormat, Size
-from imagegate.imaging import SourceImage
+
+
+class Source(Protocol):
+    """An opened input image, not yet decoded (imaging.SourceImage): its sniffed format, oriented
+    dimensions, the request field it came from, and its original bytes in `fp` (read under `lock`)."""
+
+    image: Image.Image
+    """Opened header-only: its mode and info, no pixels."""
+    format: OutputFormat
+    width: int
+    height: int
+    param: str
+    fp: IO[bytes]
+    lock: threading.Lock
+
+    def decode(self, at_least: Size | None = None) -> Image.Image:
+        """Decoded, oriented, RGB or RGBA (JPEGs shrunk on load while at least `at_least`)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -52,6 +72,6 @@ class Job:
     request: EditRequest
     spec: ModelSpec
     size: Size
-    images: list[SourceImage] = field(default_factory=list)
-    mask: SourceImage | None = None
+    images: Sequence[Source] = field(default_factory=list)
+    mask: Source | None = None
     on_partial: PartialSink | None = None

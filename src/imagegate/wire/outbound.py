@@ -14,9 +14,9 @@ import anyio
 import httpx
 import pybase64
 
+from imagegate.core.job import Source
 from imagegate.core.upstream import InputHost
 from imagegate.errors import BadRequest, EngineError, ImagegateError
-from imagegate.imaging import SourceImage
 
 CLIENT_FAULTS = {400, 413, 415, 422}
 """Statuses by which a provider rejects the request itself: passed to the client, never retried."""
@@ -30,7 +30,7 @@ class Publications:
         self.host = host
         self.handles: list[str] = []
 
-    async def url(self, source: SourceImage) -> str:
+    async def url(self, source: Source) -> str:
         """A signed URL the provider may fetch `source`'s original bytes from."""
         data = await anyio.to_thread.run_sync(read_source, source)
         url, handle = await self.host.publish(data, source.format)
@@ -50,14 +50,14 @@ async def published(host: InputHost) -> AsyncIterator[Publications]:
                 await host.withdraw(handle)
 
 
-def read_source(source: SourceImage) -> bytes:
+def read_source(source: Source) -> bytes:
     """An input's original bytes (no re-encoding)."""
     with source.lock:
         source.fp.seek(0)
         return source.fp.read()
 
 
-def data_url(source: SourceImage) -> str:
+def data_url(source: Source) -> str:
     """An input as a `data:` URL of its original bytes."""
     return f"data:{source.format.content_type};base64,{pybase64.b64encode(read_source(source)).decode('ascii')}"
 

@@ -13,12 +13,11 @@ import orjson
 
 from imagegate.config import ChannelSettings
 from imagegate.core.catalog import SizeMode
-from imagegate.core.job import Job
+from imagegate.core.job import Job, Source
 from imagegate.core.request import Background, OutputFormat, Quality
 from imagegate.core.sizing import native_size
 from imagegate.core.upstream import CallbackInbox, InputHost, RelayHosts, UpstreamAnswer, UpstreamImage
 from imagegate.errors import EngineError
-from imagegate.imaging import SourceImage
 from imagegate.wire.outbound import (
     HttpUpstream,
     Publications,
@@ -125,7 +124,7 @@ async def relay_events(response: httpx.Response, job: Job) -> UpstreamAnswer:
     return UpstreamAnswer(images, usage)
 
 
-async def _reference(source: SourceImage, inputs: Publications | None) -> str:
+async def _reference(source: Source, inputs: Publications | None) -> str:
     """An input as a JSON edit names it: a published signed URL, else a data URL."""
     if inputs is not None:
         return await inputs.url(source)

@@ -10,13 +10,13 @@ import anyio
 from PIL import Image, ImageChops
 
 from imagegate.config import Config, ImagingSettings
-from imagegate.core.job import ImageOut, Job, Made
+from imagegate.core.job import ImageOut, Job, Made, Source
 from imagegate.core.request import Background, OutputFormat, Size
 from imagegate.engines.classic import compose, draw
 from imagegate.engines.classic.operations import GEOMETRIC, OPERATIONS, TextRenderer, remove_background
 from imagegate.engines.classic.vocabulary import Plan, describe, plan
 from imagegate.errors import BadRequest
-from imagegate.imaging import SourceImage, encode, fit_cover
+from imagegate.imaging import encode, fit_cover
 
 PREVIEW_SCALES = {1: (8,), 2: (16, 4), 3: (16, 8, 4)}
 
@@ -138,7 +138,7 @@ class ClassicEngine:
         return compose.side_by_side(decoded, len(images), size)
 
     @staticmethod
-    def _apply_mask(original: Image.Image, edited: Image.Image, mask: SourceImage, size: Size) -> Image.Image:
+    def _apply_mask(original: Image.Image, edited: Image.Image, mask: Source, size: Size) -> Image.Image:
         raw = mask.image
         if raw.mode not in ("RGBA", "LA", "L", "PA", "P") and "transparency" not in raw.info:
             raise BadRequest(
