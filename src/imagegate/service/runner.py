@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 
 import anyio
+import anyio.lowlevel
 from sqlalchemy import ColumnElement, and_, func, or_, select, update
 
 from imagegate.config import RunnerSettings
@@ -60,6 +61,7 @@ class TaskRunner:
                     await self._wake.wait()
 
     async def _claim_batch(self) -> list[Task]:
+        await anyio.lowlevel.checkpoint()  # a runner that is stopping claims nothing
         # Shielded: a query cancelled mid-flight leaves a pooled connection that blocks shutdown.
         claimed: list[Task] = []
         with anyio.CancelScope(shield=True):
@@ -70,7 +72,27 @@ class TaskRunner:
                     break
                 self._running += 1
                 claimed.append(task)
+        try:
+            await anyio.lowlevel.checkpoint()
+        except anyio.get_cancelled_exc_class():
+            with anyio.CancelScope(shield=True):
+                await self._hand_back(claimed)
+            raise
         return claimed
+
+    async def _hand_back(self, claimed: list[Task]) -> None:
+        """Return tasks claimed while this runner was being stopped, unstarted: `waiting` again, and
+        the attempt the claim counted taken back (a shutdown must not use up a task's attempts)."""
+        self._running -= len(claimed)
+        if not claimed:
+            return
+        async with self.db.session() as session, session.begin():
+            await session.execute(
+                update(Task)
+                .where(Task.id.in_([task.id for task in claimed]), Task.lease_owner == self.leases.owner)
+                .where(Task.state == "running")
+                .values(state="waiting", lease_owner=None, lease_until=None, attempts=Task.attempts - 1)
+            )
 
     async def _run_one(self, task: Task) -> None:
         try:
