@@ -10,14 +10,17 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+import traceback
+from collections.abc import AsyncIterator, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 from functools import partial
 from http.server import SimpleHTTPRequestHandler
 from pathlib import Path
 from typing import IO, Any
+from unittest import mock
 
 import httpx
 import psycopg
@@ -26,7 +29,10 @@ import sqlalchemy
 from fastapi import FastAPI
 from PIL import Image
 from psycopg import sql
+from rich.console import Console
+from typer.testing import CliRunner
 
+from imagegate import cli
 from imagegate.app import create_app
 from imagegate.config import Config, async_database_url, load_config
 from imagegate.engines.base import Engine
@@ -268,9 +274,48 @@ def start_serve(port: int, env: dict[str, str], log: IO[str]) -> subprocess.Pope
 
 
 def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`python -m imagegate ARGS` as a real process with exactly `env`. For `serve` and `worker`, and
+    for the few tests that hold the CLI to what an operator runs; the others use `invoke_cli`."""
     return subprocess.run(
         [sys.executable, "-m", "imagegate", *args], env=env, capture_output=True, text=True, timeout=60, check=False
     )
+
+
+class _ProcessLikeRunner(CliRunner):
+    """typer's CliRunner, plus what a new process would start with: the CLI's module-level stderr
+    Console is made afresh on the run's own stderr (so it sees no terminal and leaks nothing between runs)."""
+
+    @contextmanager
+    def isolation(
+        self, input: str | bytes | None = None, env: Mapping[str, str | None] | None = None, color: bool = False
+    ) -> Iterator[tuple[io.BytesIO, io.BytesIO, io.BytesIO]]:
+        with super().isolation(input, env, color) as streams, mock.patch.object(cli, "err", Console(stderr=True)):
+            yield streams
+
+
+def invoke_cli(*args: str, env: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
+    """`imagegate ARGS` in this process (typer's CliRunner on `imagegate.cli.app`), answered like
+    `run_cli`: exit status, stdout and stderr, without a new interpreter importing the whole stack.
+
+    For the run the environment is exactly `env`, as a subprocess's would be: the CLI reads its
+    `IMAGEGATE_*` variables when called, and this process's variables missing from `env` are unset
+    meanwhile. An exception escaping the CLI exits 1 with its traceback on stderr, as Python does.
+    The run has a thread of its own, so the CLI's `asyncio.run` works from async tests too (their
+    loop waits meanwhile). Not for `serve` or `worker`, which run until stopped: use `run_cli`.
+    """
+    assert args[:1] not in (("serve",), ("worker",)), "serve and worker run as processes: use run_cli"
+    overrides: dict[str, str | None] = {name: None for name in os.environ if name not in env}
+    overrides.update(env)
+    pool = ThreadPoolExecutor(1, thread_name_prefix="imagegate-cli")
+    try:
+        done = pool.submit(_ProcessLikeRunner().invoke, cli.app, list(args), env=overrides, prog_name="imagegate")
+        result = done.result(timeout=60)
+    finally:
+        pool.shutdown(wait=False)
+    stderr = result.stderr
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        stderr += "".join(traceback.format_exception(result.exception))
+    return subprocess.CompletedProcess(["imagegate", *args], result.exit_code, result.stdout, stderr)
 
 
 @pytest.fixture(scope="session")

@@ -22,6 +22,7 @@ from imagegate.stores.keys import hash_key
 from tests.conftest import LOOPBACK_ALLOW, Api, audit_ledgers, create_key, make_image, open_api
 from tests.engines import OnePerCall
 from tests.test_error_shapes import Shape, envelope_shape, jobs_shape, openai_shape
+from tests.waiting import record_info, wait_for_task_async
 
 PNG = make_image(64, 64)
 DATA_URL = "data:image/png;base64," + base64.b64encode(PNG).decode()
@@ -166,11 +167,7 @@ async def test_a_failing_async_task_releases_its_hold(tmp_path: Path) -> None:
         created = await api.client.post(path, headers=api.auth, json=body)
         task_id = created.json()["data"]["taskId"]
         assert balance(config, api.key) == ("1000", "6"), "the price is held while the task waits"
-        for _ in range(200):
-            info = await api.client.get("/api/v1/jobs/recordInfo", params={"taskId": task_id}, headers=api.auth)
-            if info.json()["data"]["state"] == "fail":
-                break
-            await asyncio.sleep(0.05)
+        info = await wait_for_task_async(api.client, record_info(task_id), headers=api.auth)
         assert info.json()["data"]["state"] == "fail"
     assert balance(config, api.key) == ("1000", "0")
     audit_ledgers(db_file(config))

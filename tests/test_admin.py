@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Api, audit_ledgers, create_key, run_cli
+from tests.conftest import Api, audit_ledgers, create_key, invoke_cli
 from tests.test_accounts import DATA_URL, bearer
 
 
@@ -101,25 +101,27 @@ async def test_admin_manages_keys_credits_and_reads_tasks_ledgers_and_usage(
 
 def test_cli_keys_with_limits_credits_and_ledger(tmp_path: Path) -> None:
     env = {**os.environ, "IMAGEGATE_DATA_DIR": str(tmp_path / "d")}
-    made = run_cli("keys", "create", "--credits", "10", "--rpm", "5", "--max-active", "2", "--admin", "--json", env=env)
+    made = invoke_cli(
+        "keys", "create", "--credits", "10", "--rpm", "5", "--max-active", "2", "--admin", "--json", env=env
+    )
     assert made.returncode == 0, made.stderr
     key = json.loads(made.stdout.strip().splitlines()[-1])
     assert key["admin"] is True and key["limits"] == {"rpm": 5, "max_active": 2, "max_images": None}
     assert (
-        run_cli("credits", "grant", key["id"], "2.25", "--note", "top-up", env=env)
+        invoke_cli("credits", "grant", key["id"], "2.25", "--note", "top-up", env=env)
         .stdout.strip()
         .endswith("12.25 credits")
     )
-    over = run_cli("credits", "deduct", key["id"], "100", env=env)
+    over = invoke_cli("credits", "deduct", key["id"], "100", env=env)
     assert over.returncode == 1 and "available" in over.stderr
-    assert run_cli("credits", "deduct", key["id"], "0.25", env=env).returncode == 0
-    limited = run_cli("keys", "limits", key["id"], "--max-images", "3", "--models", "gpt-image-2,dall-e-2", env=env)
+    assert invoke_cli("credits", "deduct", key["id"], "0.25", env=env).returncode == 0
+    limited = invoke_cli("keys", "limits", key["id"], "--max-images", "3", "--models", "gpt-image-2,dall-e-2", env=env)
     assert json.loads(limited.stdout)["models"] == ["gpt-image-2", "dall-e-2"]
-    listing = run_cli("keys", "list", "--json", env=env)
-    assert key["key"] not in listing.stdout + run_cli("keys", "list", env=env).stdout
+    listing = invoke_cli("keys", "list", "--json", env=env)
+    assert key["key"] not in listing.stdout + invoke_cli("keys", "list", env=env).stdout
     (shown,) = json.loads(listing.stdout)
     assert shown["balance"] == "12" and shown["effective_limits"]["max_images"] == 3
-    rows = [json.loads(line) for line in run_cli("credits", "ledger", key["id"], env=env).stdout.splitlines()]
+    rows = [json.loads(line) for line in invoke_cli("credits", "ledger", key["id"], env=env).stdout.splitlines()]
     assert [(r["kind"], r["amount"], r["note"]) for r in rows] == [
         ("deduct", "-0.25", ""),
         ("grant", "2.25", "top-up"),

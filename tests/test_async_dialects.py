@@ -24,6 +24,7 @@ from imagegate.webhooks import WebhookVerificationError, verify
 from tests.conftest import LOOPBACK_ALLOW, Api, FileServer, create_key, decode, make_image, open_api
 from tests.engines import OnePerCall
 from tests.receivers import webhook_receiver
+from tests.waiting import record_info, wait_for_task_async
 
 PNG = make_image(800, 600)
 FAST: dict[str, Any] = {
@@ -50,6 +51,23 @@ async def secret_of(api: Api) -> str:
         await db.aclose()
 
 
+async def final_deliveries(api: Api, count: int) -> list[tuple[str, int]]:
+    """(state, attempts) of each webhook delivery, sorted, once `count` of them are final: a sender
+    only claims pending rows (each claim counts an attempt), so a final row is never sent again."""
+    db = Database(api.config.resolved_database_url)
+
+    async def rows() -> list[tuple[str, int]]:
+        async with db.session() as session:
+            return sorted((d.state, d.attempts) for d in await session.scalars(select(WebhookDelivery)))
+
+    try:
+        return await wait_for_task_async(
+            rows, done=lambda seen: sum(state != "pending" for state, _ in seen) >= count, what="final deliveries"
+        )
+    finally:
+        await db.aclose()
+
+
 async def edit_with_callback(api: Api, url: str) -> None:
     """An `invert` edit delivered by URL, reported to `url`."""
     r = await api.client.post(
@@ -59,15 +77,6 @@ async def edit_with_callback(api: Api, url: str) -> None:
         files=[("image", ("a.png", PNG, "image/png"))],
     )
     assert r.status_code == 200 and set(r.json()) == {"task_id"}
-
-
-async def poll(api: Api, path: str, done: Any) -> Any:
-    async with asyncio.timeout(20):
-        while True:
-            body = (await api.client.get(path, headers=api.auth)).json()
-            if done(body):
-                return body
-            await asyncio.sleep(0.05)
 
 
 # --- seed 000: envelope ---------------------------------------------------------------------------
@@ -131,7 +140,7 @@ async def test_jobs_flow_to_success_with_aliases_ratio_and_resolution(api: Api, 
     assert created["code"] == 200 and created["msg"] == "success"
     task_id = created["data"]["taskId"]
     assert task_id.startswith("task_")
-    info = await poll(api, f"/api/v1/jobs/recordInfo?taskId={task_id}", lambda b: b["data"]["state"] != "waiting")
+    info = (await wait_for_task_async(api.client, record_info(task_id), headers=api.auth)).json()
     data = info["data"]
     assert data["state"] == "success", data
     assert orjson.loads(data["param"]) == payload
@@ -158,7 +167,7 @@ async def test_jobs_auto_ratio_keeps_the_first_images_shape_at_the_tier(api: Api
     task_id = (await api.client.post("/api/v1/jobs/createTask", headers=api.auth, json=payload)).json()["data"][
         "taskId"
     ]
-    info = await poll(api, f"/api/v1/jobs/recordInfo?taskId={task_id}", lambda b: b["data"]["state"] != "waiting")
+    info = (await wait_for_task_async(api.client, record_info(task_id), headers=api.auth)).json()
     url_out = orjson.loads(info["data"]["resultJson"])["resultUrls"][0]
     w, h = decode((await api.client.get(url_out)).content).size
     assert 3_000_000 < w * h <= 4_194_304 and abs(w / h - 2 / 3) < 0.02
@@ -170,7 +179,7 @@ async def test_jobs_failure_is_reported_with_fail_code(api: Api, file_server: Fi
     task_id = (await api.client.post("/api/v1/jobs/createTask", headers=api.auth, json=payload)).json()["data"][
         "taskId"
     ]
-    info = await poll(api, f"/api/v1/jobs/recordInfo?taskId={task_id}", lambda b: b["data"]["state"] != "waiting")
+    info = (await wait_for_task_async(api.client, record_info(task_id), headers=api.auth)).json()
     data = info["data"]
     assert data["state"] == "fail" and data["failCode"] == "unsupported_file_mimetype" and data["failMsg"]
     assert data["resultJson"] is None
@@ -274,7 +283,7 @@ async def test_webhook_retries_keep_one_id_and_410_stops(fast: Api) -> None:
     with webhook_receiver(statuses=[500, 503]) as receiver:
         await edit_with_callback(fast, receiver.url)
         deliveries = await asyncio.to_thread(receiver.wait_for, 3)
-        await asyncio.sleep(0.4)
+        assert await final_deliveries(fast, 1) == [("delivered", 3)], "no attempt after the success"
         assert len(receiver.deliveries) == 3
     assert len({d.headers["webhook-id"] for d in deliveries}) == 1
     assert len({d.body for d in deliveries}) == 1
@@ -282,7 +291,7 @@ async def test_webhook_retries_keep_one_id_and_410_stops(fast: Api) -> None:
     with webhook_receiver(statuses=[410]) as gone:
         await edit_with_callback(fast, gone.url)
         await asyncio.to_thread(gone.wait_for, 1)
-        await asyncio.sleep(0.5)
+        assert await final_deliveries(fast, 2) == [("delivered", 3), ("stopped", 1)], "no attempt after the 410"
         assert len(gone.deliveries) == 1
     db = Database(fast.config.resolved_database_url)
     try:

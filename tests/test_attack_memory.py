@@ -23,7 +23,7 @@ from imagegate.config import load_config
 from imagegate.core.request import Size
 from imagegate.imaging import open_image
 from imagegate.service.budget import DecodeBudget, decode_cost
-from tests.conftest import free_port, make_image, open_api, run_cli, start_serve
+from tests.conftest import free_port, invoke_cli, make_image, open_api, start_serve
 from tests.engines import OnePerCall
 from tests.test_accounts import UNLIMITED
 
@@ -168,7 +168,7 @@ def test_the_server_keeps_its_budget_under_load_and_gives_memory_back(tmp_path: 
     with (tmp_path / "serve.log").open("w") as log:
         proc = start_serve(port, env, log)
     try:
-        key = run_cli("keys", "create", "--credits", "100", env=env).stdout.strip().splitlines()[-1]
+        key = invoke_cli("keys", "create", "--credits", "100", env=env).stdout.strip().splitlines()[-1]
         server = psutil.Process(proc.pid)
         time.sleep(1)
         before = server.memory_info().rss

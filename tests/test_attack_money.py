@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from imagegate.stores.ledger import MAX_CREDITS
-from tests.conftest import Api, audit_ledgers, create_key, run_cli
+from tests.conftest import Api, audit_ledgers, create_key, invoke_cli
 from tests.test_accounts import bearer
 
 HUGE = ["1e30", "9999999999999", "1e300", "1000000000000.000001"]
@@ -48,7 +48,7 @@ async def test_a_balance_stops_at_the_maximum_and_stays_exact(api: Api) -> None:
 
 def test_the_cli_refuses_them_in_one_line_without_a_traceback(tmp_path: Path) -> None:
     env = {**os.environ, "IMAGEGATE_DATA_DIR": str(tmp_path / "d")}
-    made = run_cli("keys", "create", "--credits", "5", env=env)
+    made = invoke_cli("keys", "create", "--credits", "5", env=env)
     key_id = made.stdout.split()[2]
     for command in (
         ("credits", "grant", key_id, "1e30"),
@@ -57,8 +57,8 @@ def test_the_cli_refuses_them_in_one_line_without_a_traceback(tmp_path: Path) ->
         ("keys", "create", "--credits", "NaN"),
         ("keys", "create", "--credits", "9999999999999"),
     ):
-        done = run_cli(*command, env=env)
+        done = invoke_cli(*command, env=env)
         assert done.returncode == 1, (command, done.stdout, done.stderr)
         assert "Traceback" not in done.stderr and done.stderr.startswith("error: Invalid"), done.stderr
-    listed = run_cli("credits", "ledger", key_id, env=env)
+    listed = invoke_cli("credits", "ledger", key_id, env=env)
     assert listed.returncode == 0 and "Traceback" not in listed.stderr

@@ -19,7 +19,7 @@ import psutil
 import pytest
 
 from imagegate.config import Limits, load_config
-from tests.conftest import LOOPBACK_ALLOW, Api, create_key, free_port, make_image, open_api, run_cli, start_serve
+from tests.conftest import LOOPBACK_ALLOW, Api, create_key, free_port, invoke_cli, make_image, open_api, start_serve
 from tests.test_accounts import DATA_URL
 
 MB = 1024 * 1024
@@ -179,7 +179,7 @@ def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Guarded]:
     log_path = data_dir / "serve.log"
     with log_path.open("w") as log:
         proc = start_serve(port, env, log)
-    key = run_cli("keys", "create", "--credits", "100", env=env).stdout.strip().splitlines()[-1]
+    key = invoke_cli("keys", "create", "--credits", "100", env=env).stdout.strip().splitlines()[-1]
     try:
         yield Guarded(f"http://127.0.0.1:{port}", port, key, log_path, proc.pid)
     finally:

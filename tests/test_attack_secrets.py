@@ -15,7 +15,6 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
-import anyio
 import httpx
 import pytest
 
@@ -24,6 +23,7 @@ from tests.conftest import LOOPBACK_ALLOW, LiveServer, make_image, open_api
 from tests.loopback import loopback_server
 from tests.test_accounts import DATA_URL, UNLIMITED
 from tests.upstreams import png
+from tests.waiting import record_info, wait_for_task_async
 
 SECRET = "sk-upstream-very-secret-0123456789"  # noqa: S105 - a made-up key the fake provider echoes
 
@@ -91,12 +91,7 @@ async def test_a_provider_echoing_the_key_never_gets_it_to_the_client_the_task_o
                 ),
             ]
             task_id = answers[2].json()["data"]["taskId"]
-            for _ in range(100):
-                info = await api.client.get(f"/api/v1/jobs/recordInfo?taskId={task_id}", headers=api.auth)
-                if info.json()["data"]["state"] != "waiting":
-                    break
-                await anyio.sleep(0.05)
-            answers.append(info)
+            answers.append(await wait_for_task_async(api.client, record_info(task_id), headers=api.auth))
     said = " ".join(answer.text for answer in answers)
     assert answers[0].status_code == (200 if status == 200 else 400 if status < 500 else 502), answers[0].text
     assert SECRET not in said and "***" in said, said[:2000]

@@ -30,6 +30,7 @@ from tests.conftest import (
     audit_ledgers,
     decode,
     free_port,
+    invoke_cli,
     make_image,
     open_api,
     run_cli,
@@ -38,6 +39,7 @@ from tests.conftest import (
 from tests.test_accounts import DATA_URL, UNLIMITED
 from tests.test_error_shapes import envelope_shape, openai_shape
 from tests.upstreams import faulty_provider
+from tests.waiting import record_info, wait_for_task, wait_for_task_async
 
 PNG = make_image(320, 240)
 
@@ -47,7 +49,7 @@ def relay_config(tmp_path: Path, *channels: dict[str, object]) -> Config:
 
 
 def b_key(live: LiveServer, *options: str) -> str:
-    made = run_cli("keys", "create", "--credits", "100000", "--json", *options, env=live.env)
+    made = invoke_cli("keys", "create", "--credits", "100000", "--json", *options, env=live.env)
     key: str = json.loads(made.stdout.strip().splitlines()[-1])["key"]
     return key
 
@@ -113,13 +115,7 @@ async def test_a_relays_async_tasks_from_urls(
             },
         )
         task_id = created.json()["data"]["taskId"]
-        for _ in range(300):
-            info = (
-                await api.client.get("/api/v1/jobs/recordInfo", params={"taskId": task_id}, headers=api.auth)
-            ).json()
-            if info["data"]["state"] in ("success", "fail"):
-                break
-            await asyncio.sleep(0.05)
+        info = (await wait_for_task_async(api.client, record_info(task_id), headers=api.auth)).json()
         assert info["data"]["state"] == "success", info
         result_url = json.loads(info["data"]["resultJson"])["resultUrls"][0]
         image = decode((await api.client.get(httpx.URL(result_url).path)).content)
@@ -198,11 +194,7 @@ async def test_with_every_channel_down_the_client_gets_502_or_504_in_time_and_it
                 json={"model": "gpt-image-2-text-to-image", "input": {"prompt": "x"}},
             )
             task_id = created.json()["data"]["taskId"]
-            for _ in range(200):
-                info = await api.client.get("/api/v1/jobs/recordInfo", params={"taskId": task_id}, headers=api.auth)
-                if info.json()["data"]["state"] == "fail":
-                    break
-                await asyncio.sleep(0.05)
+            info = await wait_for_task_async(api.client, record_info(task_id), headers=api.auth)
             usage = (await api.client.get("/v1/usage", headers=api.auth)).json()
         assert down_one.keys[0] == "Bearer sk-upstream-secret-1234567890", "the channel's key was sent"
     assert openai_style.status_code in (502, 504) and envelope_style.status_code in (502, 504)
@@ -242,7 +234,7 @@ def test_channels_check_probes_each_channel_and_serve_refuses_a_bad_one(
         f'[[channels]]\nname = "gone"\nbase_url = "{dead}"\ntimeout_s = 2\n'
     )
     env = {**live_server.env, "IMAGEGATE_DATA_DIR": str(tmp_path / "d"), "B_KEY": b_key(live_server)}
-    checked = run_cli("channels", "check", "--config", str(config), env=env)
+    checked = invoke_cli("channels", "check", "--config", str(config), env=env)
     assert checked.returncode == 1, checked.stdout + checked.stderr
     rows = {line.split()[1]: line for line in checked.stdout.splitlines() if line.startswith("│")}
     assert "ok" in rows["b"] and "down" in rows["gone"] and "ConnectError" in rows["gone"]
@@ -285,7 +277,7 @@ def relay_server(live: LiveServer, tmp_path: Path, channel_toml: str) -> Iterato
         "IMAGEGATE_PUBLIC_URL": f"http://127.0.0.1:{port}",
         "B_KEY": b_key(live),
     }
-    key = json.loads(run_cli("keys", "create", "--credits", "100", "--json", env=env).stdout)["key"]
+    key = json.loads(invoke_cli("keys", "create", "--credits", "100", "--json", env=env).stdout)["key"]
     with (data_dir / "serve.log").open("w") as log:
         server = start_serve(port, env, log)
         try:
@@ -312,13 +304,9 @@ def async_task(base: str, key: str, image_url: str) -> httpx.Response:
         "model": "gpt-image-2-image-to-image",
         "input": {"prompt": "blur", "image_urls": [image_url], "aspect_ratio": "4:3"},
     }
-    task_id = httpx.post(f"{base}/api/v1/jobs/createTask", json=body, headers=auth).json()["data"]["taskId"]
-    deadline = time.monotonic() + 60
-    while True:
-        info = httpx.get(f"{base}/api/v1/jobs/recordInfo", params={"taskId": task_id}, headers=auth)
-        if info.json()["data"]["state"] in ("success", "fail") or time.monotonic() > deadline:
-            return info
-        time.sleep(0.1)
+    with httpx.Client(base_url=base, headers=auth) as client:
+        task_id = client.post("/api/v1/jobs/createTask", json=body).json()["data"]["taskId"]
+        return wait_for_task(client, record_info(task_id), timeout_s=60, interval=0.1)
 
 
 def test_a_relays_to_b_through_the_jobs_dialect_with_signed_input_urls(

@@ -1,4 +1,5 @@
-"""The operator CLI (SPEC §10) as a user runs it: separate processes on one data dir."""
+"""The operator CLI (SPEC §10) on one data dir: the first `keys create` as a separate process, as a user
+runs it, the other commands in-process through typer's runner (`invoke_cli`); `serve` as a process."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import LiveServer, free_port, run_cli
+from tests.conftest import LiveServer, free_port, invoke_cli, run_cli
 
 
 def test_keys_and_credits_round_trip(tmp_path: Path) -> None:
@@ -22,16 +23,16 @@ def test_keys_and_credits_round_trip(tmp_path: Path) -> None:
     assert made.returncode == 0, made.stderr
     raw = made.stdout.strip().splitlines()[-1]
     assert raw.startswith("ig-") and len(raw) > 40
-    as_json = json.loads(run_cli("keys", "create", "--json", "--admin", env=env).stdout)
+    as_json = json.loads(invoke_cli("keys", "create", "--json", "--admin", env=env).stdout)
     assert set(as_json) >= {"id", "key"}
-    listing = run_cli("keys", "list", env=env).stdout
+    listing = invoke_cli("keys", "list", env=env).stdout
     assert "ci" in listing and raw not in listing and as_json["key"] not in listing
     key_id = next(line.split()[2] for line in made.stdout.splitlines() if line.startswith("created key"))
-    granted = run_cli("credits", "grant", key_id, "7.5", env=env)
+    granted = invoke_cli("credits", "grant", key_id, "7.5", env=env)
     assert granted.returncode == 0 and "20 credits" in granted.stdout
-    assert run_cli("keys", "revoke", key_id, env=env).returncode == 0
-    assert "revoked" in run_cli("keys", "list", env=env).stdout
-    missing = run_cli("keys", "revoke", "key_nope", env=env)
+    assert invoke_cli("keys", "revoke", key_id, env=env).returncode == 0
+    assert "revoked" in invoke_cli("keys", "list", env=env).stdout
+    missing = invoke_cli("keys", "revoke", "key_nope", env=env)
     assert missing.returncode == 1 and "No key" in missing.stderr
 
 
@@ -39,7 +40,7 @@ def test_bad_config_fails_fast_naming_the_key(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text("[limits]\nmax_image_bytes = 'lots'\n")
     env = {**os.environ, "IMAGEGATE_DATA_DIR": str(tmp_path / "d")}
-    done = run_cli("keys", "list", "--config", str(bad), env=env)
+    done = invoke_cli("keys", "list", "--config", str(bad), env=env)
     assert done.returncode == 2 and "limits.max_image_bytes" in done.stderr
 
 
@@ -50,12 +51,12 @@ def test_first_start_key_is_printed_once(live_server: LiveServer) -> None:
 
 def test_a_key_made_without_credits_says_it_has_none(tmp_path: Path) -> None:
     env = {**os.environ, "IMAGEGATE_DATA_DIR": str(tmp_path / "d")}
-    empty = run_cli("keys", "create", "--name", "empty", env=env)
+    empty = invoke_cli("keys", "create", "--name", "empty", env=env)
     assert empty.returncode == 0 and empty.stdout.strip().splitlines()[-1].startswith("ig-")
     key_id = empty.stdout.split()[2]
     assert f"note: key {key_id} has 0 credits" in empty.stderr
     assert f"imagegate credits grant {key_id} 100" in empty.stderr
-    funded = run_cli("keys", "create", "--credits", "5", env=env)
+    funded = invoke_cli("keys", "create", "--credits", "5", env=env)
     assert funded.returncode == 0 and "0 credits" not in funded.stderr
 
 

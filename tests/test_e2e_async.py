@@ -12,12 +12,11 @@ import sqlite3
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import httpx
 import pytest
@@ -31,12 +30,13 @@ from tests.conftest import (
     LiveServer,
     audit_ledgers,
     free_port,
+    invoke_cli,
     make_image,
-    run_cli,
     start_serve,
 )
 from tests.receivers import Receiver, webhook_receiver
 from tests.shapes import assert_like
+from tests.waiting import FINISHED, wait_for_task
 
 pytestmark = pytest.mark.e2e
 SEEDS = Path(__file__).with_name("seeds")
@@ -62,7 +62,7 @@ def run(command: list[str], cwd: Path) -> str:
 
 
 def new_key(live: LiveServer) -> dict[str, str]:
-    done = run_cli("keys", "create", "--name", "hooks", "--credits", "100", "--json", env=live.env)
+    done = invoke_cli("keys", "create", "--name", "hooks", "--credits", "100", "--json", env=live.env)
     assert done.returncode == 0, done.stderr
     created: dict[str, str] = json.loads(done.stdout.strip().splitlines()[-1])
     assert created["webhook_secret"].startswith("whsec_") and created["key"].startswith("ig-")
@@ -107,14 +107,12 @@ def test_seed002_flow_to_success(live_server: LiveServer, file_server: FileServe
     )
     assert created["code"] == 200 and created["msg"] == "success"
     task_id = created["data"]["taskId"]
-    deadline = time.monotonic() + 30
-    while True:
-        info = json.loads(
-            run(["curl", "-s", f"{live_server.base}/api/v1/jobs/recordInfo?taskId={task_id}", "-H", auth], tmp_path)
-        )
-        if info["data"]["state"] != "waiting" or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
+
+    def record() -> Any:
+        url = f"{live_server.base}/api/v1/jobs/recordInfo?taskId={task_id}"
+        return json.loads(run(["curl", "-s", url, "-H", auth], tmp_path))
+
+    info = wait_for_task(record, done=lambda info: info["data"]["state"] in FINISHED, interval=0.2, what="the task")
     data = info["data"]
     assert data["state"] == "success", data
     assert json.loads(data["param"]) == json.loads(payload)
@@ -147,7 +145,7 @@ def test_seed003_callback_is_signed_and_verifies(live_server: LiveServer, tmp_pa
     with pytest.raises(standardwebhooks.webhooks.WebhookVerificationError):
         standardwebhooks.Webhook(new_key(live_server)["webhook_secret"]).verify(delivery.body, delivery.headers)
 
-    rotated = run_cli("keys", "rotate-secret", created["id"], env=live_server.env)
+    rotated = invoke_cli("keys", "rotate-secret", created["id"], env=live_server.env)
     assert rotated.returncode == 0
     new_secret = rotated.stdout.strip().splitlines()[-1]
     assert new_secret.startswith("whsec_") and new_secret != created["webhook_secret"]
@@ -217,27 +215,28 @@ def states(server: Server, key: str, ids: list[str]) -> dict[str, str]:
 
 
 def test_sigkill_during_40_tasks_loses_none(crashable: Server, file_server: FileServer) -> None:
-    created = run_cli("keys", "create", "--credits", "1000", "--json", env=crashable.env)
+    created = invoke_cli("keys", "create", "--credits", "1000", "--json", env=crashable.env)
     account = json.loads(created.stdout.strip().splitlines()[-1])
     image = file_server.put("big.png", make_image(1600, 1200))
     crashable.start()
     with webhook_receiver() as receiver:
         ids = submit_40(crashable, account["key"], image, receiver)
-        deadline = time.monotonic() + 60
-        while (
-            time.monotonic() < deadline
-            and sum(s == "success" for s in states(crashable, account["key"], ids).values()) < 2
-        ):
-            time.sleep(0.05)
+        wait_for_task(
+            lambda: states(crashable, account["key"], ids),
+            done=lambda now: sum(s == "success" for s in now.values()) >= 2,
+            timeout_s=60,
+            what="two of the 40 tasks succeeding",
+        )
         with sync_edit_in_flight(crashable, account["key"], image):
             crashable.kill()
         crashable.start()
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline:
-            now = states(crashable, account["key"], ids)
-            if all(s in ("success", "fail") for s in now.values()) and not unfinished(crashable):
-                break
-            time.sleep(0.25)
+        now, _ = wait_for_task(
+            lambda: (states(crashable, account["key"], ids), unfinished(crashable)),
+            done=lambda seen: all(s in FINISHED for s in seen[0].values()) and not seen[1],
+            timeout_s=240,
+            interval=0.25,
+            what="every task finished after the restart",
+        )
         assert all(s == "success" for s in now.values()), now
         deliveries = receiver.wait_for(40, timeout=60)
     by_task: dict[str, set[str]] = {}
@@ -274,14 +273,13 @@ def sync_edit_in_flight(server: Server, key: str, image: str) -> Iterator[None]:
                 f"{server.base}/v1/images/edits", json=payload, headers={"Authorization": f"Bearer {key}"}, timeout=60
             )
 
+    def running() -> bool:
+        with sqlite3.connect(server.data_dir / "imagegate.db") as db:
+            return db.execute("SELECT 1 FROM tasks WHERE mode = 'sync' AND state = 'running'").fetchone() is not None
+
     thread = threading.Thread(target=edit, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        with sqlite3.connect(server.data_dir / "imagegate.db") as db:
-            if db.execute("SELECT 1 FROM tasks WHERE mode = 'sync' AND state = 'running'").fetchone():
-                break
-        time.sleep(0.02)
+    wait_for_task(running, interval=0.02, what="the sync edit running")
     yield
     thread.join(60)
 

@@ -17,7 +17,7 @@ import psycopg
 from imagegate.app import create_app
 from imagegate.config import Config, load_config
 from imagegate.engines.base import Engine
-from tests.conftest import LOOPBACK_ALLOW, audit_ledgers, create_key, lifespan, make_image, run_cli
+from tests.conftest import LOOPBACK_ALLOW, audit_ledgers, create_key, invoke_cli, lifespan, make_image
 from tests.engines import OnePerCall
 
 PNG = make_image(64, 64)
@@ -46,7 +46,7 @@ def bearer(key: str) -> dict[str, str]:
 def test_imagegate_migrate_builds_the_schema_on_postgresql(postgres_url: str, tmp_path: Path) -> None:
     env = {**os.environ, "IMAGEGATE_DATA_DIR": str(tmp_path), "IMAGEGATE_DATABASE_URL": postgres_url}
     for _ in range(2):
-        done = run_cli("migrate", env=env)
+        done = invoke_cli("migrate", env=env)
         assert done.returncode == 0, done.stderr
     with psycopg.connect(postgres_url) as db:
         tables = {row[0] for row in db.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}

@@ -28,7 +28,7 @@ from schemathesis.checks import (
 from schemathesis.core.failures import FailureGroup
 from schemathesis.core.result import Ok
 
-from tests.conftest import LOOPBACK_ALLOW, free_port, run_cli, start_serve
+from tests.conftest import LOOPBACK_ALLOW, free_port, invoke_cli, start_serve
 
 pytestmark = pytest.mark.e2e
 EXAMPLES = 12
@@ -54,7 +54,7 @@ def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzzed]:
     }
     with (data_dir / "serve.log").open("w") as log:
         proc = start_serve(port, env, log)
-    made = run_cli("keys", "create", "--admin", "--credits", "1000000", "--json", env=env)
+    made = invoke_cli("keys", "create", "--admin", "--credits", "1000000", "--json", env=env)
     try:
         yield Fuzzed(f"http://127.0.0.1:{port}", json.loads(made.stdout.strip().splitlines()[-1])["key"])
     finally:

@@ -10,7 +10,6 @@ import secrets
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import AsyncExitStack, ExitStack, contextmanager, suppress
 from pathlib import Path
@@ -37,6 +36,7 @@ from tests.conftest import (
     audit_ledgers,
     create_key,
     free_port,
+    invoke_cli,
     make_image,
     run_cli,
     start_serve,
@@ -44,6 +44,7 @@ from tests.conftest import (
 from tests.engines import OnePerCall
 from tests.receivers import Receiver, webhook_receiver
 from tests.test_postgres import bearer, node
+from tests.waiting import FINISHED, record_info, task_state, wait_for_task, wait_for_task_async
 
 FAST: dict[str, Any] = {
     "runner": {"lease_s": 2, "poll_interval_s": 0.2},
@@ -65,14 +66,8 @@ def jobs(url: str) -> list[tuple[str, str]]:
 
 
 async def wait_state(client: httpx.AsyncClient, key: str, task_id: str) -> str:
-    """The task's state once final, or after 30 s."""
-    deadline = time.monotonic() + 30
-    while True:
-        info = await client.get("/api/v1/jobs/recordInfo", params={"taskId": task_id}, headers=bearer(key))
-        state = str(info.json()["data"]["state"])
-        if state in ("success", "fail") or time.monotonic() > deadline:
-            return state
-        await asyncio.sleep(0.1)
+    """The task's state once final (AssertionError after 30 s)."""
+    return task_state(await wait_for_task_async(client, record_info(task_id), headers=bearer(key), interval=0.1))
 
 
 async def test_jobs_are_deferred_with_the_task_and_a_worker_runs_them(
@@ -160,7 +155,7 @@ def test_two_nodes_two_workers_and_a_sigkilled_worker_lose_no_task(
     }
     assert run_cli("migrate", env={**env, "IMAGEGATE_DATA_DIR": str(tmp_path / "m")}).returncode == 0
     key = json.loads(
-        run_cli(
+        invoke_cli(
             "keys", "create", "--credits", "1000", "--json", env={**env, "IMAGEGATE_DATA_DIR": str(tmp_path / "m")}
         ).stdout
     )["key"]
@@ -190,27 +185,37 @@ def test_two_nodes_two_workers_and_a_sigkilled_worker_lose_no_task(
                 )
                 assert r.status_code == 200, r.text
                 ids.append(r.json()["data"]["taskId"])
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline and not any(status == "doing" for status, _ in jobs(postgres_url)):
-                time.sleep(0.05)
+            wait_for_task(
+                lambda: jobs(postgres_url),
+                done=lambda queued: any(status == "doing" for status, _ in queued),
+                timeout_s=60,
+                what="a job in progress on the doomed worker",
+            )
             doomed.send_signal(signal.SIGKILL)
             doomed.wait(10)
-        with processes([(worker_cmd, {**env, "IMAGEGATE_DATA_DIR": str(tmp_path / f"w{i}")}) for i in (1, 2)], logs):
-            deadline = time.monotonic() + 240
-            states: dict[str, str] = {}
-            while time.monotonic() < deadline:
-                with httpx.Client(timeout=30) as client:
-                    states = {
-                        task_id: client.get(
-                            f"http://127.0.0.1:{ports[(i + 1) % 2]}/api/v1/jobs/recordInfo",  # the other node
-                            params={"taskId": task_id},
+        with (
+            processes([(worker_cmd, {**env, "IMAGEGATE_DATA_DIR": str(tmp_path / f"w{i}")}) for i in (1, 2)], logs),
+            httpx.Client(timeout=30) as client,
+        ):
+
+            def all_states() -> dict[str, str]:
+                return {
+                    task_id: task_state(
+                        client.get(
+                            f"http://127.0.0.1:{ports[(i + 1) % 2]}{record_info(task_id)}",  # the other node
                             headers=bearer(key),
-                        ).json()["data"]["state"]
-                        for i, task_id in enumerate(ids)
-                    }
-                if all(state in ("success", "fail") for state in states.values()):
-                    break
-                time.sleep(0.5)
+                        )
+                    )
+                    for i, task_id in enumerate(ids)
+                }
+
+            states = wait_for_task(
+                all_states,
+                done=lambda seen: all(state in FINISHED for state in seen.values()),
+                timeout_s=240,
+                interval=0.5,
+                what="all 60 tasks finished",
+            )
     finally:
         _stop(api_procs)
         api_logs.close()
