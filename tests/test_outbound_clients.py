@@ -30,6 +30,7 @@ from imagegate.engines.upstream import UpstreamEngine
 from imagegate.errors import BadRequest, EngineError, EngineTimeout
 from imagegate.imaging import SourceImage, open_image
 from imagegate.net.fetch import FetchPolicy, SafeFetcher
+from imagegate.wire.outbound import Endpoint
 
 CATALOG = Catalog.from_config({})
 KEY = "sk-upstream-0123456789abcdef"
@@ -153,7 +154,7 @@ def sse(*events: dict[str, Any]) -> httpx.Response:
 
 
 def openai(wire: Wire, **options: Any) -> OpenAIUpstream:
-    return OpenAIUpstream("prov", OPENAI_BASE, KEY, timeout_s=5, max_connections=4, transport=wire.transport, **options)
+    return OpenAIUpstream(Endpoint("prov", OPENAI_BASE, KEY, 5, 4, wire.transport), **options)
 
 
 @dataclass
@@ -568,9 +569,7 @@ async def test_openai_probe_lists_models() -> None:
 
 
 def jobs(wire: Wire, inputs: FakeInputs) -> JobsUpstream:
-    return JobsUpstream(
-        "jobs", JOBS_BASE, KEY, inputs, timeout_s=5, max_connections=4, transport=wire.transport, poll_interval_s=0.001
-    )
+    return JobsUpstream(Endpoint("jobs", JOBS_BASE, KEY, 5, 4, wire.transport), inputs, poll_interval_s=0.001)
 
 
 def created(task_id: str = "task_1") -> httpx.Response:
@@ -698,7 +697,7 @@ async def test_jobs_probe() -> None:
 
 
 def envelope(wire: Wire) -> EnvelopeUpstream:
-    return EnvelopeUpstream("env", ENVELOPE_BASE, KEY, timeout_s=5, max_connections=4, transport=wire.transport)
+    return EnvelopeUpstream(Endpoint("env", ENVELOPE_BASE, KEY, 5, 4, wire.transport))
 
 
 def success(*images: Any) -> httpx.Response:

@@ -8,12 +8,14 @@ import email.utils
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
 import httpx
 import pybase64
 
+from imagegate.config import ChannelSettings
 from imagegate.core.job import Source
 from imagegate.core.upstream import InputHost
 from imagegate.errors import BadRequest, EngineError, ImagegateError
@@ -128,45 +130,43 @@ def rejection(response: httpx.Response, channel: str) -> ImagegateError:
     return EngineError(f"The upstream channel '{channel}' answered {status}: {said}", retryable=False)
 
 
-def http_client(
-    base_url: str,
-    api_key: str,
-    *,
-    timeout_s: float,
-    max_connections: int,
-    transport: httpx.AsyncBaseTransport | None = None,
-) -> httpx.AsyncClient:
-    """The pooled client of one channel: bearer auth, the channel's timeout, no proxies from the
-    environment; `transport` replaces the network (an `httpx.MockTransport` in tests)."""
-    headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
-    return httpx.AsyncClient(
-        base_url=base_url.rstrip("/"),
-        headers=headers,
-        timeout=httpx.Timeout(timeout_s, connect=min(10.0, timeout_s)),
-        limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
-        trust_env=False,
-        transport=transport,
-    )
+@dataclass(frozen=True)
+class Endpoint:
+    """Where one channel's provider answers, and how this server reaches it."""
+
+    channel: str
+    base_url: str
+    api_key: str = ""
+    timeout_s: float = 60.0
+    max_connections: int = 8
+    transport: httpx.AsyncBaseTransport | None = None
+    """Replaces the network (an `httpx.MockTransport` in tests)."""
+
+    @classmethod
+    def of(cls, channel: ChannelSettings, api_key: str) -> Endpoint:
+        """A configured channel's endpoint, with its upstream key."""
+        return cls(channel.name, channel.base_url or "", api_key, channel.timeout_s, channel.max_concurrency)
+
+    def client(self) -> httpx.AsyncClient:
+        """The channel's pooled client: bearer auth, its timeout, no proxies from the environment."""
+        headers = {"authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        return httpx.AsyncClient(
+            base_url=self.base_url.rstrip("/"),
+            headers=headers,
+            timeout=httpx.Timeout(self.timeout_s, connect=min(10.0, self.timeout_s)),
+            limits=httpx.Limits(max_connections=self.max_connections, max_keepalive_connections=self.max_connections),
+            trust_env=False,
+            transport=self.transport,
+        )
 
 
 class HttpUpstream:
     """What every HTTP dialect client holds: its channel's name and a pooled client that sends its key;
     `answer` turns a response into its JSON body or the right error."""
 
-    def __init__(
-        self,
-        channel: str,
-        base_url: str,
-        api_key: str,
-        *,
-        timeout_s: float,
-        max_connections: int,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ) -> None:
-        self.channel = channel
-        self._http = http_client(
-            base_url, api_key, timeout_s=timeout_s, max_connections=max_connections, transport=transport
-        )
+    def __init__(self, endpoint: Endpoint) -> None:
+        self.channel = endpoint.channel
+        self._http = endpoint.client()
 
     async def aclose(self) -> None:
         await self._http.aclose()

@@ -13,7 +13,7 @@ from imagegate.core.request import Quality
 from imagegate.core.sizing import native_size
 from imagegate.core.upstream import RelayHosts, UpstreamAnswer, UpstreamImage
 from imagegate.errors import EngineError
-from imagegate.wire.outbound import HttpUpstream, data_url, decode_b64
+from imagegate.wire.outbound import Endpoint, HttpUpstream, data_url, decode_b64
 
 
 def parse_envelope(body: Any) -> UpstreamAnswer:
@@ -66,6 +66,4 @@ class EnvelopeUpstream(HttpUpstream):
 
 def client_for(channel: ChannelSettings, key: str, hosts: RelayHosts) -> EnvelopeUpstream:
     """A channel's seed-000 client (inputs go inline as data URLs)."""
-    return EnvelopeUpstream(
-        channel.name, channel.base_url or "", key, timeout_s=channel.timeout_s, max_connections=channel.max_concurrency
-    )
+    return EnvelopeUpstream(Endpoint.of(channel, key))

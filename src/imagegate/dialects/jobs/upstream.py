@@ -16,7 +16,7 @@ from imagegate.core.request import Quality
 from imagegate.core.sizing import ratio_and_tier
 from imagegate.core.upstream import InputHost, RelayHosts, UpstreamAnswer, UpstreamImage
 from imagegate.errors import EngineError
-from imagegate.wire.outbound import HttpUpstream, published
+from imagegate.wire.outbound import Endpoint, HttpUpstream, published
 
 EDIT_MODEL = "gpt-image-2-image-to-image"
 GENERATE_MODEL = "gpt-image-2-text-to-image"
@@ -59,21 +59,8 @@ class JobsUpstream(HttpUpstream):
     images_per_call = 1
     can_generate = True
 
-    def __init__(
-        self,
-        channel: str,
-        base_url: str,
-        api_key: str,
-        inputs: InputHost,
-        *,
-        timeout_s: float,
-        max_connections: int,
-        transport: httpx.AsyncBaseTransport | None = None,
-        poll_interval_s: float,
-    ) -> None:
-        super().__init__(
-            channel, base_url, api_key, timeout_s=timeout_s, max_connections=max_connections, transport=transport
-        )
+    def __init__(self, endpoint: Endpoint, inputs: InputHost, *, poll_interval_s: float) -> None:
+        super().__init__(endpoint)
         self._inputs = inputs
         self._poll_s = poll_interval_s
 
@@ -126,15 +113,7 @@ class JobsUpstream(HttpUpstream):
 
 def client_for(channel: ChannelSettings, key: str, hosts: RelayHosts) -> JobsUpstream:
     """A channel's seed-002 client; its inputs are always published as URLs, results polled."""
-    return JobsUpstream(
-        channel.name,
-        channel.base_url or "",
-        key,
-        hosts.inputs,
-        timeout_s=channel.timeout_s,
-        max_connections=channel.max_concurrency,
-        poll_interval_s=channel.poll_interval_s,
-    )
+    return JobsUpstream(Endpoint.of(channel, key), hosts.inputs, poll_interval_s=channel.poll_interval_s)
 
 
 def calls_back(channel: ChannelSettings) -> bool:

@@ -19,6 +19,7 @@ from imagegate.core.sizing import native_size
 from imagegate.core.upstream import CallbackInbox, InputHost, RelayHosts, UpstreamAnswer, UpstreamImage
 from imagegate.errors import EngineError
 from imagegate.wire.outbound import (
+    Endpoint,
     HttpUpstream,
     Publications,
     data_url,
@@ -139,20 +140,13 @@ class OpenAIUpstream(HttpUpstream):
 
     def __init__(
         self,
-        channel: str,
-        base_url: str,
-        api_key: str,
+        endpoint: Endpoint,
         *,
-        timeout_s: float,
-        max_connections: int,
-        transport: httpx.AsyncBaseTransport | None = None,
         callbacks: CallbackInbox | None = None,
         send_inputs: str = "multipart",
         inputs: InputHost | None = None,
     ) -> None:
-        super().__init__(
-            channel, base_url, api_key, timeout_s=timeout_s, max_connections=max_connections, transport=transport
-        )
+        super().__init__(endpoint)
         self._send_inputs = send_inputs
         self._inputs = inputs
         self._callbacks = callbacks
@@ -229,11 +223,7 @@ class OpenAIUpstream(HttpUpstream):
 def client_for(channel: ChannelSettings, key: str, hosts: RelayHosts) -> OpenAIUpstream:
     """A channel's OpenAI client: results by callback when `callback` is set, inputs as it sends them."""
     return OpenAIUpstream(
-        channel.name,
-        channel.base_url or "",
-        key,
-        timeout_s=channel.timeout_s,
-        max_connections=channel.max_concurrency,
+        Endpoint.of(channel, key),
         callbacks=hosts.inbox if channel.callback else None,
         send_inputs=channel.send_inputs,
         inputs=hosts.inputs,
