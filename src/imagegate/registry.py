@@ -8,7 +8,7 @@ application uses to add its own (`create_app(config, registry=...)`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from fastapi import APIRouter
@@ -69,12 +69,11 @@ class Registry:
             raise ValueError(f"engine '{kind.name}' is already registered")
         self.engines[kind.name] = kind
 
-    def routers(self) -> Iterator[APIRouter]:
-        """Every dialect's router, its routes remembered as that dialect's."""
-        for dialect in self.dialects.values():
-            router = dialect.router()
-            self._routes += [(route, dialect) for route in router.routes]
-            yield router
+    def routers(self) -> list[APIRouter]:
+        """Every dialect's router, made afresh, its routes remembered as that dialect's."""
+        made = [(dialect, dialect.router()) for dialect in self.dialects.values()]
+        self._routes = [(route, dialect) for dialect, router in made for route in router.routes]
+        return [router for _, router in made]
 
     def owner(self, scope: Scope) -> Dialect:
         """The dialect whose route matches the request (also for an error raised before routing); for
