@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from imagegate.config import ConfigError, load_config
+from imagegate.config import ConfigError, WebhookSettings, load_config
+from imagegate.core.catalog import Catalog
 
 
 def test_storage_relay_and_webhook_settings_have_their_own_tables(tmp_path: Path) -> None:
@@ -62,3 +63,12 @@ def test_a_current_name_wins_over_an_old_one(tmp_path: Path, monkeypatch: pytest
     monkeypatch.setenv("IMAGEGATE_STORAGE_URL", "file:///srv/old")
     monkeypatch.setenv("IMAGEGATE_STORAGE__URL", "file:///srv/new")
     assert load_config(data_dir=tmp_path).storage.url == "file:///srv/new"
+
+
+def test_an_old_key_merges_into_a_settings_object_and_a_models_max_images_is_read(tmp_path: Path) -> None:
+    config = load_config(data_dir=tmp_path, webhooks=WebhookSettings(timeout_s=1.5), webhook_retry_delays="0.1")
+    assert (config.webhooks.timeout_s, config.webhooks.retry_delays) == (1.5, [0.1])
+    config = load_config(data_dir=tmp_path, models={"gpt-image-2": {"max_images": 2}})
+    assert Catalog.from_config(config.models).get("gpt-image-2").max_input_images == 2
+    with pytest.raises(ConfigError, match="'storage'"):
+        load_config(data_dir=tmp_path, storage=5, storage_url="s3://b/p")

@@ -203,7 +203,8 @@ class ChannelSettings(BaseModel):
 
     name: str = Field(min_length=1)
     engine: str = "openai"
-    """`openai` (OpenAI or any compatible base URL), `envelope`, `jobs` (seed dialects) or `classic`."""
+    """The engine kind, by its registered name: built in, `openai` (OpenAI or any compatible base URL),
+    `envelope`, `jobs` (the seed dialects) and `classic`; an embedding application may register more."""
     base_url: str | None = None
     """As the provider's own SDK takes it, e.g. `https://api.openai.com/v1`."""
     api_key_env: str | None = None
@@ -335,34 +336,53 @@ RENAMED: dict[tuple[str, ...], tuple[str, str]] = {
 
 
 def with_current_names(data: dict[str, Any]) -> dict[str, Any]:
-    """`data` with every old key of RENAMED moved to its new place (a value already there wins) and a
-    warning logged for each."""
+    """`data` with every old key of RENAMED (and a model's `max_images`) moved to its new place, a
+    value already there winning, and a warning logged for each. A table given as something other than
+    a mapping or a settings object is left for validation to refuse, with the old key beside it."""
     data = dict(data)
     for old, (table, name) in RENAMED.items():
         holder = data if len(old) == 1 else data.get(old[0])
         if not isinstance(holder, dict) or old[-1] not in holder:
             continue
-        if len(old) > 1:
-            holder = data[old[0]] = dict(holder)
-        value = holder.pop(old[-1])
         target = data.get(table)
-        target = dict(target) if isinstance(target, dict) else {}
+        if isinstance(target, BaseModel):
+            target = target.model_dump(exclude_unset=True)
+        if target is not None and not isinstance(target, dict):
+            continue
+        holder = dict(holder)
+        value = holder.pop(old[-1])
+        if len(old) > 1:
+            data[old[0]] = holder
+        else:
+            data = holder
+        target = dict(holder if table == old[0] else (target or {}))
         target.setdefault(name, value)
         data[table] = target
-        log.warning(
-            "configuration key '%s' is now '%s.%s' (IMAGEGATE_%s__%s); the old name is read until the next release",
-            ".".join(old),
-            table,
-            name,
-            table.upper(),
-            name.upper(),
-        )
+        _warn_renamed(".".join(old), f"{table}.{name}", f"IMAGEGATE_{table.upper()}__{name.upper()}")
+    models = data.get("models")
+    if isinstance(models, dict) and any(isinstance(v, dict) and "max_images" in v for v in models.values()):
+        data["models"] = {model: _model_renamed(model, values) for model, values in models.items()}
     return data
 
 
+def _model_renamed(model: str, values: Any) -> Any:
+    if not isinstance(values, dict) or "max_images" not in values:
+        return values
+    values = dict(values)
+    values.setdefault("max_input_images", values.pop("max_images"))
+    values.pop("max_images", None)
+    _warn_renamed(f"models.{model}.max_images", f"models.{model}.max_input_images", "")
+    return values
+
+
+def _warn_renamed(old: str, new: str, variable: str) -> None:
+    spelled = f" ({variable})" if variable else ""
+    log.warning("configuration key '%s' is now '%s'%s; the old name is read until the next release", old, new, spelled)
+
+
 class RenamedEnvironment(PydanticBaseSettingsSource):
-    """The old top-level `IMAGEGATE_*` variables of RENAMED, read under their old keys (the Config
-    moves them, with a warning); below the current variables, above the file."""
+    """The old `IMAGEGATE_*` variables of RENAMED, read under their old keys (the Config moves them,
+    with a warning). A current name wins wherever it is set: in the environment or in the file."""
 
     def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
         return None, field_name, False
