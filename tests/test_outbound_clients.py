@@ -261,7 +261,6 @@ async def test_openai_multipart_edit_of_several_inputs_uses_image_brackets_and_l
 async def test_openai_asks_dalle2_for_b64_json() -> None:
     wire = Wire(reply(body=images_body({"b64_json": B64_BLUE})))
     job = make_job(RED, model="dall-e-2", size=Size(512, 512), n=3)
-    assert job.spec.b64_on_request
     async with aclosing(openai(wire)) as client:
         await client.run(job, "dall-e-2")
     fields, _ = multipart(wire.only)
@@ -272,6 +271,16 @@ async def test_openai_asks_dalle2_for_b64_json() -> None:
         "size": "512x512",
         "response_format": "b64_json",
     }
+
+
+async def test_openai_asks_b64_json_of_whatever_dalle_model_a_channel_maps_to() -> None:
+    wire = Wire(reply(body=images_body({"b64_json": B64_BLUE})), reply(body=images_body({"b64_json": B64_BLUE})))
+    async with aclosing(openai(wire)) as client:
+        await client.run(make_job(RED, size=Size(1024, 1024)), "dall-e-3")
+        await client.run(make_job(RED, model="dall-e-2", size=Size(512, 512)), "my-gpt-image")
+    mapped, unmapped = (multipart(request)[0] for request in wire.requests)
+    assert mapped.get("response_format") == "b64_json", "the provider's model decides"
+    assert "response_format" not in unmapped
 
 
 async def test_openai_sends_only_model_and_prompt_for_a_basic_fields_model() -> None:

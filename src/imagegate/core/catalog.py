@@ -59,13 +59,21 @@ class ModelSpec:
     max_input_images: int = 16
     needs_image: bool = False
     """Edits only: a request without an input image is refused (seed 002's image-to-image model)."""
-    b64_on_request: bool = False
-    """Answers URLs unless asked `response_format=b64_json`, so a relayed call asks for it (DALL·E)."""
     prices: dict[str, Decimal] = field(default_factory=lambda: dict(GPT_IMAGE_PRICES))
     """Credits per image by quality; `auto` prices as `medium`."""
     per_call_price: Decimal | None = None
     above_1k_multiplier: Decimal = Decimal("1.5")
     description: str = ""
+
+
+URLS_UNLESS_ASKED = ("dall-e",)
+"""Provider model families that answer URLs unless asked `response_format=b64_json`."""
+
+
+def answers_urls_unless_asked(provider_model: str) -> bool:
+    """Whether a provider's model (the id a channel sends, after its `model_map`) answers URLs unless
+    a request asks for b64 (DALL·E); a relayed call then asks, so the image comes back inline."""
+    return provider_model.startswith(URLS_UNLESS_ASKED)
 
 
 def _builtin() -> dict[str, ModelSpec]:
@@ -104,7 +112,6 @@ def _builtin() -> dict[str, ModelSpec]:
             passthrough_qualities=(),
             default_delivery=Delivery.URL,
             max_input_images=1,
-            b64_on_request=True,
             prices={"standard": Decimal(2)},
             above_1k_multiplier=Decimal(1),
         ),

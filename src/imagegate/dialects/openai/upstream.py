@@ -12,7 +12,7 @@ import httpx
 import orjson
 
 from imagegate.config import ChannelSettings
-from imagegate.core.catalog import SizeMode
+from imagegate.core.catalog import SizeMode, answers_urls_unless_asked
 from imagegate.core.job import Job, Source
 from imagegate.core.request import Background, OutputFormat, Quality
 from imagegate.core.sizing import native_size
@@ -49,7 +49,7 @@ def wire_fields(job: Job, model: str) -> dict[str, str]:
         fields["background"] = req.background.value
     if req.user:
         fields["user"] = req.user
-    if job.spec.b64_on_request:
+    if answers_urls_unless_asked(model):
         fields["response_format"] = "b64_json"
     for name, value in req.extra.items():
         if isinstance(value, str | int | float) and not isinstance(value, bool) and name not in fields:
