@@ -103,12 +103,12 @@ async def test_the_breaker_rests_a_failing_channel_and_probes_it_back() -> None:
     assert breaker.state == "open" and not breaker.admits()
     now[0] = 10
     assert breaker.state == "half-open" and breaker.admits()
-    breaker.attempt()
+    assert breaker.attempt(), "the first attempt after the rest is the probe"
     assert not breaker.admits(), "one probe at a time"
-    breaker.failed()
+    breaker.failed(probe=True)
     assert breaker.state == "open", "a failed probe rests it again"
     now[0] = 20
-    breaker.attempt()
+    assert breaker.attempt()
     breaker.succeeded()
     assert breaker.state == "closed" and breaker.admits()
 
@@ -134,6 +134,22 @@ async def test_a_cancelled_probe_leaves_the_channel_usable() -> None:
     slow.delay = 0
     made = await router.run(job())
     assert made.images[0].revised_prompt == "slow" and rested.breaker.state == "closed"
+
+
+async def test_an_attempt_that_was_not_the_probe_never_frees_the_probe() -> None:
+    now = [0.0]
+    breaker = Breaker(failures=1, rest_s=10, clock=lambda: now[0])
+    early = breaker.attempt()  # a request goes out while the circuit is closed
+    breaker.failed()  # another one fails: the circuit opens
+    now[0] = 10
+    probe = breaker.attempt()
+    assert (early, probe) == (False, True)
+    breaker.settled(early)  # the early request is cancelled (its client went away)
+    assert not breaker.admits(), "the probe in flight still holds the circuit"
+    breaker.failed(early)
+    assert not breaker.admits(), "nor does a failure of a request that was not the probe free it"
+    breaker.settled(probe)
+    assert breaker.probing is False
 
 
 async def test_a_probe_that_crashes_rests_the_channel_again_and_probes_later() -> None:

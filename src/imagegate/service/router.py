@@ -53,23 +53,29 @@ class Breaker:
         state = self.state
         return state == "closed" or (state == "half-open" and not self.probing)
 
-    def attempt(self) -> None:
-        if self.state == "half-open":
+    def attempt(self) -> bool:
+        """Count an attempt going out; True when it is the half-open circuit's one probe."""
+        if self.state == "half-open" and not self.probing:
             self.probing = True
-
-    def settled(self) -> None:
-        """An attempt ended without an outcome (cancelled): its probe, if it was one, no longer holds
-        the circuit, so the next request may probe."""
-        self.probing = False
+            return True
+        return False
 
     def succeeded(self) -> None:
         self.consecutive, self.opened_at, self.probing = 0, None, False
 
-    def failed(self) -> None:
+    def failed(self, probe: bool = False) -> None:
+        """A failed attempt; a failed probe (or `failures` in a row) rests the channel again."""
         self.consecutive += 1
-        if self.probing or self.consecutive >= self.failures:
+        if probe or self.consecutive >= self.failures:
             self.opened_at = self.clock()
-        self.probing = False
+        if probe:
+            self.probing = False
+
+    def settled(self, probe: bool) -> None:
+        """An attempt ended, whatever the outcome (cancelled included): if it was the probe, the probe
+        no longer holds the circuit, so a next request may probe."""
+        if probe:
+            self.probing = False
 
 
 @dataclass
@@ -175,12 +181,12 @@ class Router:
         """One call on `channel`, its outcome told to the channel's breaker on every way out: a fault
         counts against the channel, an answer (a refusal of the request included) for it, and an
         attempt cancelled before either (client gone, timeout, shutdown) releases a probe it held."""
-        channel.breaker.attempt()
+        probe = channel.breaker.attempt()
         try:
             async with channel.slots:
                 made = await channel.engine.run(job)
         except EngineError as exc:
-            channel.breaker.failed()
+            channel.breaker.failed(probe)
             self._count(channel, "retryable" if exc.retryable else "failed")
             raise
         except ImagegateError:
@@ -188,11 +194,11 @@ class Router:
             self._count(channel, "rejected")
             raise
         except Exception:
-            channel.breaker.failed()
+            channel.breaker.failed(probe)
             self._count(channel, "failed")
             raise
         finally:
-            channel.breaker.settled()
+            channel.breaker.settled(probe)
         channel.breaker.succeeded()
         self._count(channel, "ok")
         return made
