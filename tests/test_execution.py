@@ -179,3 +179,24 @@ async def test_an_async_task_cut_off_by_shutdown_is_handed_back_with_its_inputs_
         assert task.attempts == 2
         assert await held(second) == (Decimal(94), Decimal(0))
         assert await second.runtime.blobs.get(stored) is None, "a finished task's inputs are dropped"
+
+
+async def test_an_async_task_whose_end_cannot_be_written_keeps_its_inputs(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with stage(tmp_path, makes_one) as s:
+
+        async def database_down(*args: object, **kwargs: object) -> bool:
+            raise RuntimeError("database is down")
+
+        s.runtime.tasks.records.finish = database_down  # type: ignore[method-assign]
+        task_id = await s.runtime.tasks.submit(s.key, request(), Origin("openai", "edit"))
+        s.runtime.runner.wake()
+
+        async def logged() -> bool:
+            return any("could not be recorded" in record.getMessage() for record in caplog.records)
+
+        await wait_for_task_async(logged, what="the failure to record the task's end to be logged")
+        task = await row(s, task_id)
+        assert task.state == "running", "left for its lease to run out and another run"
+        assert await s.runtime.blobs.get(task.request["images"][0]["blob"]) is not None

@@ -37,6 +37,8 @@ class Execution:
     model: str
     engine: str
     started: float = field(default_factory=time.perf_counter)
+    ended: bool = False
+    """Whether its final state was written (a release as `waiting` is not an end)."""
 
     async def step(self, work: Callable[[], Awaitable[T]]) -> T:
         """`work()`; when it raises anything at all, the execution ends failed (or released) first and
@@ -50,6 +52,7 @@ class Execution:
     async def succeed(self, outcome: Outcome, files: Sequence[StoredFile]) -> None:
         """Settle the task with `outcome` and its stored `files` (and queue its callback)."""
         await self.records.finish(self.task_id, outcome=outcome, files=files)
+        self.ended = True
         self._count(images=len(outcome.images))
 
     async def fail(self, exc: BaseException) -> None:
@@ -61,6 +64,7 @@ class Execution:
         if not isinstance(exc, ImagegateError) and not cancelled:
             log.error("task %s failed unexpectedly", self.task_id, exc_info=exc)
         await self.records.finish(self.task_id, error=exc)
+        self.ended = True
         self._count(error=failure_of(exc)[0])
 
     def _count(self, images: int = 0, error: str | None = None) -> None:

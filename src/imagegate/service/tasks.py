@@ -397,8 +397,11 @@ class TaskService:
         try:
             prepared = await execution.step(partial(self._reopen, execution, task))
             await self.execute(prepared)
-        except Exception:  # recorded on the task by its execution
-            log.debug("task %s failed", task.id, exc_info=True)
+        except Exception:
+            if not execution.ended:  # its end could not be written: keep the inputs for its next run
+                log.exception("task %s: its final state could not be recorded", task.id)
+                return
+            log.debug("task %s failed (recorded on the task)", task.id, exc_info=True)
         await self._drop_inputs(task)
 
     async def _reopen(self, execution: Execution, task: Task) -> Prepared:
