@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from decimal import Decimal
+from functools import partial
 
 import pytest
 from sqlalchemy import select
@@ -17,6 +18,7 @@ from imagegate.stores import ledger
 from imagegate.stores.db import ApiKey, Clock, Database, Task, now_ms
 from tests.conftest import Api
 from tests.receivers import webhook_receiver
+from tests.waiting import FINISHED, wait_for_task_async
 
 
 @pytest.fixture
@@ -152,19 +154,12 @@ async def test_a_task_interrupted_max_attempts_times_fails_instead_of_running_ag
                 lease_until=now_ms() - 1,
                 callback_url=receiver.url,
             )
-            task = await wait_final(db, "task_poison")
+            task = await wait_for_task_async(
+                partial(get, db, "task_poison"), done=lambda task: task.state in FINISHED, what="task_poison to end"
+            )
             assert task.state == "fail" and task.error_code == "interrupted" and task.attempts == 4
             (delivery,) = await asyncio.to_thread(receiver.wait_for, 1)
         data = delivery.json["data"]
         assert data["taskId"] == "task_poison" and data["state"] == "fail" and data["failCode"] == "interrupted"
     finally:
         await db.aclose()
-
-
-async def wait_final(db: Database, task_id: str) -> Task:
-    for _ in range(200):
-        task = await get(db, task_id)
-        if task.state in ("success", "fail"):
-            return task
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{task_id} did not finish")

@@ -137,7 +137,7 @@ def create_app(config: Config, engines: dict[str, Engine] | None = None, registr
     app.include_router(account.router())
     app.include_router(admin.router())
 
-    @app.get("/healthz", responses=openapi.responses("openai", (200, 500)))
+    @app.get("/healthz", responses=openapi.responses(openapi.OPENAI_ERROR, (200, 500)))
     async def healthz(request: Request) -> JSONResponse:
         """Liveness and database reachability."""
         async with runtime_of(request).db.session() as session:
@@ -149,7 +149,7 @@ def create_app(config: Config, engines: dict[str, Engine] | None = None, registr
         """Prometheus metrics in the text exposition format."""
         return Response(metrics.exposition(), media_type=metrics.content_type)
 
-    @app.get("/files/{name}", responses=openapi.responses("openai", (200, 307, 404), images=True))
+    @app.get("/files/{name}", responses=openapi.responses(openapi.OPENAI_ERROR, (200, 307, 404), images=True))
     async def files(name: str, request: Request) -> Response:
         """A stored result under its unguessable id, cacheable forever."""
         if _FILE_NAME.match(name) is None:
@@ -157,7 +157,7 @@ def create_app(config: Config, engines: dict[str, Engine] | None = None, registr
         headers = {"cache-control": "public, max-age=31536000, immutable"}
         return await blob_response(runtime_of(request), name, headers, "No such file.")
 
-    @app.get("/inputs/{token}", responses=openapi.responses("openai", (200, 307, 404), images=True))
+    @app.get("/inputs/{token}", responses=openapi.responses(openapi.OPENAI_ERROR, (200, 307, 404), images=True))
     async def inputs(token: str, request: Request) -> Response:
         """An input published for a provider, under a signed URL until it expires or is withdrawn."""
         rt = runtime_of(request)
@@ -168,7 +168,7 @@ def create_app(config: Config, engines: dict[str, Engine] | None = None, registr
 
     @app.post(
         "/relay/callbacks/{token}",
-        responses=openapi.responses("openai", (200, 400, 404, 408, 413)),
+        responses=openapi.responses(openapi.OPENAI_ERROR, (200, 400, 404, 408, 413)),
         openapi_extra=openapi.body(json=openapi.CALLBACK_JSON),
     )
     async def relay_callback(token: str, request: Request) -> Response:

@@ -13,36 +13,25 @@ from typing import Any
 
 Schema = dict[str, Any]
 
-_STRING = {"type": "string"}
+STRING = {"type": "string"}
 _NULLABLE_INT = {"type": ["integer", "null"]}
-ERROR_SHAPES: dict[str, Schema] = {
-    "openai": {
-        "type": "object",
-        "required": ["error"],
-        "properties": {
-            "error": {
-                "type": "object",
-                "required": ["message", "type", "param", "code"],
-                "properties": {
-                    "message": _STRING,
-                    "type": _STRING,
-                    "param": {"type": ["string", "null"]},
-                    "code": _STRING,
-                },
-            }
-        },
-    },
-    "envelope": {
-        "type": "object",
-        "required": ["code", "message", "data"],
-        "properties": {"code": {"type": "integer"}, "message": _STRING, "data": {"type": "null"}},
-    },
-    "jobs": {
-        "type": "object",
-        "required": ["code", "msg", "data"],
-        "properties": {"code": {"type": "integer"}, "msg": _STRING, "data": {"type": "null"}},
+OPENAI_ERROR: Schema = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["message", "type", "param", "code"],
+            "properties": {
+                "message": STRING,
+                "type": STRING,
+                "param": {"type": ["string", "null"]},
+                "code": STRING,
+            },
+        }
     },
 }
+"""OpenAI's error object: the shape of every route no other dialect owns."""
 _REASONS = {
     200: "Success",
     201: "Created",
@@ -68,15 +57,15 @@ ADMIN_STATUSES = (200, 400, 401, 403, 404, 408, 413, 500)
 
 
 def responses(
-    dialect: str, statuses: tuple[int, ...], *, images: bool = False, stream: bool = False
+    error: Schema, statuses: tuple[int, ...], *, images: bool = False, stream: bool = False
 ) -> dict[int | str, Any]:
-    """FastAPI `responses=` documenting `statuses`, errors in `dialect`'s shape; a success is an image
-    file with `images`, and JSON or (`stream=true`) server-sent events with `stream`."""
+    """FastAPI `responses=` documenting `statuses`, errors in the `error` shape (its dialect's); a
+    success is an image file with `images`, and JSON or (`stream=true`) server-sent events with `stream`."""
     documented: dict[int | str, Any] = {}
     for status in statuses:
         entry: dict[str, Any] = {"description": _REASONS.get(status, "")}
         if status >= 400:
-            entry["content"] = {"application/json": {"schema": ERROR_SHAPES[dialect]}}
+            entry["content"] = {"application/json": {"schema": error}}
         elif status == 200 and images:
             entry["content"] = {f"image/{kind}": {} for kind in ("png", "jpeg", "webp")}
         elif status == 200 and stream:

@@ -53,6 +53,8 @@ class Registry:
     engines: dict[str, EngineKind] = field(default_factory=dict)
     default_dialect: str = "openai"
     """Whose error shape a request no dialect owns gets (the operator routes, unknown paths)."""
+    default_engine: str = "classic"
+    """The engine kind that serves every model when no channel is configured."""
     _routes: list[tuple[BaseRoute, Dialect]] = field(default_factory=list)
 
     def add_dialect(self, dialect: Dialect) -> None:
@@ -70,24 +72,34 @@ class Registry:
         self.engines[kind.name] = kind
 
     def routers(self) -> list[APIRouter]:
-        """Every dialect's router, made afresh, its routes remembered as that dialect's."""
+        """Every dialect's router, made afresh, its routes remembered as that dialect's. Raises
+        ValueError when the default dialect is not registered."""
+        if self.default_dialect not in self.dialects:
+            raise ValueError(f"the default dialect '{self.default_dialect}' is not registered")
         made = [(dialect, dialect.router()) for dialect in self.dialects.values()]
         self._routes = [(route, dialect) for dialect, router in made for route in router.routes]
         return [router for _, router in made]
 
     def owner(self, scope: Scope) -> Dialect:
-        """The dialect whose route matches the request (also for an error raised before routing); for
-        a request no route matches, the one whose path space holds it; else the default."""
+        """The dialect whose route matches the request (a full match before a partial one, as the
+        router picks; also for an error raised before routing); for a request no route matches, the
+        one whose path space holds it; else the default."""
         if scope.get("type") == "http":
+            partial: Dialect | None = None
             for route, dialect in self._routes:
-                if route.matches(scope)[0] is not Match.NONE:
+                match = route.matches(scope)[0]
+                if match is Match.FULL:
                     return dialect
+                if match is Match.PARTIAL and partial is None:
+                    partial = dialect
+            if partial is not None:
+                return partial
         path = str(scope.get("path", ""))
         holding = [
             (len(prefix), dialect)
             for dialect in self.dialects.values()
             for prefix in dialect.prefixes
-            if path == prefix or path.startswith(prefix + "/")
+            if path.startswith(prefix + "/")
         ]
         if holding:
             return max(holding, key=lambda pair: pair[0])[1]

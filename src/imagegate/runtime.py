@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import anyio
 from fastapi import Request
 
-from imagegate.config import Config
+from imagegate.config import Config, ConfigError
 from imagegate.core.catalog import Catalog
 from imagegate.core.upstream import RelayHosts
 from imagegate.engines.base import Engine, EngineContext
@@ -138,7 +138,12 @@ async def open_runtime(
     hosts = RelayHosts(inputs, inbox)
     channels = open_channels(config, catalog, registry.engines, fetcher, hosts)
     if engines is None and not channels:
-        engines = {"classic": registry.engines["classic"].open(EngineContext(config, fetcher, hosts))}
+        kind = registry.engines.get(registry.default_engine)
+        if kind is None:
+            raise ConfigError(
+                f"no channel is configured and the default engine '{registry.default_engine}' is not registered"
+            )
+        engines = {kind.name: kind.open(EngineContext(config, fetcher, hosts))}
     for engine in [*(engines or {}).values(), *(channel.engine for channel in channels)]:
         stack.push_async_callback(engine.aclose)
     default = next(iter(engines.values())) if engines else None

@@ -20,6 +20,7 @@ import procrastinate
 from imagegate.builtins import builtin_registry
 from imagegate.config import Config, WorkerSettings
 from imagegate.metrics import Metrics
+from imagegate.registry import Registry
 from imagegate.runtime import Runtime, open_runtime
 from imagegate.service.runner import TaskBusy
 from imagegate.stores.queue import RUN_TASK, procrastinate_app
@@ -74,11 +75,13 @@ async def run_worker(
     concurrency: int | None = None,
     queues: list[str] | None = None,
     install_signal_handlers: bool = True,
+    registry: Registry | None = None,
 ) -> None:
-    """Run until stopped (SIGINT/SIGTERM finish the jobs in hand first) or cancelled."""
+    """Run until stopped (SIGINT/SIGTERM finish the jobs in hand first) or cancelled. `registry`
+    replaces the built-in dialects and engine kinds, as it does for `create_app`."""
     settings = config.worker
     async with AsyncExitStack() as stack:
-        runtime = await open_runtime(config, stack, Metrics(), builtin_registry())
+        runtime = await open_runtime(config, stack, Metrics(), registry or builtin_registry())
         app = worker_app(runtime)
         await stack.enter_async_context(app.open_async())
         async with anyio.create_task_group() as group:

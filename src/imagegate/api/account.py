@@ -56,7 +56,7 @@ async def usage(request: Request) -> Response:
 
 def router() -> APIRouter:
     api = APIRouter()
-    reads = openapi.responses("openai", openapi.READ_STATUSES)
+    reads = openapi.responses(openapi.OPENAI_ERROR, openapi.READ_STATUSES)
     api.add_api_route("/v1/pricing", pricing, methods=["GET"], responses=reads)
     api.add_api_route(
         "/v1/usage", usage, methods=["GET"], responses=reads, openapi_extra={"parameters": openapi.query(openapi.LIMIT)}

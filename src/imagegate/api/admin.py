@@ -173,9 +173,9 @@ async def usage(request: Request) -> Response:
 
 def router() -> APIRouter:
     api = APIRouter(prefix=PREFIX, include_in_schema=True)
-    done = openapi.responses("openai", openapi.ADMIN_STATUSES)
-    created = openapi.responses("openai", (201, *openapi.ADMIN_STATUSES[1:]))
-    moved = openapi.responses("openai", (*openapi.ADMIN_STATUSES, 402))
+    done = openapi.responses(openapi.OPENAI_ERROR, openapi.ADMIN_STATUSES)
+    created = openapi.responses(openapi.OPENAI_ERROR, (201, *openapi.ADMIN_STATUSES[1:]))
+    moved = openapi.responses(openapi.OPENAI_ERROR, (*openapi.ADMIN_STATUSES, 402))
     api.add_api_route(
         "/keys", create_key, methods=["POST"], responses=created, openapi_extra=openapi.body(json=openapi.NEW_KEY)
     )

@@ -9,7 +9,7 @@ from functools import partial
 
 from imagegate.core.job import CallReport, ImageOut, Job, Made
 from imagegate.engines.base import Engine
-from imagegate.errors import ImagegateError
+from imagegate.errors import EngineError, ImagegateError
 from imagegate.service.concurrently import run_all
 from imagegate.service.records import failure_of
 
@@ -39,7 +39,7 @@ async def fan_out(engine: Engine, job: Job, task_id: str) -> FannedOut:
         errors += await _calls(engine, replace(job, on_partial=None), [1] * shortfall, result)
     failed = [exc for exc in errors if exc is not None]
     if not result.images:
-        raise failed[0]
+        raise failed[0] if failed else EngineError(f"The {engine.name} engine made no image.")
     for exc in failed:
         if not isinstance(exc, ImagegateError):
             log.error("an engine call of task %s failed", task_id, exc_info=exc)

@@ -76,7 +76,10 @@ class TaskRunner:
             await anyio.lowlevel.checkpoint()
         except anyio.get_cancelled_exc_class():
             with anyio.CancelScope(shield=True):
-                await self._hand_back(claimed)
+                try:
+                    await self._hand_back(claimed)
+                except Exception:  # they are taken over when their leases run out
+                    log.exception("tasks claimed while the runner stopped could not be handed back")
             raise
         return claimed
 

@@ -137,8 +137,8 @@ class Endpoint:
     channel: str
     base_url: str
     api_key: str = ""
-    timeout_s: float = 60.0
-    max_connections: int = 8
+    timeout_s: float = 180.0
+    max_connections: int = 64
     transport: httpx.AsyncBaseTransport | None = None
     """Replaces the network (an `httpx.MockTransport` in tests)."""
 

@@ -6,7 +6,7 @@ from imagegate.dialects.envelope import inbound, upstream
 from imagegate.registry import Dialect
 
 ENVELOPE = Dialect(
-    "envelope",
+    inbound.NAME,
     prefixes=(),
     router=inbound.router,
     error_response=inbound.error_response,

@@ -20,6 +20,13 @@ from imagegate.service.tasks import Origin
 from imagegate.wire.fields import dry_run, json_object
 from imagegate.wire.image_request import apply_fields, request_from_json
 
+ERROR_SHAPE: openapi.Schema = {
+    "type": "object",
+    "required": ["code", "message", "data"],
+    "properties": {"code": {"type": "integer"}, "message": openapi.STRING, "data": {"type": "null"}},
+}
+NAME = "envelope"
+"""The dialect's name in the registry, and on the tasks it records."""
 PATH = "/v1/images/edit"
 
 
@@ -52,7 +59,7 @@ async def edit(request: Request) -> Response:
     if dry_run(request.query_params):
         return _ok(await rt.tasks.quote(key, req))
     base = rt.public_base(request)
-    outcome = await rt.tasks.run(key, req, Origin("envelope", "edit", request.state.request_id, base))
+    outcome = await rt.tasks.run(key, req, Origin(NAME, "edit", request.state.request_id, base))
     url_for = rt.links.at(base)
     images = [
         {"url": url_for(image.file_id, outcome.output_format), "revised_prompt": image.revised_prompt}
@@ -75,7 +82,7 @@ def router() -> APIRouter:
         PATH,
         edit,
         methods=["POST"],
-        responses=openapi.responses("envelope", openapi.IMAGE_STATUSES),
+        responses=openapi.responses(ERROR_SHAPE, openapi.IMAGE_STATUSES),
         openapi_extra={**openapi.body(json=openapi.ENVELOPE_JSON), "parameters": openapi.query(openapi.DRY_RUN)},
     )
     return api

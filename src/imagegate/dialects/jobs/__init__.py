@@ -6,7 +6,7 @@ from imagegate.dialects.jobs import inbound, upstream
 from imagegate.registry import Dialect
 
 JOBS = Dialect(
-    "jobs",
+    inbound.NAME,
     prefixes=(inbound.PREFIX,),
     router=inbound.router,
     error_response=inbound.error_response,

@@ -27,6 +27,13 @@ from imagegate.service.records import Outcome, ResultLinks, TaskView
 from imagegate.service.tasks import Origin
 from imagegate.wire.fields import as_enum, as_str, dry_run, json_object, ref_from_text
 
+ERROR_SHAPE: openapi.Schema = {
+    "type": "object",
+    "required": ["code", "msg", "data"],
+    "properties": {"code": {"type": "integer"}, "msg": openapi.STRING, "data": {"type": "null"}},
+}
+NAME = "jobs"
+"""The dialect's name in the registry, and on the tasks it records (their callback body is its)."""
 PREFIX = "/api/v1/jobs"
 MAX_PROMPT_CHARS = 20_000
 IMAGE_FIELDS = ("image_urls", "input_urls", "image_input")
@@ -156,7 +163,7 @@ async def create_task(request: Request) -> Response:
     req, kind = parse_create(body, rt.catalog)
     if dry_run(request.query_params):
         return _ok(await rt.tasks.quote(key, req))
-    origin = Origin("jobs", kind, trace_id=request.state.request_id, base_url=rt.public_base(request), wire=body)
+    origin = Origin(NAME, kind, trace_id=request.state.request_id, base_url=rt.public_base(request), wire=body)
     task_id = await rt.tasks.submit(key, req, origin)
     return _ok({"taskId": task_id})
 
@@ -178,14 +185,14 @@ def router() -> APIRouter:
         f"{PREFIX}/createTask",
         create_task,
         methods=["POST"],
-        responses=openapi.responses("jobs", openapi.JOBS_STATUSES),
+        responses=openapi.responses(ERROR_SHAPE, openapi.JOBS_STATUSES),
         openapi_extra={**openapi.body(json=openapi.JOBS_JSON), "parameters": openapi.query(openapi.DRY_RUN)},
     )
     api.add_api_route(
         f"{PREFIX}/recordInfo",
         get_record_info,
         methods=["GET"],
-        responses=openapi.responses("jobs", openapi.READ_STATUSES),
+        responses=openapi.responses(ERROR_SHAPE, openapi.READ_STATUSES),
         openapi_extra={"parameters": openapi.query(("taskId", {"type": "string"}, "The task to report."))},
     )
     return api

@@ -7,7 +7,7 @@ from imagegate.dialects.openai import inbound, seed003, upstream
 from imagegate.registry import Dialect
 
 OPENAI = Dialect(
-    "openai",
+    inbound.NAME,
     prefixes=(),
     router=lambda: inbound.router(("/v1",), seed003_service=False),
     error_response=inbound.error_response,

@@ -29,10 +29,12 @@ from imagegate.responses import json_response
 from imagegate.runtime import Runtime, runtime_of
 from imagegate.service.records import Outcome, ResultLinks, TaskView, UrlFor
 from imagegate.service.tasks import Origin, Prepared
-from imagegate.wire.fields import (
-    dry_run,
-)
+from imagegate.wire.fields import dry_run
 from imagegate.wire.image_request import parse_request
+
+NAME = "openai"
+"""The dialect's name in the registry, and on the tasks it records on any of its prefixes (seed 003's
+callback body is this dialect's)."""
 
 
 def error_body(exc: ImagegateError) -> dict[str, Any]:
@@ -163,7 +165,7 @@ async def _images(request: Request, kind: str, seed003_service: bool) -> Respons
             raise BadRequest("Generations take no 'image'; send reference images to /v1/images/edits.", param="image")
         if dry_run(request.query_params):
             return json_response(await rt.tasks.quote(key, req))
-        origin = Origin("openai", kind, trace_id=request.state.request_id, base_url=rt.public_base(request))
+        origin = Origin(NAME, kind, trace_id=request.state.request_id, base_url=rt.public_base(request))
         if req.callback_url and not req.stream:
             task_id = await rt.tasks.submit(key, req, origin)
             return json_response({"task_id": task_id})
@@ -265,13 +267,13 @@ def router(prefixes: tuple[str, ...], *, seed003_service: bool) -> APIRouter:
                 endpoint,
                 methods=["POST"],
                 include_in_schema=shown,
-                responses=openapi.responses("openai", openapi.IMAGE_STATUSES, stream=True),
+                responses=openapi.responses(openapi.OPENAI_ERROR, openapi.IMAGE_STATUSES, stream=True),
                 openapi_extra={
                     **openapi.body(json=openapi.IMAGES_JSON, form=openapi.IMAGES_FORM),
                     "parameters": openapi.query(openapi.DRY_RUN),
                 },
             )
-        reads = openapi.responses("openai", openapi.READ_STATUSES)
+        reads = openapi.responses(openapi.OPENAI_ERROR, openapi.READ_STATUSES)
         api.add_api_route(f"{prefix}/models", list_models, methods=["GET"], include_in_schema=shown, responses=reads)
         api.add_api_route(
             f"{prefix}/images/tasks/{{task_id}}", get_task, methods=["GET"], include_in_schema=shown, responses=reads
