@@ -13,6 +13,11 @@
     imagegate A (its one channel: imagegate B) divided by the same load sent to B directly.
 (e) memory under hostile images: peak RSS under 8 concurrent clients each sending the worst accepted
     input, divided by the decoded-pixel budget; RSS 60 s after the load divided by RSS before it.
+(f) relay cost: the gateway's CPU per relayed edit, relayed ÷ direct throughput, p99 ÷ p50 and peak
+    RSS, relaying to a minimal provider (bench/provider.py) an answer it passes through untouched.
+
+    python -m bench memory        (e) alone
+    python -m bench relay-cost    (f) alone
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from PIL import Image
 
 from bench.memory import memory_under_attack
 from bench.relay import relay_overhead
+from bench.relay_cost import relay_cost
 from bench.serving import serve
 from imagegate.config import ImagingSettings
 from imagegate.core.catalog import Catalog
@@ -110,6 +116,10 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             print(memory_under_attack(Path(tmp)))
         return
+    if sys.argv[1:] == ["relay-cost"]:
+        with tempfile.TemporaryDirectory() as tmp:
+            print(relay_cost(Path(tmp)))
+        return
     with tempfile.TemporaryDirectory() as tmp:
         port = 18000 + os.getpid() % 1000
         proc, key = serve(Path(tmp) / "data", port)
@@ -161,6 +171,7 @@ def main() -> None:
             proc.wait(10)
         print(relay_overhead(Path(tmp), picture(580, 580, level=0)))
         print(memory_under_attack(Path(tmp)))
+        print(relay_cost(Path(tmp)))
 
 
 if __name__ == "__main__":
