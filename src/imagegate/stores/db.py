@@ -24,6 +24,8 @@ from imagegate.config import async_database_url
 from imagegate.owner_only import private_file
 
 MICROS = Decimal(1_000_000)
+SQLITE_TURN_S = 600.0
+"""How long a statement may wait for SQLite's one connection before its request fails."""
 
 
 def now_ms() -> int:
@@ -243,7 +245,11 @@ class Database:
         url = async_database_url(url)
         self.url = url
         if url.startswith("sqlite"):
-            self.engine: AsyncEngine = create_async_engine(url)
+            # SQLite has one write lock, and its busy handler hands it out unfairly (sleeping waiters
+            # lose to whoever asks next): with a pool of connections some requests waited 6x the
+            # median, and past busy_timeout failed. One connection, taken in turn (FIFO), makes every
+            # statement wait its turn in this process instead (BENCHMARKS.md, issue 14).
+            self.engine: AsyncEngine = create_async_engine(url, pool_size=1, max_overflow=0, pool_timeout=SQLITE_TURN_S)
         else:
             self.engine = create_async_engine(url, pool_size=10, max_overflow=40, pool_pre_ping=True)
         if url.startswith("sqlite"):
