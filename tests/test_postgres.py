@@ -61,7 +61,7 @@ def test_imagegate_migrate_builds_the_schema_on_postgresql(postgres_url: str, tm
         "idempotency",
         "procrastinate_jobs",
     } <= tables
-    assert version == "0006"
+    assert version == "0007"
 
 
 async def test_100_concurrent_requests_across_two_nodes_on_credits_for_50(postgres_url: str, tmp_path: Path) -> None:

@@ -149,13 +149,18 @@ def create_app(config: Config, engines: dict[str, Engine] | None = None, registr
         """Prometheus metrics in the text exposition format."""
         return Response(metrics.exposition(), media_type=metrics.content_type)
 
-    @app.get("/files/{name}", responses=openapi.responses(openapi.OPENAI_ERROR, (200, 307, 404), images=True))
+    @app.get("/files/{name}", responses=openapi.responses(openapi.OPENAI_ERROR, (200, 307, 404, 410), images=True))
     async def files(name: str, request: Request) -> Response:
         """A stored result under its unguessable id, cacheable forever."""
-        if _FILE_NAME.match(name) is None:
+        found = _FILE_NAME.match(name)
+        if found is None:
             raise NotFound("No such file.")
+        rt = runtime_of(request)
         headers = {"cache-control": "public, max-age=31536000, immutable"}
-        return await blob_response(runtime_of(request), name, headers, "No such file.")
+        try:
+            return await blob_response(rt, name, headers, "No such file.")
+        except NotFound:
+            raise (await rt.sweeper.why_missing(found.group(1))) or NotFound("No such file.") from None
 
     @app.get("/inputs/{token}", responses=openapi.responses(openapi.OPENAI_ERROR, (200, 307, 404), images=True))
     async def inputs(token: str, request: Request) -> Response:

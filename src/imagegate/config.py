@@ -160,6 +160,15 @@ class StorageSettings(BaseModel):
     result_urls: Literal["api", "presigned"] = "api"
     """`/files/...` URLs are streamed by the API (`api`) or redirect to presigned object-store URLs."""
     presigned_url_ttl_s: int = Field(default=3600, ge=1)
+    results_ttl: float = Field(default=7 * 86400, ge=0)
+    """Seconds a result file is kept (`7d`, `12h`, `30m` and `45s` are read too; 0 keeps them forever).
+    Past it the sweeper deletes its bytes, the task keeps its record, and its URL answers 410."""
+    sweep_interval_s: float = Field(default=3600.0, gt=0)
+
+    @field_validator("results_ttl", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> object:
+        return seconds_of(value)
 
     @field_validator("url")
     @classmethod
@@ -314,6 +323,20 @@ class Config(BaseSettings):
     @property
     def files_dir(self) -> Path:
         return self.data_dir / "files"
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def seconds_of(value: object) -> object:
+    """A duration written `7d`, `12h`, `30m` or `45s` in seconds; anything else as it is."""
+    if isinstance(value, str) and value.strip()[-1:].lower() in _UNITS:
+        text = value.strip()
+        try:
+            return float(text[:-1]) * _UNITS[text[-1].lower()]
+        except ValueError:
+            return value
+    return value
 
 
 def split_commas(value: object) -> object:

@@ -15,6 +15,7 @@
     ├── PermissionDenied                403 permission_denied
     ├── NotFound                        404 not_found
     │   └── ModelNotFound               404 model_not_found
+    ├── Gone                            410 expired
     ├── Conflict                        409 too_many_active_tasks
     │   └── IdempotencyInProgress       409 idempotency_key_in_progress
     ├── RequestTimeout                  408 request_timeout
@@ -139,6 +140,14 @@ class NotFound(ImagegateError):
 
     status = 404
     code = "not_found"
+    type = "invalid_request_error"
+
+
+class Gone(ImagegateError):
+    """The resource existed but has expired (a result file past its retention)."""
+
+    status = 410
+    code = "expired"
     type = "invalid_request_error"
 
 

@@ -45,6 +45,7 @@ _REASONS = {
     409: "Too many active tasks, or the Idempotency-Key's first request still runs",
     413: "The request body is too large",
     422: "A value fails validation (task jobs), or an Idempotency-Key reused with another request",
+    410: "The result file expired (`[storage] results_ttl`); its task keeps its record",
     429: "Requests per minute exceeded (`retry-after` says when to come back)",
     500: "Server error (no detail is given)",
     502: "Every upstream channel failed",

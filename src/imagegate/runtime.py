@@ -23,6 +23,7 @@ from imagegate.service.channels import open_channels, relay_hosts, routes
 from imagegate.service.leases import Leases
 from imagegate.service.published import PublishedInputs
 from imagegate.service.records import ResultLinks
+from imagegate.service.retention import ResultSweeper
 from imagegate.service.runner import TaskRunner
 from imagegate.service.tasks import TaskService
 from imagegate.service.webhooks import WebhookSender
@@ -53,6 +54,7 @@ class Runtime:
     inputs: PublishedInputs
     inbox: CallbackInbox
     links: ResultLinks
+    sweeper: ResultSweeper
 
     def public_base(self, request: Request) -> str:
         """Base of result URLs: IMAGEGATE_PUBLIC_URL, else the request's Host if it is one of
@@ -160,6 +162,9 @@ async def open_runtime(
     stack.callback(background.cancel_scope.cancel)
     background.start_soon(runner.run)
     background.start_soon(sender.run)
+    storage = config.storage
+    sweeper = ResultSweeper(db, blobs, storage.results_ttl, storage.sweep_interval_s)
+    background.start_soon(sweeper.run)
     limiter = ratelimit.limiter_for(db)
     links = ResultLinks(
         blobs, presigned=config.storage.result_urls == "presigned", ttl_s=config.storage.presigned_url_ttl_s
@@ -167,7 +172,9 @@ async def open_runtime(
     for dialect in registry.dialects.values():
         if dialect.callbacks is not None:
             tasks.records.renderers[dialect.name] = dialect.callbacks(catalog, links)
-    return Runtime(config, db, blobs, fetcher, catalog, served, tasks, metrics, runner, limiter, inputs, inbox, links)
+    return Runtime(
+        config, db, blobs, fetcher, catalog, served, tasks, metrics, runner, limiter, inputs, inbox, links, sweeper
+    )
 
 
 def runtime_of(request: Request) -> Runtime:

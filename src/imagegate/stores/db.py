@@ -129,6 +129,7 @@ class Task(Base):
 
 class StoredFile(Base):
     __tablename__ = "files"
+    __table_args__ = (Index("ix_files_live_created", "expired_at", "created_at"),)
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     task_id: Mapped[str | None] = mapped_column(ForeignKey("tasks.id"), nullable=True)
@@ -139,6 +140,8 @@ class StoredFile(Base):
     width: Mapped[int] = mapped_column(Integer)
     height: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[int] = mapped_column(BigInteger, default=now_ms)
+    expired_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    """When its bytes were deleted (`[storage] results_ttl` after it was made); the row stays."""
 
 
 class WebhookDelivery(Base):

@@ -1,0 +1,55 @@
+"""Result files expire after `[storage] results_ttl`: bytes deleted, the task's record kept, 410 after."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from imagegate.config import load_config
+from imagegate.service.retention import ResultSweeper
+from imagegate.stores.db import now_ms
+from tests.conftest import open_api
+from tests.test_accounts import DATA_URL, settings
+
+
+def test_results_ttl_reads_durations() -> None:
+    assert load_config(storage={"results_ttl": "7d"}).storage.results_ttl == 7 * 86400
+    assert load_config(storage={"results_ttl": "90m"}).storage.results_ttl == 5400
+    assert load_config().storage.results_ttl == 7 * 86400, "a week by default"
+
+
+async def test_an_expired_result_answers_410_and_its_task_keeps_its_record(tmp_path: Path) -> None:
+    config = settings(tmp_path)
+    form = {"prompt": "invert", "image": DATA_URL, "size": "1024x1024", "response_format": "url", "n": 2}
+    async with open_api(config) as api:
+        made = await api.client.post("/v1/images/edits", headers=api.auth, json=form)
+        assert made.status_code == 200, made.text
+        urls = [item["url"].removeprefix("http://testserver") for item in made.json()["data"]]
+        assert [(await api.client.get(url)).status_code for url in urls] == [200, 200]
+        runtime = api.client._transport.app.state.runtime  # type: ignore[attr-defined]
+        now = [now_ms()]
+        sweeper = ResultSweeper(runtime.db, runtime.blobs, 3600, 60, clock=lambda: now[0])
+        assert await sweeper.sweep() == 0, "younger than an hour: kept"
+        now[0] += 3600 * 1000 + 1
+        assert await sweeper.sweep() == 2
+        assert await sweeper.sweep() == 0, "swept once"
+        gone = await api.client.get(urls[0])
+        unknown = await api.client.get("/files/" + "A" * 32 + ".png")
+        task = await api.client.get(f"/v1/images/tasks/{made.headers['x-imagegate-task']}", headers=api.auth)
+    assert gone.status_code == 410 and gone.json()["error"]["code"] == "expired"
+    assert "expired" in gone.json()["error"]["message"] and "Make the request again" in gone.json()["error"]["message"]
+    assert unknown.status_code == 404, "a file that never was is still not found"
+    assert task.status_code == 200 and task.json()["status"] == "success", "the task keeps its record"
+    assert not any(runtime.blobs.local_path(url.rsplit("/", 1)[1]) for url in urls), "the bytes are gone"
+
+
+async def test_a_zero_ttl_keeps_results_forever(tmp_path: Path) -> None:
+    config = settings(tmp_path)
+    async with open_api(config) as api:
+        made = await api.client.post(
+            "/v1/images/edits", headers=api.auth, json={"prompt": "invert", "image": DATA_URL, "response_format": "url"}
+        )
+        runtime = api.client._transport.app.state.runtime  # type: ignore[attr-defined]
+        sweeper = ResultSweeper(runtime.db, runtime.blobs, 0, 60, clock=lambda: now_ms() + 10**12)
+        assert await sweeper.sweep() == 0
+        url = made.json()["data"][0]["url"].removeprefix("http://testserver")
+        assert (await api.client.get(url)).status_code == 200
