@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import resource
 from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from imagegate.config import load_config
+from imagegate.server import raise_descriptor_limit
 from tests.conftest import LOOPBACK_ALLOW, Api, make_image, open_api
 
 PNG = make_image(320, 240)
@@ -85,3 +87,15 @@ async def test_public_url_from_the_environment_is_the_base_of_result_urls(
         assert url.startswith("https://images.example.com/gate/files/") and url.endswith(".png")
         local = await api.client.get(url.removeprefix("https://images.example.com/gate"))
         assert local.status_code == 200 and local.headers["content-type"] == "image/png"
+
+
+def test_serve_raises_its_open_files_limit_as_far_as_the_system_allows() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(256, hard), hard))
+        now = raise_descriptor_limit(4096)
+        expected = 4096 if hard == resource.RLIM_INFINITY else min(4096, hard)
+        assert now == expected == resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        assert raise_descriptor_limit(128) == expected, "never lowered"
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

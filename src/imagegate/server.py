@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
+import resource
 from collections import Counter
 from typing import Any
 
@@ -23,6 +24,8 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from imagegate.config import Limits
 
 log = logging.getLogger("imagegate.server")
+WANTED_DESCRIPTORS = 65_536
+"""Open files a server process asks for at start: thousands of slow requests each hold a few."""
 _REFUSAL = b'{"error": {"message": "Too many connections from this address.", "code": "too_many_connections"}}'
 _TOO_MANY = (
     b"HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\nconnection: close\r\n"
@@ -103,8 +106,24 @@ def log_config() -> dict[str, Any]:
     return config
 
 
+def raise_descriptor_limit(wanted: int = WANTED_DESCRIPTORS) -> int:
+    """Raise this process's soft limit on open files toward `wanted`, as far as its hard limit allows
+    (each client connection, upload spool, provider connection and stored file holds one); returns the
+    soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):  # a platform that refuses keeps its limit
+            log.warning("could not raise the open-files limit from %d", soft)
+    return int(soft)
+
+
 def run(app: Any, *, host: str, port: int, limits: Limits) -> None:
-    """Serve `app` on `host:port` until stopped, with the guards above."""
+    """Serve `app` on `host:port` until stopped, with the guards above and the open-files limit raised."""
+    log.info("open-files limit: %d", raise_descriptor_limit())
     uvicorn.run(
         app,
         host=host,
