@@ -28,7 +28,6 @@ import os
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -39,7 +38,7 @@ from PIL import Image
 from bench.memory import memory_under_attack
 from bench.relay import relay_overhead
 from bench.relay_cost import relay_cost
-from bench.serving import serve
+from bench.serving import PeakRss, serve
 from imagegate.config import ImagingSettings
 from imagegate.core.catalog import Catalog
 from imagegate.core.job import Job
@@ -101,16 +100,6 @@ def tiny_edit(base: str, key: str, png: bytes, query: str) -> float:
     return statistics.median(times)
 
 
-def peak_rss_during(pid: int, work: threading.Thread) -> int:
-    proc = psutil.Process(pid)
-    peak: int = proc.memory_info().rss
-    work.start()
-    while work.is_alive():
-        peak = max(peak, proc.memory_info().rss)
-        time.sleep(0.005)
-    return peak
-
-
 def main() -> None:
     if sys.argv[1:] == ["memory"]:
         with tempfile.TemporaryDirectory() as tmp:
@@ -159,7 +148,9 @@ def main() -> None:
                     status.append(r.status_code)
 
             before = psutil.Process(proc.pid).memory_info().rss
-            peak = peak_rss_during(proc.pid, threading.Thread(target=send))
+            with PeakRss(proc.pid) as rss:
+                send()
+            peak = rss.peak
             assert status == [200], status
             growth = peak - before
             print(

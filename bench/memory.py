@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from bench.serving import serve
+from bench.serving import PeakRss, serve
 from imagegate.core.request import Size
 from imagegate.service.budget import decode_cost
 
@@ -62,15 +62,7 @@ def memory_under_attack(tmp: Path) -> str:
         server = psutil.Process(proc.pid)
         time.sleep(2)
         before = server.memory_info().rss
-        peak = before
         statuses: list[int] = []
-        done = threading.Event()
-
-        def sample() -> None:
-            nonlocal peak
-            while not done.is_set():
-                peak = max(peak, server.memory_info().rss)
-                time.sleep(0.01)
 
         def attack() -> None:
             r = httpx.post(
@@ -82,17 +74,15 @@ def memory_under_attack(tmp: Path) -> str:
             )
             statuses.append(r.status_code)
 
-        sampler = threading.Thread(target=sample)
-        sampler.start()
         started = time.perf_counter()
-        clients = [threading.Thread(target=attack) for _ in range(CLIENTS)]
-        for client in clients:
-            client.start()
-        for client in clients:
-            client.join()
+        with PeakRss(proc.pid) as rss:
+            clients = [threading.Thread(target=attack) for _ in range(CLIENTS)]
+            for client in clients:
+                client.start()
+            for client in clients:
+                client.join()
         took = time.perf_counter() - started
-        done.set()
-        sampler.join()
+        peak = max(before, rss.peak)
         time.sleep(SETTLE_S)
         after = server.memory_info().rss
     finally:

@@ -15,7 +15,6 @@ import io
 import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -26,7 +25,7 @@ import pybase64
 from PIL import Image
 
 from bench.relay import CLIENTS, Load
-from bench.serving import serve
+from bench.serving import PeakRss, serve
 
 PER_CLIENT = 10
 TARGET_CPU_MS = 8.0
@@ -114,22 +113,11 @@ def relay_cost(tmp: Path) -> str:
         idle = server.memory_info().rss
         asyncio.run(edits(f"http://127.0.0.1:{port + 1}", key, png))  # warm both up
         direct = asyncio.run(edits(f"http://127.0.0.1:{port}", key, png))
-        peak = idle
-        done = threading.Event()
-
-        def sample() -> None:
-            nonlocal peak
-            while not done.is_set():
-                peak = max(peak, server.memory_info().rss)
-                time.sleep(0.01)
-
-        sampler = threading.Thread(target=sample)
-        sampler.start()
         cpu_before = cpu_seconds(server)
-        relayed = asyncio.run(edits(f"http://127.0.0.1:{port + 1}", key, png))
+        with PeakRss(gateway.pid) as rss:
+            relayed = asyncio.run(edits(f"http://127.0.0.1:{port + 1}", key, png))
         cpu = cpu_seconds(server) - cpu_before
-        done.set()
-        sampler.join()
+        peak = max(idle, rss.peak)
     finally:
         for proc in (gateway, provider):
             proc.terminate()
