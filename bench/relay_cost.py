@@ -106,6 +106,9 @@ def relay_cost(tmp: Path) -> str:
         "IMAGEGATE_CONFIG": str(config),
         "IMAGEGATE_FIRST_KEY_CREDITS": "1000000",
     }
+    # migrated beforehand, as a deployment does (`imagegate migrate` once per release)
+    migrate = [sys.executable, "-m", "imagegate", "migrate", "--data-dir", str(tmp / "gateway")]
+    subprocess.run(migrate, env=env, check=True, capture_output=True)
     gateway, key = serve(tmp / "gateway", port + 1, env)
     png = noisy_png(1024, 1024, 330)
     try:

@@ -16,7 +16,6 @@ from typing import IO, TYPE_CHECKING, Protocol, cast
 from urllib.parse import urlsplit
 
 import anyio
-import boto3
 
 from imagegate.owner_only import private_dir, private_writer
 
@@ -148,7 +147,11 @@ class S3BlobStore:
     def __init__(self, bucket: str, prefix: str = "", client: S3Client | None = None) -> None:
         self.bucket = bucket
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
-        self.client: S3Client = client or boto3.client("s3")
+        if client is None:
+            import boto3  # only S3 deployments pay for loading it
+
+            client = boto3.client("s3")
+        self.client: S3Client = client
 
     def _key(self, name: str) -> str:
         return self.prefix + checked_name(name)

@@ -7,10 +7,12 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-import procrastinate
 from sqlalchemy.ext.asyncio import AsyncSession
+
+if TYPE_CHECKING:
+    import procrastinate
 
 RUN_TASK = "imagegate.run_task"
 """The procrastinate task that runs one imagegate task by id."""
@@ -45,5 +47,7 @@ class ProcrastinateQueue:
 
 def procrastinate_app(database_url: str) -> procrastinate.App:
     """A procrastinate App on the same PostgreSQL database (`postgresql+psycopg://...` accepted)."""
+    import procrastinate  # only distributed deployments pay for loading it
+
     conninfo = database_url.replace("postgresql+psycopg://", "postgresql://", 1)
     return procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=conninfo))
