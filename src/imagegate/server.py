@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
+import logging.config
 import resource
 from collections import Counter
 from typing import Any
@@ -123,6 +124,7 @@ def raise_descriptor_limit(wanted: int = WANTED_DESCRIPTORS) -> int:
 
 def run(app: Any, *, host: str, port: int, limits: Limits) -> None:
     """Serve `app` on `host:port` until stopped, with the guards above and the open-files limit raised."""
+    logging.config.dictConfig(log_config())
     log.info("open-files limit: %d", raise_descriptor_limit())
     uvicorn.run(
         app,
