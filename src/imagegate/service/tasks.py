@@ -79,7 +79,6 @@ class Origin:
 class Prepared:
     """A recorded task with validated request, opened inputs and resolved size."""
 
-    task_id: str
     key_id: str
     request: EditRequest
     spec: ModelSpec
@@ -92,6 +91,10 @@ class Prepared:
     execution: Execution
     resources: AsyncExitStack = field(default_factory=AsyncExitStack)
     """Closes the opened inputs (when the execution's work is done)."""
+
+    @property
+    def task_id(self) -> str:
+        return self.execution.task_id
 
     def job(self, on_partial: PartialSink | None = None) -> Job:
         """What the engine gets: the request, its model and size, the opened inputs."""
@@ -229,8 +232,7 @@ class TaskService:
         async with AsyncExitStack() as resources:
             sources, mask, size, cost = await self._inputs(req, spec, resources)
             kept = resources.pop_all()
-        task_id = execution.task_id
-        return Prepared(task_id, key_id, req, spec, size, engine, sources, mask, cost, execution, kept)
+        return Prepared(key_id, req, spec, size, engine, sources, mask, cost, execution, kept)
 
     async def _inputs(
         self, req: EditRequest, spec: ModelSpec, resources: AsyncExitStack
