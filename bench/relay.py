@@ -32,16 +32,21 @@ class Load:
         return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-async def load(base: str, key: str, png: bytes) -> Load:
-    form = {"model": "dall-e-2", "prompt": "invert", "size": "256x256", "output_format": "jpeg"}
+SMALL_JPEG = {"model": "dall-e-2", "prompt": "invert", "size": "256x256", "output_format": "jpeg"}
+
+
+async def load(
+    base: str, key: str, png: bytes, form: dict[str, str] = SMALL_JPEG, per_client: int = PER_CLIENT
+) -> Load:
+    """`CLIENTS` concurrent clients each sending `per_client` multipart edits of `png` with `form`."""
     latencies: list[float] = []
     limits = httpx.Limits(max_connections=CLIENTS)
     async with httpx.AsyncClient(
-        base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=120, limits=limits
+        base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=300, limits=limits
     ) as client:
 
         async def one_client() -> None:
-            for _ in range(PER_CLIENT):
+            for _ in range(per_client):
                 start = time.perf_counter()
                 r = await client.post("/v1/images/edits", data=form, files=[("image", ("a.png", png, "image/png"))])
                 r.raise_for_status()

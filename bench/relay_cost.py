@@ -24,7 +24,7 @@ import psutil
 import pybase64
 from PIL import Image
 
-from bench.relay import CLIENTS, Load
+from bench.relay import CLIENTS, Load, load
 from bench.serving import PeakRss, serve
 
 PER_CLIENT = 10
@@ -67,23 +67,8 @@ def start_provider(port: int, answer: Path) -> subprocess.Popen[bytes]:
 
 
 async def edits(base: str, key: str, png: bytes) -> Load:
-    form = {"model": "gpt-image-2", "prompt": "as it is", "size": "1024x1024"}
-    latencies: list[float] = []
-    limits = httpx.Limits(max_connections=CLIENTS)
-    async with httpx.AsyncClient(
-        base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=300, limits=limits
-    ) as client:
-
-        async def one_client() -> None:
-            for _ in range(PER_CLIENT):
-                start = time.perf_counter()
-                r = await client.post("/v1/images/edits", data=form, files=[("image", ("in.png", png, "image/png"))])
-                r.raise_for_status()
-                latencies.append(time.perf_counter() - start)
-
-        started = time.perf_counter()
-        await asyncio.gather(*(one_client() for _ in range(CLIENTS)))
-        return Load(time.perf_counter() - started, latencies)
+    """The (f) load: 1024² PNG edits the provider answers at the same size and format."""
+    return await load(base, key, png, {"model": "gpt-image-2", "prompt": "as it is", "size": "1024x1024"}, PER_CLIENT)
 
 
 def cpu_seconds(process: psutil.Process) -> float:
