@@ -24,7 +24,7 @@ from imagegate.errors import EngineError, ImagegateError
 from imagegate.metrics import Metrics
 from imagegate.runtime import Runtime, open_runtime
 from imagegate.service.tasks import Origin
-from imagegate.stores import keys
+from imagegate.stores import keys, sql
 from imagegate.stores.db import ApiKey, Database, Task
 from tests.conftest import create_key
 from tests.test_accounts import DATA_URL
@@ -51,8 +51,8 @@ async def stage(tmp_path: Path, handler: Handler, raw: str | None = None) -> Asy
     async with AsyncExitStack() as stack:
         runtime = await open_runtime(config, stack, Metrics(), builtin_registry(), {"mock": MockEngine(handler)})
         runtime.tasks.on_submitted = lambda: None
-        async with runtime.db.session() as session:
-            key = await keys.authenticate(session, raw)
+        async with sql.read(runtime.db) as statements:
+            key = await keys.authenticate(statements, raw)
         yield Stage(runtime, key, raw)
 
 

@@ -8,10 +8,9 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from sqlalchemy import update
 
 from imagegate.errors import Conflict, InsufficientCredits
-from imagegate.stores import keys, ledger
+from imagegate.stores import keys, ledger, sql
 from imagegate.stores.db import Database, Task
 from tests.conftest import audit_ledgers
 
@@ -40,20 +39,18 @@ def task(task_id: str, key_id: str) -> Task:
 
 async def test_holds_settle_and_release_exactly(db: Database) -> None:
     key_id = await new_key(db, "10")
-    async with db.session() as session, session.begin():
-        await ledger.open_task(session, task("task_a", key_id), Decimal("7.5"), max_active=0)
-    async with db.session() as session, session.begin():
-        with pytest.raises(InsufficientCredits, match=r"costs 3 credits but the key has 2\.5 available"):
-            await ledger.open_task(session, task("task_b", key_id), Decimal(3), max_active=0)
-    async with db.session() as session, session.begin():
-        finished = await session.scalar(
-            update(Task)
-            .where(Task.id == "task_a")
-            .values(state="success", cost=ledger.settled_cost(Decimal(5)))
-            .returning(Task)
-        )
-        assert finished is not None and finished.cost == 5
-        await ledger.close_task(session, finished)
+    async with sql.transaction(db) as statements:
+        await ledger.open_task(statements, task("task_a", key_id), Decimal("7.5"), max_active=0)
+    with pytest.raises(InsufficientCredits, match=r"costs 3 credits but the key has 2\.5 available"):
+        async with sql.transaction(db) as statements:
+            await ledger.open_task(statements, task("task_b", key_id), Decimal(3), max_active=0)
+    async with sql.transaction(db) as statements:
+        settle = f"UPDATE tasks SET state = 'success', cost = {ledger.settled_cost()} WHERE id = 'task_a' "  # noqa: S608
+        found = await statements.row(settle + sql.returning_sql(Task), {"charge": sql.micros(Decimal(5))})
+        assert found is not None
+        finished = sql.from_row(Task, found)
+        assert finished.cost == 5 and finished.held == Decimal("7.5")
+        await ledger.close_task(statements, finished)
     async with db.session() as session:
         key = await ledger.key(session, key_id)
         kinds = [entry.kind for entry in await ledger.entries(session, key_id)]
@@ -80,8 +77,8 @@ async def test_racing_holds_on_one_key_take_exactly_the_balance(db: Database) ->
 
     async def hold(index: int) -> bool:
         try:
-            async with db.session() as session, session.begin():
-                await ledger.open_task(session, task(f"task_{index}", key_id), Decimal(1), max_active=0)
+            async with sql.transaction(db) as statements:
+                await ledger.open_task(statements, task(f"task_{index}", key_id), Decimal(1), max_active=0)
         except InsufficientCredits:
             return False
         return True
@@ -99,8 +96,8 @@ async def test_racing_tasks_respect_the_active_limit(db: Database) -> None:
 
     async def start(index: int) -> bool:
         try:
-            async with db.session() as session, session.begin():
-                await ledger.open_task(session, task(f"task_{index}", key_id), Decimal(1), max_active=3)
+            async with sql.transaction(db) as statements:
+                await ledger.open_task(statements, task(f"task_{index}", key_id), Decimal(1), max_active=3)
         except Conflict:
             return False
         return True

@@ -14,7 +14,7 @@ from imagegate.config import RunnerSettings
 from imagegate.service.leases import Leases
 from imagegate.service.records import TaskRecords
 from imagegate.service.runner import TaskRunner
-from imagegate.stores import ledger
+from imagegate.stores import ledger, sql
 from imagegate.stores.db import ApiKey, Clock, Database, Task, now_ms
 from tests.conftest import Api
 from tests.receivers import webhook_receiver
@@ -90,9 +90,10 @@ async def test_a_dead_lease_is_reclaimed_and_a_live_one_is_not(db: Database) -> 
 async def test_sync_tasks_of_a_dead_process_fail_as_interrupted_and_release_their_hold(db: Database) -> None:
     async with db.session() as session, session.begin():
         await ledger.grant(session, "key_1", Decimal(10))
-        task = Task(id="task_sync", key_id="key_1", model="gpt-image-2", kind="edit", dialect="openai", request={})
-        task.state, task.mode, task.lease_owner, task.lease_until = "running", "sync", "proc_gone", now_ms() - 1
-        await ledger.open_task(session, task, Decimal(6), max_active=0)
+    task = Task(id="task_sync", key_id="key_1", model="gpt-image-2", kind="edit", dialect="openai", request={})
+    task.state, task.mode, task.lease_owner, task.lease_until = "running", "sync", "proc_gone", now_ms() - 1
+    async with sql.transaction(db) as statements:
+        await ledger.open_task(statements, task, Decimal(6), max_active=0)
     assert await TaskRecords(db, "proc_alive").fail_orphans() == 1
     task = await get(db, "task_sync")
     assert task.state == "fail" and task.error_code == "interrupted" and task.finished_at is not None

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import AsyncExitStack, ExitStack, contextmanager, suppress
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from imagegate.core.request import EditRequest
 from imagegate.metrics import Metrics
 from imagegate.runtime import open_runtime
 from imagegate.service.tasks import Origin
-from imagegate.stores import keys
+from imagegate.stores import keys, ledger, sql
 from imagegate.stores.db import ApiKey, Database, Task, migrate
 from imagegate.stores.queue import RUN_TASK, ProcrastinateQueue, RowQueue, TaskQueue, procrastinate_app
 from imagegate.worker import HandlerTimedOut, run_worker, worker_app
@@ -226,6 +227,10 @@ def test_two_nodes_two_workers_and_a_sigkilled_worker_lose_no_task(
     assert again >= 1, "the tasks running at the kill were taken over"
 
 
+class RolledBack(Exception):
+    """Raised to roll a transaction back."""
+
+
 @pytest.mark.parametrize("kind", ["rows", "procrastinate"])
 async def test_a_queued_task_exists_exactly_when_its_transaction_commits(
     kind: str, request: pytest.FixtureRequest, tmp_path: Path
@@ -239,22 +244,14 @@ async def test_a_queued_task_exists_exactly_when_its_transaction_commits(
             session.add(ApiKey(id="key_q", name="", key_hash="h", prefix="ig-"))
 
         async def submit(task_id: str, commit: bool) -> None:
-            async with db.session() as session:
-                await session.begin()
-                session.add(
-                    Task(
-                        id=task_id,
-                        key_id="key_q",
-                        model="gpt-image-2",
-                        kind="edit",
-                        dialect="jobs",
-                        request={},
-                        mode="async",
-                    )
-                )
-                await session.flush()
-                await queue.enqueue(session, task_id)
-                await (session.commit() if commit else session.rollback())
+            task = Task(id=task_id, key_id="key_q", model="gpt-image-2", kind="edit", dialect="jobs", request={})
+            task.mode = "async"
+            with suppress(RolledBack):
+                async with sql.transaction(db) as statements:
+                    await ledger.open_task(statements, task, Decimal(0), max_active=0)
+                    await queue.enqueue(statements, task_id)
+                    if not commit:
+                        raise RolledBack
 
         await submit("task_kept", commit=True)
         await submit("task_dropped", commit=False)
@@ -274,8 +271,8 @@ async def test_a_handler_past_its_timeout_hands_the_task_back_for_a_retry(postgr
     gate = asyncio.Event()
     async with AsyncExitStack() as stack:
         runtime = await open_runtime(config, stack, Metrics(), builtin_registry(), {"slow": OnePerCall(gate=gate)})
-        async with runtime.db.session() as session:
-            key = await keys.authenticate(session, raw)
+        async with sql.read(runtime.db) as statements:
+            key = await keys.authenticate(statements, raw)
         request = EditRequest(prompt="x", model="gpt-image-2-text-to-image", size="1024x1024")
         task_id = await runtime.tasks.submit(key, request, Origin("jobs", "generate"))
         handler = worker_app(runtime).tasks[RUN_TASK]

@@ -27,7 +27,7 @@ from imagegate.service.retention import ResultSweeper
 from imagegate.service.runner import TaskRunner
 from imagegate.service.tasks import TaskService
 from imagegate.service.webhooks import WebhookSender
-from imagegate.stores import keys, ratelimit
+from imagegate.stores import keys, ratelimit, sql
 from imagegate.stores.blobs import BlobStore, open_blob_store
 from imagegate.stores.db import ApiKey, Database, migrate, now_ms
 from imagegate.stores.queue import ProcrastinateQueue, procrastinate_app
@@ -66,11 +66,11 @@ class Runtime:
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         raw = token.strip() if scheme.lower() == "bearer" else ""
-        async with self.db.session() as session:
-            row = await keys.authenticate(session, raw)
-            if row.last_used_at is None or row.last_used_at < now_ms() - LAST_USED_RESOLUTION_MS:
-                await keys.touch(session, row.id)
-                await session.commit()
+        async with sql.read(self.db) as statements:
+            row = await keys.authenticate(statements, raw)
+        if row.last_used_at is None or row.last_used_at < now_ms() - LAST_USED_RESOLUTION_MS:
+            async with sql.transaction(self.db) as statements:
+                await keys.touch(statements, row.id)
         request.state.key_id = row.id
         return row
 

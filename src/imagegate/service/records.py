@@ -17,8 +17,7 @@ from typing import Any
 
 import anyio
 import orjson
-from sqlalchemy import select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import JSON
 
 from imagegate.core.request import Background, Delivery, OutputFormat, Quality, Size
 from imagegate.core.sizing import parse_wxh
@@ -26,6 +25,31 @@ from imagegate.errors import ImagegateError, Interrupted
 from imagegate.stores import ledger
 from imagegate.stores.blobs import BlobStore
 from imagegate.stores.db import Clock, Database, StoredFile, Task, WebhookDelivery, now_ms
+from imagegate.stores.sql import Sql, from_row, insert_sql, micros, returning_sql, row_values, to_db, transaction
+
+_RETURNING = returning_sql(Task)
+_OWNED = "WHERE id = :id AND lease_owner = :owner AND state = 'running'"
+_SUCCEED = (
+    "UPDATE tasks SET state = 'success', finished_at = :now, lease_until = NULL, result = :result, "  # noqa: S608
+    f"images = :images, cost = {ledger.settled_cost()} {_OWNED} {_RETURNING}"
+)
+_FAIL = (
+    "UPDATE tasks SET state = 'fail', finished_at = :now, lease_until = NULL, error_code = :code, "  # noqa: S608
+    f"error_message = :message, cost = {ledger.settled_cost()} {_OWNED} {_RETURNING}"
+)
+_ORPHANED = "the server stopped while this request was running"
+_ORPHANS = "SELECT id FROM tasks WHERE mode = 'sync' AND state = 'running' AND lease_until < :now LIMIT 500"
+_FAIL_ORPHAN = (
+    "UPDATE tasks SET state = 'fail', finished_at = :now, lease_until = NULL, cost = 0, error_code = :code, "  # noqa: S608
+    "error_message = :message WHERE id = :id AND mode = 'sync' AND state = 'running' AND lease_until < :now "
+    + _RETURNING
+)
+_RELEASE = (
+    "UPDATE tasks SET state = 'waiting', lease_owner = NULL, lease_until = NULL "
+    "WHERE id = :id AND lease_owner = :owner AND mode = 'async' AND state = 'running' RETURNING id"
+)
+_INSERT_FILE = insert_sql(StoredFile)
+_INSERT_DELIVERY = insert_sql(WebhookDelivery)
 
 
 @dataclass
@@ -218,22 +242,24 @@ class TaskRecords:
 
         Returns False (and writes nothing) when the task was reclaimed or already final.
         """
-        values: dict[str, Any] = {"finished_at": self.clock(), "lease_until": None}
+        charge = outcome.price if outcome is not None else Decimal(0)
+        params: dict[str, Any] = {"id": task_id, "owner": self.owner, "now": self.clock(), "charge": micros(charge)}
         if outcome is not None:
-            values.update(state="success", result=result_record(outcome), images=len(outcome.images))
+            statement = _SUCCEED
+            params.update(result=to_db(JSON(), result_record(outcome)), images=len(outcome.images))
         else:
-            code, message = failure_of(error or RuntimeError("unknown"))
-            values.update(state="fail", error_code=code, error_message=message)
-        values["cost"] = ledger.settled_cost(outcome.price if outcome is not None else Decimal(0))
-        owned = (Task.id == task_id, Task.lease_owner == self.owner, Task.state == "running")
+            statement = _FAIL
+            params["code"], params["message"] = failure_of(error or RuntimeError("unknown"))
         with anyio.CancelScope(shield=True):
-            async with self.db.session() as session, session.begin():
-                task = await session.scalar(update(Task).where(*owned).values(**values).returning(Task))
-                if task is None:
+            async with transaction(self.db) as sql:
+                found = await sql.row(statement, params)
+                if found is None:
                     return False
-                session.add_all(files)
-                await ledger.close_task(session, task)
-                queued = await self._queue_callback(session, task, outcome)
+                task = from_row(Task, found)
+                for file in files:
+                    await sql.rows(_INSERT_FILE, row_values(file))
+                await ledger.close_task(sql, task)
+                queued = await self._queue_callback(sql, task, outcome)
             if queued:
                 self.on_callback_queued()
         return True
@@ -243,56 +269,37 @@ class TaskRecords:
 
         Their clients' connections are gone with the process, so nobody is waiting for a result.
         """
-        now = self.clock()
-        orphaned = (Task.mode == "sync", Task.state == "running", Task.lease_until < now)
+        params = {"now": self.clock(), "code": Interrupted.code, "message": _ORPHANED}
         failed = 0
-        async with self.db.session() as session, session.begin():
-            for task_id in list(await session.scalars(select(Task.id).where(*orphaned).limit(500))):
-                task = await session.scalar(
-                    update(Task)
-                    .where(Task.id == task_id, *orphaned)
-                    .values(
-                        state="fail",
-                        finished_at=now,
-                        lease_until=None,
-                        cost=Decimal(0),
-                        error_code=Interrupted.code,
-                        error_message="the server stopped while this request was running",
-                    )
-                    .returning(Task)
-                )
-                if task is not None:
-                    await ledger.close_task(session, task)
+        async with transaction(self.db) as sql:
+            for (task_id,) in await sql.rows(_ORPHANS, params):
+                found = await sql.row(_FAIL_ORPHAN, {**params, "id": task_id})
+                if found is not None:
+                    await ledger.close_task(sql, from_row(Task, found))
                     failed += 1
         return failed
 
     async def release_if_async(self, task_id: str) -> bool:
         """Hand an interrupted async task back as `waiting` (a shutdown, not a failure); False for sync tasks."""
         with anyio.CancelScope(shield=True):
-            async with self.db.session() as session, session.begin():
-                changed = await session.execute(
-                    update(Task)
-                    .where(Task.id == task_id, Task.lease_owner == self.owner, Task.mode == "async")
-                    .where(Task.state == "running")
-                    .values(state="waiting", lease_owner=None, lease_until=None)
-                )
-        return bool(changed.rowcount)  # type: ignore[attr-defined]
+            async with transaction(self.db) as sql:
+                released = await sql.rows(_RELEASE, {"id": task_id, "owner": self.owner})
+        return bool(released)
 
-    async def _queue_callback(self, session: AsyncSession, task: Task, outcome: Outcome | None) -> bool:
+    async def _queue_callback(self, sql: Sql, task: Task, outcome: Outcome | None) -> bool:
         renderer = self.renderers.get(task.dialect)
         if task.mode != "async" or not task.callback_url or renderer is None:
             return False
         body = await renderer(TaskView.of(task), outcome)
-        session.add(
-            WebhookDelivery(
-                id="msg_" + secrets.token_hex(12),
-                task_id=task.id,
-                key_id=task.key_id,
-                url=task.callback_url,
-                body=orjson.dumps(body),
-                state="pending",
-                attempts=0,
-                next_at=self.clock(),
-            )
+        delivery = WebhookDelivery(
+            id="msg_" + secrets.token_hex(12),
+            task_id=task.id,
+            key_id=task.key_id,
+            url=task.callback_url,
+            body=orjson.dumps(body),
+            state="pending",
+            attempts=0,
+            next_at=self.clock(),
         )
+        await sql.rows(_INSERT_DELIVERY, row_values(delivery))
         return True

@@ -55,7 +55,7 @@ from imagegate.service.records import (
     outcome_of,
 )
 from imagegate.service.usage import provider_usage, usage
-from imagegate.stores import ledger
+from imagegate.stores import ledger, sql
 from imagegate.stores.blobs import BlobStore
 from imagegate.stores.db import ApiKey, Database, StoredFile, Task, now_ms
 from imagegate.stores.keys import KeyLimits, limits_of
@@ -203,10 +203,10 @@ class TaskService:
     async def _record(self, key: ApiKey, row: Task, req: EditRequest, spec: ModelSpec) -> None:
         """Add the task row, hold its price and (async tasks) queue it, in one transaction: 402/409 or a
         failure to queue leave nothing behind."""
-        async with self.db.session() as session, session.begin():
-            await ledger.open_task(session, row, price_before_inputs(req, spec), self.key_limits(key).max_active)
+        async with sql.transaction(self.db) as statements:
+            await ledger.open_task(statements, row, price_before_inputs(req, spec), self.key_limits(key).max_active)
             if row.mode == "async":
-                await self.queue.enqueue(session, row.id)
+                await self.queue.enqueue(statements, row.id)
 
     async def prepare(self, key: ApiKey, req: EditRequest, origin: Origin) -> Prepared:
         """Validate, record a running sync task holding its price, open inputs and resolve the size.

@@ -8,13 +8,14 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from imagegate.config import AccountDefaults
 from imagegate.errors import AuthenticationFailed, BadRequest, NotFound, excerpt
 from imagegate.stores import ledger
 from imagegate.stores.db import ApiKey, now_ms
+from imagegate.stores.sql import Sql, from_row, select_sql
 from imagegate.webhooks import new_secret
 
 KEY_PREFIX = "ig-"
@@ -121,11 +122,15 @@ async def count_keys(session: AsyncSession) -> int:
     return int(await session.scalar(select(func.count()).select_from(ApiKey)) or 0)
 
 
-async def authenticate(session: AsyncSession, raw: str | None) -> ApiKey:
-    """The live key whose hash matches `raw`; raises AuthenticationFailed otherwise."""
+_BY_HASH = select_sql(ApiKey) + " WHERE key_hash = :hash"
+
+
+async def authenticate(sql: Sql, raw: str | None) -> ApiKey:
+    """The live key whose hash matches `raw` (a detached row); raises AuthenticationFailed otherwise."""
     if not raw:
         raise AuthenticationFailed("You didn't provide an API key. Send it as 'Authorization: Bearer YOUR_KEY'.")
-    row = await session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(raw)))
+    found = await sql.row(_BY_HASH, {"hash": hash_key(raw)})
+    row = from_row(ApiKey, found) if found is not None else None
     shown = raw[:7] + "…" if len(raw) > 7 else "…"
     if row is None or row.revoked_at is not None:
         raise AuthenticationFailed(f"Incorrect API key provided: {shown}")
@@ -134,8 +139,9 @@ async def authenticate(session: AsyncSession, raw: str | None) -> ApiKey:
     return row
 
 
-async def touch(session: AsyncSession, key_id: str) -> None:
-    await session.execute(update(ApiKey).where(ApiKey.id == key_id).values(last_used_at=now_ms()))
+async def touch(sql: Sql, key_id: str) -> None:
+    """Record that the key was used now."""
+    await sql.rows("UPDATE api_keys SET last_used_at = :now WHERE id = :id", {"now": now_ms(), "id": key_id})
 
 
 async def list_keys(session: AsyncSession) -> list[ApiKey]:

@@ -14,13 +14,14 @@ from dataclasses import dataclass
 from decimal import Decimal
 from enum import StrEnum
 
-from sqlalchemy import ColumnElement, case, func, literal, select, type_coerce, update
+from sqlalchemy import ColumnElement, func, literal, select, type_coerce, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
 from imagegate.core.pricing import credits_text
 from imagegate.errors import BadRequest, Conflict, InsufficientCredits, NotFound
 from imagegate.stores.db import ApiKey, Credits, LedgerEntry, Task
+from imagegate.stores.sql import Sql, credits, insert_sql, micros, row_values
 
 ACTIVE_STATES = ("waiting", "running")
 MAX_CREDITS = Decimal(10) ** 12
@@ -66,45 +67,49 @@ async def key(session: AsyncSession, key_id: str) -> ApiKey:
     return row
 
 
-async def open_task(session: AsyncSession, task: Task, price: Decimal, max_active: int) -> None:
-    """Hold `price` for the new `task` and add the task, in the caller's transaction.
+_HOLD = "UPDATE api_keys SET held = held + :price WHERE id = :key AND credits - held >= :price RETURNING id"
+_ACTIVE = "SELECT count(*) FROM tasks WHERE key_id = :key AND state IN ('waiting', 'running')"
+_AVAILABLE = "SELECT credits - held FROM api_keys WHERE id = :key"
+_SETTLE = "UPDATE api_keys SET credits = credits - :cost, held = held - :held WHERE id = :key"
+_INSERT_TASK = insert_sql(Task)
+_INSERT_ENTRY = insert_sql(LedgerEntry)
+
+
+async def open_task(sql: Sql, task: Task, price: Decimal, max_active: int) -> None:
+    """Hold `price` for the new `task` and insert the task, in the caller's transaction.
 
     Raises InsufficientCredits when the key's available balance is below `price`, and Conflict when
     the key already has `max_active` (> 0) waiting or running tasks; the caller's rollback then
     leaves nothing behind.
     """
-    held = await session.execute(
-        update(ApiKey)
-        .where(ApiKey.id == task.key_id, _available() >= _credits(price))
-        .values(held=ApiKey.held + _credits(price))
-    )
-    if held.rowcount != 1:  # type: ignore[attr-defined]
-        row = await key(session, task.key_id)
+    if not await sql.rows(_HOLD, {"price": micros(price), "key": task.key_id}):
+        available = await sql.row(_AVAILABLE, {"key": task.key_id})
+        if available is None:
+            raise NotFound(f"No key with id '{task.key_id}'.", param="key_id")
         raise InsufficientCredits(
             f"This request costs {credits_text(price)} credits but the key has "
-            f"{credits_text(row.credits - row.held)} available."
+            f"{credits_text(credits(available[0]))} available."
         )
     if max_active > 0:
-        active = await session.scalar(
-            select(func.count()).select_from(Task).where(Task.key_id == task.key_id, Task.state.in_(ACTIVE_STATES))
-        )
-        if (active or 0) >= max_active:
+        counted = await sql.row(_ACTIVE, {"key": task.key_id})
+        active = counted[0] if counted else 0
+        if active >= max_active:
             raise Conflict(
                 f"The key already has {active} unfinished tasks, its limit; wait for one to finish.",
             )
     task.held = price
-    session.add(task)
-    await session.flush()
+    await sql.rows(_INSERT_TASK, row_values(task))
     if price:
-        session.add(LedgerEntry(key_id=task.key_id, task_id=task.id, kind=Kind.HOLD, amount=0, held=price))
+        await _entry(sql, task, Kind.HOLD, amount=Decimal(0), held=price)
 
 
-def settled_cost(charge: Decimal) -> ColumnElement[Decimal]:
-    """SQL for a finishing task's `cost`: `charge`, but never more than the task held."""
-    return case((Task.held < _credits(charge), Task.held), else_=_credits(charge))
+def settled_cost() -> str:
+    """SQL for a finishing task's `cost`, from the parameter `:charge` (millionths, `micros(charge)`):
+    the charge, but never more than the task held."""
+    return "CASE WHEN held < :charge THEN held ELSE :charge END"
 
 
-async def close_task(session: AsyncSession, task: Task) -> None:
+async def close_task(sql: Sql, task: Task) -> None:
     """Settle the `cost` of a task just made final (see `settled_cost`) and release the rest of its hold.
 
     Call once, in the transaction that wrote the final state; `task.held` keeps what it had held.
@@ -112,15 +117,16 @@ async def close_task(session: AsyncSession, task: Task) -> None:
     cost = task.cost or Decimal(0)
     release = task.held - cost
     if task.held:
-        await session.execute(
-            update(ApiKey)
-            .where(ApiKey.id == task.key_id)
-            .values(credits=ApiKey.credits - _credits(cost), held=ApiKey.held - _credits(task.held))
-        )
+        await sql.rows(_SETTLE, {"cost": micros(cost), "held": micros(task.held), "key": task.key_id})
     if cost:
-        session.add(LedgerEntry(key_id=task.key_id, task_id=task.id, kind=Kind.SETTLE, amount=-cost, held=-cost))
+        await _entry(sql, task, Kind.SETTLE, amount=-cost, held=-cost)
     if release:
-        session.add(LedgerEntry(key_id=task.key_id, task_id=task.id, kind=Kind.RELEASE, amount=0, held=-release))
+        await _entry(sql, task, Kind.RELEASE, amount=Decimal(0), held=-release)
+
+
+async def _entry(sql: Sql, task: Task, kind: Kind, *, amount: Decimal, held: Decimal) -> None:
+    entry = LedgerEntry(key_id=task.key_id, task_id=task.id, kind=kind, amount=amount, held=held, note="")
+    await sql.rows(_INSERT_ENTRY, row_values(entry))
 
 
 async def grant(

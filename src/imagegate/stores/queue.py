@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from imagegate.stores.sql import Sql
 
 if TYPE_CHECKING:
     import procrastinate
@@ -19,15 +19,15 @@ RUN_TASK = "imagegate.run_task"
 
 
 class TaskQueue(Protocol):
-    async def enqueue(self, session: AsyncSession, task_id: str) -> None:
-        """Queue `task_id` inside the caller's open transaction on `session`."""
+    async def enqueue(self, sql: Sql, task_id: str) -> None:
+        """Queue `task_id` inside the caller's open transaction `sql`."""
         ...
 
 
 class RowQueue:
     """The embedded queue: nothing beyond the `waiting` task row."""
 
-    async def enqueue(self, session: AsyncSession, task_id: str) -> None:
+    async def enqueue(self, sql: Sql, task_id: str) -> None:
         return None
 
 
@@ -38,10 +38,8 @@ class ProcrastinateQueue:
         self.app = app
         self.queue = queue
 
-    async def enqueue(self, session: AsyncSession, task_id: str) -> None:
-        connection = await session.connection()
-        raw = await connection.get_raw_connection()
-        deferrer = self.app.configure_task(RUN_TASK, connection=raw.driver_connection, queue=self.queue)
+    async def enqueue(self, sql: Sql, task_id: str) -> None:
+        deferrer = self.app.configure_task(RUN_TASK, connection=sql.driver_connection, queue=self.queue)
         await deferrer.defer_async(task_id=task_id)
 
 

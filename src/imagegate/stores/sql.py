@@ -1,0 +1,173 @@
+"""Plain SQL on the request's hot path: a transaction as a few statements, without the ORM.
+
+Every request's bookkeeping (its key, its task row, its hold, its settlement) went through SQLAlchemy
+ORM sessions on aiosqlite, at about 1.5 ms of CPU per statement: 13-15 ms per paid request, most of
+what the gateway spent (BENCHMARKS.md, issue 14). Here the same statements are written once as SQL
+with `:name` parameters and handed straight to the driver: on SQLite one hop to aiosqlite's thread per
+statement (the pool's one connection, taken in turn like every other use of it), on PostgreSQL
+psycopg through SQLAlchemy's `exec_driver_sql`. Rows are converted with the models' own column types
+(`row_values` and `from_row`), so a row written here reads back the same through the ORM and back.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from decimal import Decimal
+from functools import cache
+from typing import Any, TypeVar
+
+import orjson
+from sqlalchemy import JSON, Boolean, Column, Table
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from imagegate.stores.db import MICROS, Base, Credits, Database
+
+M = TypeVar("M", bound=Base)
+Params = Mapping[str, Any]
+
+
+class Sql:
+    """Statements in one connection's transaction (or outside any, for a `read`)."""
+
+    def __init__(self, connection: AsyncConnection, driver: Any, sqlite: bool) -> None:
+        self.connection = connection
+        self.driver_connection = driver
+        """The driver's own connection (aiosqlite or psycopg), for libraries that take one (procrastinate)."""
+        self.sqlite = sqlite
+
+    async def rows(self, sql: str, params: Params | None = None) -> list[Sequence[Any]]:
+        """The rows `sql` returns (none for a statement without RETURNING)."""
+        if self.sqlite:
+            return list(await self.driver_connection.execute_fetchall(sql, params or {}))
+        result = await self.connection.exec_driver_sql(_pyformat(sql), dict(params or {}))
+        return list(result.fetchall()) if result.returns_rows else []
+
+    async def row(self, sql: str, params: Params | None = None) -> Sequence[Any] | None:
+        """The first row `sql` returns, or None."""
+        found = await self.rows(sql, params)
+        return found[0] if found else None
+
+
+@asynccontextmanager
+async def transaction(db: Database) -> AsyncIterator[Sql]:
+    """A write transaction: committed when the block ends, rolled back when it raises. On SQLite it
+    takes the write lock at once (BEGIN IMMEDIATE), so no statement in it can meet a busy database."""
+    async with db.engine.connect() as connection:
+        sqlite = connection.dialect.name == "sqlite"
+        driver: Any = (await connection.get_raw_connection()).driver_connection
+        if sqlite:
+            await driver.execute_fetchall("BEGIN IMMEDIATE")
+            try:
+                yield Sql(connection, driver, sqlite)
+            except BaseException:
+                await driver.rollback()
+                raise
+            await driver.commit()
+        else:
+            async with connection.begin():
+                yield Sql(connection, driver, sqlite)
+
+
+@asynccontextmanager
+async def read(db: Database) -> AsyncIterator[Sql]:
+    """Statements that only read (each sees the database as it is committed when it runs)."""
+    async with db.engine.connect() as connection:
+        driver = (await connection.get_raw_connection()).driver_connection
+        yield Sql(connection, driver, connection.dialect.name == "sqlite")
+
+
+@cache
+def _pyformat(sql: str) -> str:
+    """`sql` with psycopg's `%(name)s` parameters in place of `:name`."""
+    return re.sub(r"(?<![:\w]):(\w+)", r"%(\1)s", sql)
+
+
+def columns(model: type[Base]) -> list[str]:
+    """The column names of `model`'s table, in its order."""
+    return [column.name for column in _table(model).columns]
+
+
+def _written(model: type[Base]) -> list[Column[Any]]:
+    """The columns an INSERT names: all but an autoincrementing key, which the database numbers."""
+    table = _table(model)
+    return [column for column in table.columns if column is not table.autoincrement_column]
+
+
+def select_sql(model: type[Base]) -> str:
+    """`SELECT <every column> FROM <table>` (add a WHERE clause); its rows go to `from_row`."""
+    return f"SELECT {', '.join(columns(model))} FROM {_table(model).name}"  # noqa: S608 (names from the models)
+
+
+def returning_sql(model: type[Base]) -> str:
+    """`RETURNING <every column>`, for rows that go to `from_row`."""
+    return f"RETURNING {', '.join(columns(model))}"
+
+
+def insert_sql(model: type[Base]) -> str:
+    """An INSERT of every column of `model`, its parameters named after them (see `row_values`)."""
+    names = [column.name for column in _written(model)]
+    values = ", ".join(":" + name for name in names)
+    return f"INSERT INTO {_table(model).name} ({', '.join(names)}) VALUES ({values})"  # noqa: S608
+
+
+def row_values(obj: Base) -> dict[str, Any]:
+    """The statement parameters of `obj`'s columns: credits as integer millionths, JSON as text, and
+    the column's default where `obj` has none."""
+    values: dict[str, Any] = {}
+    for column in _written(type(obj)):
+        value = getattr(obj, column.key)
+        if value is None and column.default is not None and not column.primary_key:
+            default = column.default.arg  # type: ignore[attr-defined]
+            value = default(None) if callable(default) else default
+        values[column.name] = to_db(column.type, value)
+    return values
+
+
+def to_db(kind: Any, value: Any) -> Any:
+    """`value` as the driver stores a column of type `kind`."""
+    if value is None:
+        return None
+    if isinstance(kind, Credits):
+        return micros(value)
+    if isinstance(kind, JSON):
+        return orjson.dumps(value).decode()
+    return value
+
+
+def micros(amount: Decimal | int) -> int:
+    """Credits as the integer millionths they are stored as (ValueError past 6 decimal places)."""
+    stored = Credits().process_bind_param(Decimal(amount), _NO_DIALECT)
+    assert stored is not None
+    return stored
+
+
+def credits(stored: int | None) -> Decimal:
+    """Stored millionths as credits."""
+    return Decimal(0) if stored is None else (Decimal(stored) / MICROS).normalize()
+
+
+def from_row(model: type[M], row: Sequence[Any]) -> M:
+    """A detached `model` instance from a row of `select_sql(model)` (or RETURNING its columns)."""
+    values: dict[str, Any] = {}
+    for column, value in zip(_table(model).columns, row, strict=True):
+        kind = column.type
+        if value is not None:
+            if isinstance(kind, Credits):
+                value = credits(value)
+            elif isinstance(kind, JSON) and isinstance(value, str | bytes):
+                value = orjson.loads(value)
+            elif isinstance(kind, Boolean):
+                value = bool(value)
+        values[column.key] = value
+    return model(**values)
+
+
+def _table(model: type[Base]) -> Table:
+    table = model.__table__
+    assert isinstance(table, Table)
+    return table
+
+
+_NO_DIALECT: Any = None
