@@ -15,9 +15,12 @@
     input, divided by the decoded-pixel budget; RSS 60 s after the load divided by RSS before it.
 (f) relay cost: the gateway's CPU per relayed edit, relayed ÷ direct throughput, p99 ÷ p50 and peak
     RSS, relaying to a minimal provider (bench/provider.py) an answer it passes through untouched.
+(g) many slow requests: 2,000 concurrent sync edits relayed to a provider that takes 20 s each: how many
+    succeed, wall time ÷ the provider's delay, the gateway's peak RSS and open descriptors.
 
     python -m bench memory        (e) alone
     python -m bench relay-cost    (f) alone
+    python -m bench slow          (g) alone
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from bench.memory import memory_under_attack
 from bench.relay import relay_overhead
 from bench.relay_cost import relay_cost
 from bench.serving import PeakRss, serve
+from bench.slow_relay import slow_relay
 from imagegate.config import ImagingSettings
 from imagegate.core.catalog import Catalog
 from imagegate.core.job import Job
@@ -109,6 +113,10 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             print(relay_cost(Path(tmp)))
         return
+    if sys.argv[1:] == ["slow"]:
+        with tempfile.TemporaryDirectory() as tmp:
+            print(slow_relay(Path(tmp)))
+        return
     with tempfile.TemporaryDirectory() as tmp:
         port = 18000 + os.getpid() % 1000
         proc, key = serve(Path(tmp) / "data", port)
@@ -163,6 +171,7 @@ def main() -> None:
         print(relay_overhead(Path(tmp), picture(580, 580, level=0)))
         print(memory_under_attack(Path(tmp)))
         print(relay_cost(Path(tmp)))
+        print(slow_relay(Path(tmp)))
 
 
 if __name__ == "__main__":

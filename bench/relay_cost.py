@@ -54,11 +54,12 @@ def answer_body() -> bytes:
     )
 
 
-def start_provider(port: int, answer: Path) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen([sys.executable, "-m", "bench.provider", str(port), str(answer)])
+def start_provider(port: int, answer: Path, delay_s: float = 0.0) -> subprocess.Popen[bytes]:
+    """bench/provider.py on `port`, answering the body in `answer` after `delay_s`."""
+    proc = subprocess.Popen([sys.executable, "-m", "bench.provider", str(port), str(answer), str(delay_s)])
     for _ in range(100):
         try:
-            httpx.post(f"http://127.0.0.1:{port}/v1/images/edits", content=b"")
+            httpx.get(f"http://127.0.0.1:{port}/v1/images/edits")
             return proc
         except httpx.HTTPError:
             time.sleep(0.1)
