@@ -1,0 +1,73 @@
+"""stores/sql.py: rows written as plain SQL read back the same through the ORM and back, on SQLite and
+PostgreSQL; a transaction commits when its block ends and leaves nothing when it raises."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from imagegate.stores import keys, sql
+from imagegate.stores.db import Database, Task
+
+
+class Undo(Exception):
+    """Raised to roll a transaction back."""
+
+
+def a_task(task_id: str, key_id: str) -> Task:
+    return Task(
+        id=task_id,
+        key_id=key_id,
+        model="gpt-image-2",
+        kind="edit",
+        dialect="openai",
+        request={"prompt": "ünïcode ✓", "n": 2, "nested": {"sizes": [1024, 1536]}},
+        wire={"param": None},
+        state="running",
+        held=Decimal("0.000001"),
+        cost=Decimal("123456.5"),
+        images=2,
+    )
+
+
+async def test_a_row_written_as_plain_sql_reads_back_the_same_through_the_orm(database: Database) -> None:
+    async with database.session() as session, session.begin():
+        key_id = (await keys.create_key(session, credits=Decimal(1))).id
+    written = a_task("task_plain", key_id)
+    async with sql.transaction(database) as statements:
+        await statements.rows(sql.insert_sql(Task), sql.row_values(written))
+    async with database.session() as session:
+        stored = await session.get(Task, "task_plain")
+    assert stored is not None
+    for name in ("request", "wire", "held", "cost", "images", "state", "result"):
+        assert getattr(stored, name) == getattr(written, name), name
+    assert (stored.mode, stored.attempts) == ("sync", 0), "the models' defaults fill what the object left out"
+    assert stored.created_at > 0
+    async with sql.read(database) as statements:
+        found = await statements.row(sql.select_sql(Task) + " WHERE id = :id", {"id": "task_plain"})
+    assert found is not None
+    again = sql.from_row(Task, found)
+    assert (again.request, again.wire, again.held, again.cost) == (
+        written.request,
+        written.wire,
+        written.held,
+        written.cost,
+    )
+
+
+async def test_a_transaction_that_raises_leaves_nothing(database: Database) -> None:
+    async with database.session() as session, session.begin():
+        key_id = (await keys.create_key(session, credits=Decimal(1))).id
+    with pytest.raises(Undo):
+        async with sql.transaction(database) as statements:
+            await statements.rows(sql.insert_sql(Task), sql.row_values(a_task("task_undone", key_id)))
+            raise Undo
+    async with sql.read(database) as statements:
+        assert await statements.row("SELECT id FROM tasks WHERE id = :id", {"id": "task_undone"}) is None
+
+
+def test_credits_with_more_than_six_decimals_are_refused() -> None:
+    assert sql.micros(Decimal("1.5")) == 1_500_000
+    with pytest.raises(ValueError, match="6 decimal places"):
+        sql.micros(Decimal("0.0000001"))
