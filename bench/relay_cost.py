@@ -67,6 +67,28 @@ def start_provider(port: int, answer: Path, delay_s: float = 0.0) -> subprocess.
     raise RuntimeError("the provider did not start")
 
 
+def gateway_to(
+    data_dir: Path, port: int, channel: str, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
+    """`imagegate serve` on `port` whose one channel is `channel` (the body of a `[[channels]]` table),
+    without request or active-task limits, its first key holding 10^6 credits, and its database
+    migrated beforehand as a deployment does (`imagegate migrate` once per release); `env` adds to
+    its environment. Returns the process and the key."""
+    config = data_dir.with_suffix(".toml")
+    config.write_text("[[channels]]\n" + channel)
+    full = {
+        **os.environ,
+        "IMAGEGATE_ACCOUNTS__REQUESTS_PER_MINUTE": "0",
+        "IMAGEGATE_ACCOUNTS__MAX_ACTIVE_TASKS": "0",
+        "IMAGEGATE_CONFIG": str(config),
+        "IMAGEGATE_FIRST_KEY_CREDITS": "1000000",
+        **(env or {}),
+    }
+    migrate = [sys.executable, "-m", "imagegate", "migrate", "--data-dir", str(data_dir)]
+    subprocess.run(migrate, env=full, check=True, capture_output=True)
+    return serve(data_dir, port, full)
+
+
 async def edits(base: str, key: str, png: bytes) -> Load:
     """The (f) load: 1024² PNG edits the provider answers at the same size and format."""
     return await load(base, key, png, {"model": "gpt-image-2", "prompt": "as it is", "size": "1024x1024"}, PER_CLIENT)
@@ -83,19 +105,8 @@ def relay_cost(tmp: Path) -> str:
     answer = tmp / "answer.json"
     answer.write_bytes(answer_body())
     provider = start_provider(port, answer)
-    config = tmp / "gateway.toml"
-    config.write_text(f'[[channels]]\nname = "minimal"\nbase_url = "http://127.0.0.1:{port}/v1"\n')
-    env = {
-        **os.environ,
-        "IMAGEGATE_ACCOUNTS__REQUESTS_PER_MINUTE": "0",
-        "IMAGEGATE_ACCOUNTS__MAX_ACTIVE_TASKS": "0",
-        "IMAGEGATE_CONFIG": str(config),
-        "IMAGEGATE_FIRST_KEY_CREDITS": "1000000",
-    }
-    # migrated beforehand, as a deployment does (`imagegate migrate` once per release)
-    migrate = [sys.executable, "-m", "imagegate", "migrate", "--data-dir", str(tmp / "gateway")]
-    subprocess.run(migrate, env=env, check=True, capture_output=True)
-    gateway, key = serve(tmp / "gateway", port + 1, env)
+    channel = f'name = "minimal"\nbase_url = "http://127.0.0.1:{port}/v1"\n'
+    gateway, key = gateway_to(tmp / "gateway", port + 1, channel)
     png = noisy_png(1024, 1024, 330)
     try:
         server = psutil.Process(gateway.pid)

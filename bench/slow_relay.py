@@ -15,8 +15,6 @@ from __future__ import annotations
 import asyncio
 import os
 import resource
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -27,8 +25,8 @@ import orjson
 import psutil
 import pybase64
 
-from bench.relay_cost import noisy_png, start_provider
-from bench.serving import PeakRss, serve
+from bench.relay_cost import gateway_to, noisy_png, start_provider
+from bench.serving import PeakRss
 
 REQUESTS = 2000
 DELAY_S = 20.0
@@ -88,22 +86,11 @@ def slow_relay(tmp: Path) -> str:
     picture = pybase64.b64encode(noisy_png(256, 256, 60)).decode("ascii")
     answer.write_bytes(orjson.dumps({"created": 1, "data": [{"b64_json": picture}]}))
     provider = start_provider(port, answer, DELAY_S)
-    config = tmp / "slow.toml"
-    config.write_text(
-        f'[[channels]]\nname = "slow"\nbase_url = "http://127.0.0.1:{port}/v1"\n'
+    channel = (
+        f'name = "slow"\nbase_url = "http://127.0.0.1:{port}/v1"\n'
         f"max_concurrency = {REQUESTS}\ntimeout_s = {DELAY_S * 4}\n"
     )
-    env = {
-        **os.environ,
-        "IMAGEGATE_ACCOUNTS__REQUESTS_PER_MINUTE": "0",
-        "IMAGEGATE_ACCOUNTS__MAX_ACTIVE_TASKS": "0",
-        "IMAGEGATE_LIMITS__MAX_CONNECTIONS_PER_CLIENT": "0",
-        "IMAGEGATE_CONFIG": str(config),
-        "IMAGEGATE_FIRST_KEY_CREDITS": "1000000",
-    }
-    migrate = [sys.executable, "-m", "imagegate", "migrate", "--data-dir", str(tmp / "slow")]
-    subprocess.run(migrate, env=env, check=True, capture_output=True)
-    gateway, key = serve(tmp / "slow", port + 1, env)
+    gateway, key = gateway_to(tmp / "slow", port + 1, channel, {"IMAGEGATE_LIMITS__MAX_CONNECTIONS_PER_CLIENT": "0"})
     png = noisy_png(256, 256, 60)
     try:
         idle = psutil.Process(gateway.pid).memory_info().rss
