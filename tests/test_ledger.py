@@ -11,7 +11,7 @@ import pytest
 
 from imagegate.errors import Conflict, InsufficientCredits
 from imagegate.stores import keys, ledger, sql
-from imagegate.stores.db import Database, Task
+from imagegate.stores.db import Database, Task, to_micros
 from tests.conftest import audit_ledgers
 
 
@@ -45,8 +45,8 @@ async def test_holds_settle_and_release_exactly(db: Database) -> None:
         async with sql.transaction(db) as statements:
             await ledger.open_task(statements, task("task_b", key_id), Decimal(3), max_active=0)
     async with sql.transaction(db) as statements:
-        settle = f"UPDATE tasks SET state = 'success', cost = {ledger.settled_cost()} WHERE id = 'task_a' "  # noqa: S608
-        found = await statements.row(settle + sql.returning_sql(Task), {"charge": sql.micros(Decimal(5))})
+        settle = f"UPDATE tasks SET state = 'success', cost = {ledger.SETTLED_COST} WHERE id = 'task_a' "  # noqa: S608
+        found = await statements.row(settle + sql.returning_sql(Task), {"charge": to_micros(Decimal(5))})
         assert found is not None
         finished = sql.from_row(Task, found)
         assert finished.cost == 5 and finished.held == Decimal("7.5")

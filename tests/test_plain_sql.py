@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+import anyio
 import pytest
 
 from imagegate.stores import keys, sql
-from imagegate.stores.db import Database, Task
+from imagegate.stores.db import Database, Task, to_micros
 
 
 class Undo(Exception):
@@ -68,6 +69,21 @@ async def test_a_transaction_that_raises_leaves_nothing(database: Database) -> N
 
 
 def test_credits_with_more_than_six_decimals_are_refused() -> None:
-    assert sql.micros(Decimal("1.5")) == 1_500_000
+    assert to_micros(Decimal("1.5")) == 1_500_000
     with pytest.raises(ValueError, match="6 decimal places"):
-        sql.micros(Decimal("0.0000001"))
+        to_micros(Decimal("0.0000001"))
+
+
+async def test_a_transaction_cancelled_midway_leaves_nothing_and_no_lock(database: Database) -> None:
+    async with database.session() as session, session.begin():
+        key_id = (await keys.create_key(session, credits=Decimal(1))).id
+    with anyio.move_on_after(0.2):
+        async with sql.transaction(database) as statements:
+            await statements.rows(sql.insert_sql(Task), sql.row_values(a_task("task_cancelled", key_id)))
+            await anyio.sleep(30)
+    with anyio.fail_after(5):
+        async with sql.transaction(database) as statements:
+            await statements.rows(sql.insert_sql(Task), sql.row_values(a_task("task_after", key_id)))
+    async with sql.read(database) as statements:
+        kept = await statements.rows("SELECT id FROM tasks ORDER BY id")
+    assert [row[0] for row in kept] == ["task_after"]

@@ -17,25 +17,24 @@ from typing import Any
 
 import anyio
 import orjson
-from sqlalchemy import JSON
 
 from imagegate.core.request import Background, Delivery, OutputFormat, Quality, Size
 from imagegate.core.sizing import parse_wxh
 from imagegate.errors import ImagegateError, Interrupted
 from imagegate.stores import ledger
 from imagegate.stores.blobs import BlobStore
-from imagegate.stores.db import Clock, Database, StoredFile, Task, WebhookDelivery, now_ms
-from imagegate.stores.sql import Sql, from_row, insert_sql, micros, returning_sql, row_values, to_db, transaction
+from imagegate.stores.db import Clock, Database, StoredFile, Task, WebhookDelivery, now_ms, to_micros
+from imagegate.stores.sql import Sql, from_row, insert_sql, json_text, returning_sql, row_values, transaction
 
 _RETURNING = returning_sql(Task)
 _OWNED = "WHERE id = :id AND lease_owner = :owner AND state = 'running'"
 _SUCCEED = (
     "UPDATE tasks SET state = 'success', finished_at = :now, lease_until = NULL, result = :result, "  # noqa: S608
-    f"images = :images, cost = {ledger.settled_cost()} {_OWNED} {_RETURNING}"
+    f"images = :images, cost = {ledger.SETTLED_COST} {_OWNED} {_RETURNING}"
 )
 _FAIL = (
     "UPDATE tasks SET state = 'fail', finished_at = :now, lease_until = NULL, error_code = :code, "  # noqa: S608
-    f"error_message = :message, cost = {ledger.settled_cost()} {_OWNED} {_RETURNING}"
+    f"error_message = :message, cost = {ledger.SETTLED_COST} {_OWNED} {_RETURNING}"
 )
 _ORPHANED = "the server stopped while this request was running"
 _ORPHANS = "SELECT id FROM tasks WHERE mode = 'sync' AND state = 'running' AND lease_until < :now LIMIT 500"
@@ -243,10 +242,10 @@ class TaskRecords:
         Returns False (and writes nothing) when the task was reclaimed or already final.
         """
         charge = outcome.price if outcome is not None else Decimal(0)
-        params: dict[str, Any] = {"id": task_id, "owner": self.owner, "now": self.clock(), "charge": micros(charge)}
+        params: dict[str, Any] = {"id": task_id, "owner": self.owner, "now": self.clock(), "charge": to_micros(charge)}
         if outcome is not None:
             statement = _SUCCEED
-            params.update(result=to_db(JSON(), result_record(outcome)), images=len(outcome.images))
+            params.update(result=json_text(result_record(outcome)), images=len(outcome.images))
         else:
             statement = _FAIL
             params["code"], params["message"] = failure_of(error or RuntimeError("unknown"))

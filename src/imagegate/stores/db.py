@@ -57,15 +57,23 @@ class Credits(TypeDecorator[Decimal]):
     cache_ok = True
 
     def process_bind_param(self, value: Decimal | None, dialect: Dialect) -> int | None:
-        if value is None:
-            return None
-        scaled = Decimal(value) * MICROS
-        if scaled != scaled.to_integral_value():
-            raise ValueError(f"credit amount {value} has more than 6 decimal places")
-        return int(scaled)
+        return None if value is None else to_micros(value)
 
     def process_result_value(self, value: int | None, dialect: Dialect) -> Decimal | None:
-        return None if value is None else (Decimal(value) / MICROS).normalize()
+        return None if value is None else from_micros(value)
+
+
+def to_micros(amount: Decimal | int) -> int:
+    """Credits as the integer millionths they are stored as; ValueError past 6 decimal places."""
+    scaled = Decimal(amount) * MICROS
+    if scaled != scaled.to_integral_value():
+        raise ValueError(f"credit amount {amount} has more than 6 decimal places")
+    return int(scaled)
+
+
+def from_micros(stored: int) -> Decimal:
+    """Stored millionths as credits."""
+    return (Decimal(stored) / MICROS).normalize()
 
 
 class Base(DeclarativeBase):

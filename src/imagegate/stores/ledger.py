@@ -20,8 +20,8 @@ from sqlalchemy.orm import InstrumentedAttribute
 
 from imagegate.core.pricing import credits_text
 from imagegate.errors import BadRequest, Conflict, InsufficientCredits, NotFound
-from imagegate.stores.db import ApiKey, Credits, LedgerEntry, Task
-from imagegate.stores.sql import Sql, credits, insert_sql, micros, row_values
+from imagegate.stores.db import ApiKey, Credits, LedgerEntry, Task, from_micros, to_micros
+from imagegate.stores.sql import Sql, insert_sql, row_values
 
 ACTIVE_STATES = ("waiting", "running")
 MAX_CREDITS = Decimal(10) ** 12
@@ -68,7 +68,7 @@ async def key(session: AsyncSession, key_id: str) -> ApiKey:
 
 
 _HOLD = "UPDATE api_keys SET held = held + :price WHERE id = :key AND credits - held >= :price RETURNING id"
-_ACTIVE = "SELECT count(*) FROM tasks WHERE key_id = :key AND state IN ('waiting', 'running')"
+_ACTIVE = f"SELECT count(*) FROM tasks WHERE key_id = :key AND state IN {ACTIVE_STATES!r}"  # noqa: S608
 _AVAILABLE = "SELECT credits - held FROM api_keys WHERE id = :key"
 _SETTLE = "UPDATE api_keys SET credits = credits - :cost, held = held - :held WHERE id = :key"
 _INSERT_TASK = insert_sql(Task)
@@ -82,13 +82,13 @@ async def open_task(sql: Sql, task: Task, price: Decimal, max_active: int) -> No
     the key already has `max_active` (> 0) waiting or running tasks; the caller's rollback then
     leaves nothing behind.
     """
-    if not await sql.rows(_HOLD, {"price": micros(price), "key": task.key_id}):
+    if not await sql.rows(_HOLD, {"price": to_micros(price), "key": task.key_id}):
         available = await sql.row(_AVAILABLE, {"key": task.key_id})
         if available is None:
             raise NotFound(f"No key with id '{task.key_id}'.", param="key_id")
         raise InsufficientCredits(
             f"This request costs {credits_text(price)} credits but the key has "
-            f"{credits_text(credits(available[0]))} available."
+            f"{credits_text(from_micros(available[0]))} available."
         )
     if max_active > 0:
         counted = await sql.row(_ACTIVE, {"key": task.key_id})
@@ -103,21 +103,20 @@ async def open_task(sql: Sql, task: Task, price: Decimal, max_active: int) -> No
         await _entry(sql, task, Kind.HOLD, amount=Decimal(0), held=price)
 
 
-def settled_cost() -> str:
-    """SQL for a finishing task's `cost`, from the parameter `:charge` (millionths, `micros(charge)`):
-    the charge, but never more than the task held."""
-    return "CASE WHEN held < :charge THEN held ELSE :charge END"
+SETTLED_COST = "CASE WHEN held < :charge THEN held ELSE :charge END"
+"""SQL for a finishing task's `cost`, from the parameter `:charge` (stored millionths): the charge,
+but never more than the task held."""
 
 
 async def close_task(sql: Sql, task: Task) -> None:
-    """Settle the `cost` of a task just made final (see `settled_cost`) and release the rest of its hold.
+    """Settle the `cost` of a task just made final (see `SETTLED_COST`) and release the rest of its hold.
 
     Call once, in the transaction that wrote the final state; `task.held` keeps what it had held.
     """
     cost = task.cost or Decimal(0)
     release = task.held - cost
     if task.held:
-        await sql.rows(_SETTLE, {"cost": micros(cost), "held": micros(task.held), "key": task.key_id})
+        await sql.rows(_SETTLE, {"cost": to_micros(cost), "held": to_micros(task.held), "key": task.key_id})
     if cost:
         await _entry(sql, task, Kind.SETTLE, amount=-cost, held=-cost)
     if release:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from decimal import Decimal
 from functools import cache
 from typing import Any, TypeVar
 
@@ -22,7 +21,7 @@ import orjson
 from sqlalchemy import JSON, Boolean, Column, Table
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from imagegate.stores.db import MICROS, Base, Credits, Database
+from imagegate.stores.db import Base, Credits, Database, from_micros, to_micros
 
 M = TypeVar("M", bound=Base)
 Params = Mapping[str, Any]
@@ -55,27 +54,30 @@ async def transaction(db: Database) -> AsyncIterator[Sql]:
     """A write transaction: committed when the block ends, rolled back when it raises. On SQLite it
     takes the write lock at once (BEGIN IMMEDIATE), so no statement in it can meet a busy database."""
     async with db.engine.connect() as connection:
-        sqlite = connection.dialect.name == "sqlite"
-        driver: Any = (await connection.get_raw_connection()).driver_connection
-        if sqlite:
-            await driver.execute_fetchall("BEGIN IMMEDIATE")
-            try:
-                yield Sql(connection, driver, sqlite)
-            except BaseException:
-                await driver.rollback()
-                raise
-            await driver.commit()
-        else:
+        sql = await _statements(connection)
+        if not sql.sqlite:
             async with connection.begin():
-                yield Sql(connection, driver, sqlite)
+                yield sql
+            return
+        await sql.driver_connection.execute_fetchall("BEGIN IMMEDIATE")
+        try:
+            yield sql
+        except BaseException:
+            await sql.driver_connection.rollback()
+            raise
+        await sql.driver_connection.commit()
 
 
 @asynccontextmanager
 async def read(db: Database) -> AsyncIterator[Sql]:
     """Statements that only read (each sees the database as it is committed when it runs)."""
     async with db.engine.connect() as connection:
-        driver = (await connection.get_raw_connection()).driver_connection
-        yield Sql(connection, driver, connection.dialect.name == "sqlite")
+        yield await _statements(connection)
+
+
+async def _statements(connection: AsyncConnection) -> Sql:
+    driver = (await connection.get_raw_connection()).driver_connection
+    return Sql(connection, driver, connection.dialect.name == "sqlite")
 
 
 @cache
@@ -89,6 +91,7 @@ def columns(model: type[Base]) -> list[str]:
     return [column.name for column in _table(model).columns]
 
 
+@cache
 def _written(model: type[Base]) -> list[Column[Any]]:
     """The columns an INSERT names: all but an autoincrementing key, which the database numbers."""
     table = _table(model)
@@ -130,22 +133,15 @@ def to_db(kind: Any, value: Any) -> Any:
     if value is None:
         return None
     if isinstance(kind, Credits):
-        return micros(value)
+        return to_micros(value)
     if isinstance(kind, JSON):
-        return orjson.dumps(value).decode()
+        return json_text(value)
     return value
 
 
-def micros(amount: Decimal | int) -> int:
-    """Credits as the integer millionths they are stored as (ValueError past 6 decimal places)."""
-    stored = Credits().process_bind_param(Decimal(amount), _NO_DIALECT)
-    assert stored is not None
-    return stored
-
-
-def credits(stored: int | None) -> Decimal:
-    """Stored millionths as credits."""
-    return Decimal(0) if stored is None else (Decimal(stored) / MICROS).normalize()
+def json_text(value: Any) -> str:
+    """`value` as a JSON column stores it."""
+    return orjson.dumps(value).decode()
 
 
 def from_row(model: type[M], row: Sequence[Any]) -> M:
@@ -155,7 +151,7 @@ def from_row(model: type[M], row: Sequence[Any]) -> M:
         kind = column.type
         if value is not None:
             if isinstance(kind, Credits):
-                value = credits(value)
+                value = from_micros(value)
             elif isinstance(kind, JSON) and isinstance(value, str | bytes):
                 value = orjson.loads(value)
             elif isinstance(kind, Boolean):
@@ -168,6 +164,3 @@ def _table(model: type[Base]) -> Table:
     table = model.__table__
     assert isinstance(table, Table)
     return table
-
-
-_NO_DIALECT: Any = None
