@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -33,24 +34,39 @@ def serve(data_dir: Path, port: int, env: dict[str, str] | None = None) -> tuple
     raise RuntimeError("server did not start")
 
 
-class PeakRss:
-    """The peak resident memory of process `pid` while the `with` block runs (sampled every 5 ms)."""
+class Peak:
+    """The peak of `read()` while the `with` block runs, sampled every `every_s` seconds."""
 
-    def __init__(self, pid: int) -> None:
-        self.process = psutil.Process(pid)
-        self.peak = self.process.memory_info().rss
+    def __init__(self, read: Callable[[], int], every_s: float) -> None:
+        self.read = read
+        self.every_s = every_s
+        self.peak = read()
         self._done = threading.Event()
         self._sampler = threading.Thread(target=self._sample)
 
     def _sample(self) -> None:
-        while not self._done.is_set():
-            self.peak = max(self.peak, self.process.memory_info().rss)
-            time.sleep(0.005)
+        while not self._done.wait(self.every_s):
+            self.peak = max(self.peak, self.read())
 
-    def __enter__(self) -> PeakRss:
+    def __enter__(self) -> Peak:
         self._sampler.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._done.set()
         self._sampler.join()
+
+
+class PeakRss(Peak):
+    """The peak resident memory of process `pid` while the `with` block runs (sampled every 5 ms)."""
+
+    def __init__(self, pid: int) -> None:
+        process = psutil.Process(pid)
+        super().__init__(lambda: int(process.memory_info().rss), 0.005)
+
+
+class PeakDescriptors(Peak):
+    """The peak number of open descriptors of process `pid` while the `with` block runs."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(psutil.Process(pid).num_fds, 0.05)

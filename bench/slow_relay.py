@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import os
 import resource
-import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -26,34 +25,12 @@ import psutil
 import pybase64
 
 from bench.relay_cost import gateway_to, noisy_png, start_provider
-from bench.serving import PeakRss
+from bench.serving import PeakDescriptors, PeakRss
 
 REQUESTS = 2000
 DELAY_S = 20.0
 TARGET_PEAK_MB = 400
 FORM = {"model": "dall-e-2", "prompt": "as it is", "size": "256x256"}
-
-
-class PeakDescriptors:
-    """The peak number of open descriptors of process `pid` while the `with` block runs."""
-
-    def __init__(self, pid: int) -> None:
-        self.process = psutil.Process(pid)
-        self.peak = self.process.num_fds()
-        self._done = threading.Event()
-        self._sampler = threading.Thread(target=self._sample)
-
-    def _sample(self) -> None:
-        while not self._done.wait(0.05):
-            self.peak = max(self.peak, self.process.num_fds())
-
-    def __enter__(self) -> PeakDescriptors:
-        self._sampler.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._done.set()
-        self._sampler.join()
 
 
 async def many(base: str, key: str, png: bytes) -> tuple[Counter[str], float]:
