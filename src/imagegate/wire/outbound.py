@@ -19,6 +19,7 @@ from imagegate.config import ChannelSettings
 from imagegate.core.job import Source
 from imagegate.core.upstream import InputHost
 from imagegate.errors import BadRequest, EngineError, ImagegateError
+from imagegate.net.aiohttp_transport import AiohttpTransport
 
 CLIENT_FAULTS = {400, 413, 415, 422}
 """Statuses by which a provider rejects the request itself: passed to the client, never retried."""
@@ -148,15 +149,15 @@ class Endpoint:
         return cls(channel.name, channel.base_url or "", api_key, channel.timeout_s, channel.max_concurrency)
 
     def client(self) -> httpx.AsyncClient:
-        """The channel's pooled client: bearer auth, its timeout, no proxies from the environment."""
+        """The channel's pooled client: bearer auth, its timeout, no proxies from the environment, at
+        most `max_connections` connections, over aiohttp unless `transport` replaces the network."""
         headers = {"authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         return httpx.AsyncClient(
             base_url=self.base_url.rstrip("/"),
             headers=headers,
             timeout=httpx.Timeout(self.timeout_s, connect=min(10.0, self.timeout_s)),
-            limits=httpx.Limits(max_connections=self.max_connections, max_keepalive_connections=self.max_connections),
             trust_env=False,
-            transport=self.transport,
+            transport=self.transport or AiohttpTransport(self.max_connections),
         )
 
 
