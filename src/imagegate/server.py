@@ -1,9 +1,10 @@
 """The HTTP server: uvicorn, with the connection guards it lacks (SPEC §8).
 
 uvicorn bounds neither how long a client may take to send a request's headers nor how many
-connections one address may hold. `GuardedH11Protocol` closes a connection whose request headers are
-not complete `header_timeout_s` after its first byte (or after it opened), and refuses a client
-address past `max_connections_per_client` open connections. The body's pace is bounded later, by
+connections one address may hold. `GuardedHttpToolsProtocol` (uvicorn's protocol on httptools' C
+parser, which takes in a request for a fraction of h11's CPU) closes a connection whose request
+headers are not complete `header_timeout_s` after its first byte (or after it opened), and refuses a
+client address past `max_connections_per_client` open connections. The body's pace is bounded later, by
 the edge middleware.
 """
 
@@ -17,10 +18,9 @@ import resource
 from collections import Counter
 from typing import Any
 
-import h11
 import uvicorn
 from uvicorn.config import LOGGING_CONFIG
-from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from imagegate.config import Limits
 
@@ -35,12 +35,12 @@ _TOO_MANY = (
 )
 
 
-def guarded_protocol(limits: Limits) -> type[H11Protocol]:
-    """An H11Protocol class enforcing `limits.header_timeout_s` and `limits.max_connections_per_client`
+def guarded_protocol(limits: Limits) -> type[HttpToolsProtocol]:
+    """An HttpToolsProtocol class enforcing `limits.header_timeout_s` and `limits.max_connections_per_client`
     (its own count of open connections by client address)."""
     open_by_address: Counter[str] = Counter()
 
-    class GuardedH11Protocol(H11Protocol):
+    class GuardedHttpToolsProtocol(HttpToolsProtocol):
         _address = ""
         _header_timer: asyncio.TimerHandle | None = None
         _counted = False
@@ -67,12 +67,13 @@ def guarded_protocol(limits: Limits) -> type[H11Protocol]:
                     del open_by_address[self._address]
             super().connection_lost(exc)
 
-        def data_received(self, data: bytes) -> None:
-            if self.conn.their_state is h11.IDLE:
-                self._arm_header_timer()
-            super().data_received(data)
-            if self.conn.their_state is not h11.IDLE:
-                self._disarm_header_timer()
+        def on_message_begin(self) -> None:
+            self._arm_header_timer()
+            super().on_message_begin()
+
+        def on_headers_complete(self) -> None:
+            self._disarm_header_timer()
+            super().on_headers_complete()
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
@@ -89,7 +90,7 @@ def guarded_protocol(limits: Limits) -> type[H11Protocol]:
 
         def _headers_too_slow(self) -> None:
             self._header_timer = None
-            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            if not self.transport.is_closing():  # the timer runs only until a request's headers end
                 log.info(
                     "%s: closed a connection whose request headers took over %g s",
                     self._address,
@@ -97,7 +98,7 @@ def guarded_protocol(limits: Limits) -> type[H11Protocol]:
                 )
                 self.transport.close()
 
-    return GuardedH11Protocol
+    return GuardedHttpToolsProtocol
 
 
 def log_config() -> dict[str, Any]:
