@@ -10,6 +10,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import AsyncIterator
 from http.server import BaseHTTPRequestHandler
 
 import anyio
@@ -145,3 +146,17 @@ async def test_an_answer_cut_short_is_a_transport_error() -> None:
         async with httpx.AsyncClient(base_url=base, transport=AiohttpTransport(1)) as client:
             with pytest.raises(httpx.RemoteProtocolError):
                 await client.post("/cut", content=b"x")
+
+
+async def test_a_streamed_body_goes_with_the_length_it_names_not_chunked() -> None:
+    seen = Seen()
+
+    async def pieces() -> AsyncIterator[bytes]:
+        for start in range(0, len(BIG), 100_000):
+            yield BIG[start : start + 100_000]
+
+    with loopback_server(handler_for(seen)) as base:
+        async with httpx.AsyncClient(base_url=base, transport=AiohttpTransport(1)) as client:
+            answer = await client.post("/", content=pieces(), headers={"content-length": str(len(BIG))})
+    assert answer.status_code == 201
+    assert seen.bodies == [BIG] and "transfer-encoding" not in seen.heads[0]

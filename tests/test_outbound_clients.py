@@ -9,6 +9,7 @@ import email.parser
 import email.policy
 import io
 import json
+import os
 from collections.abc import Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ from imagegate.engines.upstream import UpstreamEngine
 from imagegate.errors import BadRequest, EngineError, EngineTimeout
 from imagegate.imaging import SourceImage, open_image
 from imagegate.net.fetch import FetchPolicy, SafeFetcher
-from imagegate.wire.outbound import Endpoint
+from imagegate.wire.outbound import PIECE, Endpoint
 
 CATALOG = Catalog.from_config({})
 KEY = "sk-upstream-0123456789abcdef"
@@ -256,6 +257,24 @@ async def test_openai_multipart_edit_of_several_inputs_uses_image_brackets_and_l
         ("image[]", "image0.png", RED),
         ("image[]", "image1.png", BLUE),
     ]
+
+
+async def test_openai_multipart_edit_streams_large_inputs_with_their_exact_length_and_escaped_names() -> None:
+    noisy = Image.frombytes("RGB", (1024, 1024), os.urandom(1024 * 1024 * 3))
+    buf = io.BytesIO()
+    noisy.save(buf, "PNG", compress_level=0)
+    large = buf.getvalue()
+    assert len(large) > 2 * PIECE, "read in several pieces"
+    wire = Wire(reply(body=images_body({"b64_json": B64_BLUE})))
+    job = make_job(large, RED, extra={'we"ird\nname': "two\r\nlines"})
+    async with aclosing(openai(wire)) as client:
+        await client.run(job, "gpt-image-2")
+    request = wire.only
+    assert "transfer-encoding" not in request.headers
+    assert int(request.headers["content-length"]) == len(request.content)
+    fields, files = multipart(request)
+    assert fields["we%22ird%0Aname"] == "two\r\nlines", "named as httpx and browsers escape a form name"
+    assert [(name, part.data) for name, part in files] == [("image[]", large), ("image[]", RED)]
 
 
 async def test_openai_asks_dalle2_for_b64_json() -> None:

@@ -89,7 +89,12 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         session = self._open_session()
-        body = await request.aread()
+        body: bytes | httpx.AsyncByteStream | None
+        try:
+            body = request.content or None
+        except httpx.RequestNotRead:  # a stream: sent as it is read, with the length its headers give
+            assert isinstance(request.stream, httpx.AsyncByteStream)
+            body = request.stream
         limits = request.extensions.get("timeout", {})
         timeout = aiohttp.ClientTimeout(
             total=None, connect=limits.get("pool"), sock_connect=limits.get("connect"), sock_read=limits.get("read")
@@ -99,7 +104,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 request.method,
                 str(request.url),
                 headers=request.headers.multi_items(),
-                data=body or None,
+                data=body,
                 allow_redirects=False,
                 timeout=timeout,
                 skip_auto_headers=("user-agent", "accept", "accept-encoding", "content-type"),

@@ -21,12 +21,12 @@ from imagegate.errors import EngineError
 from imagegate.wire.outbound import (
     Endpoint,
     HttpUpstream,
+    MultipartBody,
     Publications,
     data_url,
     decode_b64,
     error_parts,
     published,
-    read_source,
 )
 
 
@@ -57,16 +57,12 @@ def wire_fields(job: Job, model: str) -> dict[str, str]:
     return fields
 
 
-async def upload_parts(job: Job) -> list[tuple[str, tuple[str, bytes, str]]]:
+def upload_parts(job: Job) -> list[tuple[str, str, Source]]:
     """The multipart file parts of an edit: `image` (one) or `image[]` (several), then `mask`."""
     name = "image" if len(job.images) == 1 else "image[]"
-    parts = []
-    for index, source in enumerate(job.images):
-        data = await anyio.to_thread.run_sync(read_source, source)
-        parts.append((name, (f"image{index}.{source.format.value}", data, source.format.content_type)))
+    parts = [(name, f"image{index}.{source.format.value}", source) for index, source in enumerate(job.images)]
     if job.mask is not None:
-        data = await anyio.to_thread.run_sync(read_source, job.mask)
-        parts.append(("mask", (f"mask.{job.mask.format.value}", data, job.mask.format.content_type)))
+        parts.append(("mask", f"mask.{job.mask.format.value}", job.mask))
     return parts
 
 
@@ -199,7 +195,8 @@ class OpenAIUpstream(HttpUpstream):
 
     async def _request(self, job: Job, fields: dict[str, str], inputs: Publications | None) -> httpx.Request:
         if job.images and self._send_inputs == "multipart":
-            return self._http.build_request("POST", "/images/edits", data=fields, files=await upload_parts(job))
+            body = MultipartBody(fields, upload_parts(job))
+            return self._http.build_request("POST", "/images/edits", content=body, headers=body.headers)
         payload: dict[str, Any] = dict(fields)
         for name in ("n", "output_compression", "partial_images"):
             if name in payload:
