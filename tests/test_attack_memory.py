@@ -23,6 +23,7 @@ from imagegate.config import load_config
 from imagegate.core.request import Size
 from imagegate.imaging import open_image
 from imagegate.service.budget import DecodeBudget, decode_cost
+from imagegate.wire.forms import UPLOADS, BudgetedSpool, SpoolBudget
 from tests.conftest import free_port, invoke_cli, make_image, open_api, start_serve
 from tests.engines import OnePerCall
 from tests.test_accounts import UNLIMITED
@@ -153,6 +154,35 @@ async def test_an_upload_part_past_the_image_limit_is_refused_as_it_passes(tmp_p
     assert r.status_code == 400, r.text
     assert (r.json()["error"]["code"], r.json()["error"]["param"]) == ("image_too_large", "image[]")
     assert body.pulled <= 10 * MB, f"read {body.pulled / MB:.0f} MB of a part limited to 8 MB"
+
+
+def test_uploads_stay_in_memory_only_while_all_of_them_fit() -> None:
+    budget = SpoolBudget(100)
+    first, second, large = BudgetedSpool(budget, 1024), BudgetedSpool(budget, 1024), BudgetedSpool(budget, 50)
+    first.write(b"a" * 60)
+    second.write(b"b" * 30)
+    assert (first.on_disk, second.on_disk, budget.held) == (False, False, 90)
+    second.write(b"b" * 30)
+    assert second.on_disk and budget.held == 60, "past the budget, a spool moves to disk and gives its bytes back"
+    second.seek(0)
+    assert second.read() == b"b" * 60
+    large.write(b"c" * 40)
+    assert not large.on_disk and budget.held == 100
+    large.write(b"c" * 40)
+    assert large.on_disk and budget.held == 60, "a part past its own limit moves to disk too"
+    first.close()
+    second.close()
+    large.close()
+    assert budget.held == 0
+
+
+async def test_an_edit_gives_its_uploads_memory_back(tmp_path: Path) -> None:
+    before = UPLOADS.held
+    async with open_api(load_config(data_dir=tmp_path / "d", accounts=UNLIMITED)) as api:
+        files = {"image": ("a.png", make_image(64, 64), "image/png")}
+        r = await api.client.post("/v1/images/edits", headers=api.auth, data={"prompt": "invert"}, files=files)
+        assert r.status_code == 200, r.text
+    assert UPLOADS.held == before
 
 
 @pytest.mark.e2e

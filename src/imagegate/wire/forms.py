@@ -1,13 +1,20 @@
-"""Multipart bodies read with a limit on every file part, enforced as the part streams in.
+"""Multipart bodies read with a limit on every file part, enforced as the part streams in, and with
+one bound on the uploads all requests together keep in memory.
 
 Starlette's parser bounds text fields but spools file parts of any size; here a file part is refused
 (ImageTooLarge naming its field) the moment it passes the per-image limit, not after the whole body
-has been written to disk.
+has been written to disk. Starlette keeps each part up to 1 MiB in memory, whatever the number of
+requests; here parts stay in memory only while all of them together fit in `UPLOADS_IN_MEMORY`
+(2,000 requests waiting on a slow provider would otherwise hold 2,000 inputs), and go to a temporary
+file past it.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import AsyncGenerator
+from tempfile import SpooledTemporaryFile
+from typing import Any, BinaryIO, cast
 
 from fastapi import Request
 from starlette.datastructures import FormData, Headers
@@ -15,6 +22,77 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 
 from imagegate.config import Limits
 from imagegate.errors import BadRequest, ImageTooLarge, excerpt
+
+UPLOADS_IN_MEMORY = 32 * 1024 * 1024
+"""The most bytes of uploaded files this process keeps in memory at once (each part at most 1 MiB)."""
+
+
+class SpoolBudget:
+    """Bytes that in-memory spools may hold together, at most `total`."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.held = 0
+        self._lock = threading.Lock()
+
+    def take(self, size: int) -> bool:
+        """Reserve `size` bytes if they fit; whether they did."""
+        with self._lock:
+            if self.held + size > self.total:
+                return False
+            self.held += size
+            return True
+
+    def give(self, size: int) -> None:
+        with self._lock:
+            self.held -= size
+
+
+UPLOADS = SpoolBudget(UPLOADS_IN_MEMORY)
+
+
+class BudgetedSpool(SpooledTemporaryFile[bytes]):
+    """A SpooledTemporaryFile that stays in memory only while `budget` has room for what it holds; it
+    returns its bytes to the budget when it moves to disk or is closed."""
+
+    def __init__(self, budget: SpoolBudget, max_size: int) -> None:
+        super().__init__(max_size=max_size)
+        self._budget = budget
+        self._reserved = 0
+        self._on_disk = False
+
+    @property
+    def on_disk(self) -> bool:
+        """Whether it has moved to a temporary file."""
+        return self._on_disk
+
+    def write(self, s: Any) -> int:
+        if not self._on_disk:
+            if self._budget.take(len(s)):
+                self._reserved += len(s)
+            else:
+                self.rollover()
+        return super().write(s)
+
+    def rollover(self) -> None:
+        self._release()
+        self._on_disk = True
+        super().rollover()
+
+    def close(self) -> None:
+        self._release()
+        super().close()
+
+    def __del__(self) -> None:  # an upload nobody closed gives its bytes back all the same
+        self._release()
+        finalize = getattr(super(), "__del__", None)
+        if finalize is not None:
+            finalize()
+
+    def _release(self) -> None:
+        if self._reserved:
+            self._budget.give(self._reserved)
+            self._reserved = 0
 
 
 class _PartTooLarge(MultiPartException):
@@ -43,6 +121,15 @@ class BoundedMultiPartParser(MultiPartParser):
     def on_part_begin(self) -> None:
         super().on_part_begin()
         self._file_bytes = 0
+
+    def on_headers_finished(self) -> None:
+        super().on_headers_finished()
+        upload = self._current_part.file
+        if upload is not None:  # a file part: spooled within the process's budget (still empty here)
+            spool = BudgetedSpool(UPLOADS, self.spool_max_size)
+            upload.file.close()
+            upload.file = cast(BinaryIO, spool)
+            self._files_to_close_on_error[-1] = spool
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
         if self._current_part.file is not None:
