@@ -4,9 +4,9 @@ one bound on the uploads all requests together keep in memory.
 Starlette's parser bounds text fields but spools file parts of any size; here a file part is refused
 (ImageTooLarge naming its field) the moment it passes the per-image limit, not after the whole body
 has been written to disk. Starlette keeps each part up to 1 MiB in memory, whatever the number of
-requests; here parts stay in memory only while all of them together fit in `UPLOADS_IN_MEMORY`
-(2,000 requests waiting on a slow provider would otherwise hold 2,000 inputs), and go to a temporary
-file past it.
+requests; here a part of up to 8 MiB stays in memory, but only while all of them together fit in
+`UPLOADS_IN_MEMORY` (2,000 requests waiting on a slow provider would otherwise hold 2,000 inputs),
+and goes to a temporary file past it.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from imagegate.config import Limits
 from imagegate.errors import BadRequest, ImageTooLarge, excerpt
 
 UPLOADS_IN_MEMORY = 32 * 1024 * 1024
-"""The most bytes of uploaded files this process keeps in memory at once (each part at most 1 MiB)."""
+"""The most bytes of uploaded files this process keeps in memory at once (each part at most 8 MiB)."""
 
 
 class SpoolBudget:
@@ -102,7 +102,11 @@ class _PartTooLarge(MultiPartException):
 
 
 class BoundedMultiPartParser(MultiPartParser):
-    """MultiPartParser that stops at the first file part larger than `max_file_size` bytes."""
+    """MultiPartParser that stops at the first file part larger than `max_file_size` bytes, and keeps a
+    file part of up to `spool_max_size` in memory while the process's upload budget has room (a part
+    on disk costs a thread hop for every piece of it that arrives)."""
+
+    spool_max_size = 8 * 1024 * 1024
 
     def __init__(
         self,
