@@ -8,7 +8,7 @@
     in-process; and the same edit sent with httpx, whose reading of the 4 MB answer is part of it.
 (b) upload memory: the server's peak RSS growth while it accepts and edits 16 × 10 MB images in one
     multipart request, divided by the upload size.
-(c) bookkeeping: wall time of a tiny paid edit (64² PNG to a 256² JPEG URL, dall-e-2) through the HTTP
+(c) bookkeeping: wall time of a tiny paid edit (64² PNG to a 256² PNG URL, dall-e-2) through the HTTP
     API divided by its `?dry_run=true` (the same auth, rate limit, parsing and validation, but no task
     row, credit hold, engine run, stored file or settlement).
 (d) relay overhead: throughput and p50/p99 latency of 32 concurrent clients sending 1 MB images through

@@ -2,12 +2,79 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import secrets
+from collections.abc import Iterator, Mapping
 
 import orjson
+import pybase64
 from fastapi.responses import Response
+from starlette.types import Receive, Scope, Send
+
+B64_PIECE = 3 * 2**18
+"""Bytes encoded per piece sent (a multiple of 3, so the pieces' base64 concatenates to the whole's)."""
+
+
+class Base64Bytes:
+    """Bytes that a JSON body carries as one base64 string, after `prefix` (e.g. a `data:` URL's head).
+
+    `json_response` encodes them piece by piece as the answer is sent, so an image is never held as its
+    bytes, its whole base64 string and that string again inside the serialised body. (Not a dataclass:
+    orjson would serialise one as an object.)"""
+
+    __slots__ = ("data", "prefix")
+
+    def __init__(self, data: bytes, prefix: str = "") -> None:
+        self.data = data
+        self.prefix = prefix
+
+    def text(self) -> str:
+        """The whole string, for a body that is stored or signed rather than sent."""
+        return self.prefix + pybase64.b64encode(self.data).decode("ascii")
 
 
 def json_response(body: object, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
-    """`body` as an `application/json` response with `status` and `headers`."""
-    return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
+    """`body` as an `application/json` response with `status` and `headers`; `Base64Bytes` values in it
+    are sent as their base64 strings, encoded as the response goes out."""
+    blobs: list[Base64Bytes] = []
+    mark = f"\ue000{secrets.token_hex(8)}\ue000"
+
+    def placeholder(value: object) -> str:
+        if not isinstance(value, Base64Bytes):
+            raise TypeError
+        blobs.append(value)
+        return f"{value.prefix}{mark}"
+
+    encoded = orjson.dumps(body, default=placeholder)
+    if not blobs:
+        return Response(encoded, status_code=status, media_type="application/json", headers=headers)
+    return _PiecedJson(encoded.split(mark.encode()), blobs, status, headers)
+
+
+class _PiecedJson(Response):
+    """A JSON body in pieces: serialised text between the base64 values, which are encoded as sent."""
+
+    media_type = "application/json"
+
+    def __init__(
+        self, texts: list[bytes], blobs: list[Base64Bytes], status: int, headers: Mapping[str, str] | None
+    ) -> None:
+        self._texts = texts
+        self._blobs = blobs
+        length = sum(map(len, texts)) + sum(4 * -(-len(blob.data) // 3) for blob in blobs)
+        super().__init__(None, status, {**(headers or {}), "content-length": str(length)})
+
+    def _pieces(self) -> Iterator[bytes]:
+        """All but the last text."""
+        for text, blob in zip(self._texts, self._blobs, strict=False):
+            yield text
+            data = memoryview(blob.data)
+            for offset in range(0, len(data), B64_PIECE):
+                yield pybase64.b64encode(data[offset : offset + B64_PIECE])
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        for piece in self._pieces():
+            await send({"type": "http.response.body", "body": piece, "more_body": True})
+        await send({"type": "http.response.body", "body": self._texts[-1], "more_body": False})
+        if self.background is not None:
+            await self.background()

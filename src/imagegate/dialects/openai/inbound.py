@@ -25,7 +25,7 @@ from imagegate.core.validation import resolved_quality
 from imagegate.dialects.openai import seed003
 from imagegate.errors import BadRequest, ImagegateError, MissingParameter
 from imagegate.imaging import has_alpha
-from imagegate.responses import json_response
+from imagegate.responses import Base64Bytes, json_response
 from imagegate.runtime import Runtime, runtime_of
 from imagegate.service.records import Outcome, ResultLinks, TaskView, UrlFor
 from imagegate.service.tasks import Origin, Prepared
@@ -53,25 +53,27 @@ def seed003_error_response(exc: ImagegateError, scope: Scope) -> Response:
     return json_response(seed003.error_body(exc, trace_id), exc.status, exc.headers)
 
 
-def _image_item(outcome: Outcome, index: int, url_for: UrlFor, spec: ModelSpec, prompt: str) -> dict[str, Any]:
+def _image_item(
+    outcome: Outcome, index: int, url_for: UrlFor, spec: ModelSpec, prompt: str, *, sent: bool
+) -> dict[str, Any]:
     image = outcome.images[index]
     item: dict[str, Any] = {"revised_prompt": prompt if spec.echo_prompt else image.revised_prompt}
     if outcome.delivery is Delivery.URL:
         item["url"] = url_for(image.file_id, outcome.output_format)
     else:
-        encoded = pybase64.b64encode(image.data or b"").decode("ascii")
-        if spec.url_b64_as_data_url:
-            encoded = f"data:{outcome.output_format.content_type};base64,{encoded}"
-        item["b64_json"] = encoded
+        prefix = f"data:{outcome.output_format.content_type};base64," if spec.url_b64_as_data_url else ""
+        encoded = Base64Bytes(image.data or b"", prefix)
+        item["b64_json"] = encoded if sent else encoded.text()
     return item
 
 
-def render(outcome: Outcome, url_for: UrlFor, spec: ModelSpec, prompt: str) -> dict[str, Any]:
+def render(outcome: Outcome, url_for: UrlFor, spec: ModelSpec, prompt: str, *, sent: bool = False) -> dict[str, Any]:
     """OpenAI's ImagesResponse with the resolved values (never `auto`) and our task id; a model that
-    echoes the prompt (seed 003's adapter layer) answers `created` 0 and `revised_prompt` = `prompt`."""
+    echoes the prompt (seed 003's adapter layer) answers `created` 0 and `revised_prompt` = `prompt`.
+    A body to be `sent` by `json_response` carries its b64 images as `Base64Bytes`, plain strings otherwise."""
     return {
         "created": 0 if spec.echo_prompt else outcome.created,
-        "data": [_image_item(outcome, i, url_for, spec, prompt) for i in range(len(outcome.images))],
+        "data": [_image_item(outcome, i, url_for, spec, prompt, sent=sent) for i in range(len(outcome.images))],
         "size": str(outcome.size),
         "quality": outcome.quality.value,
         "output_format": outcome.output_format.value,
@@ -179,7 +181,7 @@ async def _images(request: Request, kind: str, seed003_service: bool) -> Respons
                 headers={**headers, "cache-control": "no-store"},
             )
         outcome = await rt.tasks.execute(prepared)
-        body = render(outcome, rt.links.at(rt.public_base(request)), prepared.spec, req.prompt)
+        body = render(outcome, rt.links.at(rt.public_base(request)), prepared.spec, req.prompt, sent=True)
         if prepared.spec.echo_prompt:
             headers.update(applied_header(outcome))
         if seed003_service:
