@@ -5,6 +5,7 @@ PORT ?= 8000
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+LOCAL_STAMP := $(VENV)/.installed-local
 
 NODE_CLIENTS := tests/node/node_modules/.installed
 
@@ -16,14 +17,21 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+# The local-model engine's extra for the tests: torch's CPU build first (pip finds it on these
+# machines' disk), so that diffusers and transformers never pull a CUDA build.
+$(LOCAL_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q 'torch==2.13.0'
+	$(BIN)/python -m pip install -q -e '.[dev,local]'
+	touch $(LOCAL_STAMP)
+
 serve: $(STAMP)
 	$(BIN)/imagegate serve --host $(HOST) --port $(PORT)
 
-lint: $(STAMP)
+lint: $(LOCAL_STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 
-typecheck: $(STAMP)
+typecheck: $(LOCAL_STAMP)
 	$(BIN)/mypy --strict src tests bench
 
 # Node's official openai package for the end-to-end tests, where node and npm are present.
@@ -36,12 +44,12 @@ node-clients:
 		$(MAKE) --no-print-directory $(NODE_CLIENTS); \
 	else echo "node/npm not found: the Node.js client tests will be skipped"; fi
 
-unit: $(STAMP) node-clients
+unit: $(LOCAL_STAMP) node-clients
 	$(BIN)/pytest
 
 test: lint typecheck unit
 
-bench: $(STAMP)
+bench: $(LOCAL_STAMP)
 	$(BIN)/python -m bench
 
 clean:

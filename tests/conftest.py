@@ -342,3 +342,13 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
         proc.terminate()
         proc.wait(timeout=10)
         log.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny random-weight pipelines of each family the local engine runs, saved once per session
+    (tests/tiny_pipelines.py); skipped where the `local` extra is not installed (`make test` installs it)."""
+    pytest.importorskip("diffusers", reason="the local extra (torch, diffusers) is not installed")
+    from tests.tiny_pipelines import save_tiny_pipelines
+
+    return save_tiny_pipelines(tmp_path_factory.mktemp("tiny-models"))

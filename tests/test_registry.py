@@ -50,7 +50,9 @@ def test_a_name_registers_once() -> None:
         registry.add_dialect(registry.dialects["openai"])
     with pytest.raises(ValueError, match="engine 'classic' is already registered"):
         registry.add_engine(registry.engines["classic"])
-    assert set(registry.engines) == {"openai", "envelope", "jobs", "classic"}, "a dialect with a client relays"
+    assert set(registry.engines) == {"openai", "envelope", "jobs", "classic", "diffusers"}, (
+        "a dialect with a client relays"
+    )
 
 
 async def test_an_outside_dialect_and_engine_kind_serve_like_built_ins(tmp_path: Path) -> None:

@@ -139,10 +139,15 @@ def create_app(config: Config, engines: dict[str, Engine] | None = None, registr
 
     @app.get("/healthz", responses=openapi.responses(openapi.OPENAI_ERROR, (200, 500)))
     async def healthz(request: Request) -> JSONResponse:
-        """Liveness and database reachability."""
-        async with runtime_of(request).db.session() as session:
+        """Liveness and database reachability, and the state of each local model (`channels`)."""
+        rt = runtime_of(request)
+        async with rt.db.session() as session:
             await session.execute(text("SELECT 1"))
-        return JSONResponse({"status": "ok", "version": __version__})
+        body: dict[str, object] = {"status": "ok", "version": __version__}
+        channels = rt.channel_health()
+        if channels:
+            body["channels"] = channels
+        return JSONResponse(body)
 
     @app.get("/metrics", responses={200: {"description": "Prometheus text format", "content": {"text/plain": {}}}})
     async def metrics_page() -> Response:

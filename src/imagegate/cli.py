@@ -34,6 +34,8 @@ app.add_typer(keys_app, name="keys")
 channels_app = typer.Typer(no_args_is_help=True, help="Inspect the configured upstream channels.")
 app.add_typer(credits_app, name="credits")
 app.add_typer(channels_app, name="channels")
+models_app = typer.Typer(no_args_is_help=True, help="Download, list and check the local engine's models.")
+app.add_typer(models_app, name="models")
 err = Console(stderr=True)
 
 DataDir = Annotated[
@@ -375,6 +377,33 @@ def channels_check(data_dir: DataDir = None, config_file: ConfigFile = None) -> 
     Console(width=200).print(table)
     if not all(ok for _, _, ok in results):
         raise typer.Exit(1)
+
+
+@models_app.command("pull")
+def models_pull(
+    repo_id: Annotated[str, typer.Argument(help="A Hub repo id, e.g. black-forest-labs/FLUX.2-klein-4B.")],
+    revision: Annotated[str | None, typer.Option(help="A branch, tag or commit.")] = None,
+) -> None:
+    """Download a diffusers pipeline into the Hugging Face cache (HF_HOME, HF_HUB_CACHE), with progress."""
+    from imagegate.models_cli import pull_model
+
+    pull_model(repo_id, revision)
+
+
+@models_app.command("list")
+def models_list(data_dir: DataDir = None, config_file: ConfigFile = None) -> None:
+    """The pipelines on disk: size, family, what each can do, which channels use it."""
+    from imagegate.models_cli import list_models
+
+    list_models(_config(data_dir, config_file))
+
+
+@models_app.command("check")
+def models_check(data_dir: DataDir = None, config_file: ConfigFile = None) -> None:
+    """Load each local channel's model and run one small step; exits 1 when any fails."""
+    from imagegate.models_cli import check_models
+
+    check_models(_config(data_dir, config_file))
 
 
 def main() -> None:

@@ -205,6 +205,20 @@ class AccountDefaults(BaseModel):
     `max_images`). Formerly `max_images_per_request`."""
 
 
+class LoraSettings(BaseModel):
+    """A LoRA adapter a local channel loads onto its model (e.g. a step-distilled Lightning LoRA)."""
+
+    model_config = {"extra": "forbid"}
+
+    path: str = Field(min_length=1)
+    """A .safetensors file, a directory holding one, or a Hub repo id already in the cache."""
+    weight_name: str | None = None
+    """The file inside a directory or repo, when it holds several."""
+    scale: float = 1.0
+    steps: int | None = Field(default=None, ge=1)
+    """The step count this LoRA was distilled for; it becomes the channel's default steps."""
+
+
 class ChannelSettings(BaseModel):
     """One configured way to make pixels (SPEC §1 Channel): an engine and where it reaches."""
 
@@ -245,6 +259,30 @@ class ChannelSettings(BaseModel):
     callback: bool = False
     """OpenAI channels: ask for the result by `callback_url` (seed 003's async mode) instead of holding
     the connection open; the provider posts it to IMAGEGATE_PUBLIC_URL/relay/callbacks/..."""
+    model: str | None = None
+    """Local (`diffusers`) channels: a directory holding `model_index.json`, or a Hub repo id already in
+    the cache (`imagegate models pull`)."""
+    revision: str | None = None
+    """Local channels: the cached revision of a Hub repo id (its newest otherwise)."""
+    device: str = "auto"
+    """Local channels: `cuda`, `cuda:1`, `mps`, `cpu`, or `auto` (the first GPU, else the CPU)."""
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    """Local channels: `auto` is bfloat16 on a GPU and float32 on the CPU."""
+    steps: int | None = Field(default=None, ge=1)
+    """Local channels: denoising steps at quality high/auto (low halves them, medium takes three
+    quarters); the family's default otherwise."""
+    guidance: float | None = Field(default=None, ge=0)
+    """Local channels: the guidance scale; the family's default otherwise."""
+    lora: list[LoraSettings] = Field(default_factory=list)
+    offload: Literal["none", "model", "sequential"] = "none"
+    """Local channels: keep weights on the CPU and move each model (or each layer) to the GPU as needed."""
+    compile: bool = False
+    """Local channels: torch.compile the denoiser's repeated blocks, warmed up when the model loads."""
+    preload: bool = False
+    """Local channels: load the model at start instead of on the first request."""
+    queue: str | None = None
+    """Local channels: a procrastinate queue whose workers (`imagegate worker --queues NAME`, on the
+    machines with the GPU) run this channel's work; API nodes then never load the model."""
 
 
 class ConfigError(ValueError):

@@ -8,11 +8,12 @@ import zlib
 from dataclasses import dataclass, field
 from typing import IO
 
-from PIL import Image, PngImagePlugin, UnidentifiedImageError
+from PIL import Image, ImageChops, PngImagePlugin, UnidentifiedImageError
 
 from imagegate.config import ImagingSettings
+from imagegate.core.job import Source
 from imagegate.core.request import OutputFormat, Size
-from imagegate.errors import ImageTooLarge, InvalidImage, UnsupportedMimetype
+from imagegate.errors import BadRequest, ImageTooLarge, InvalidImage, UnsupportedMimetype
 
 _PIL_FORMAT = {OutputFormat.PNG: "PNG", OutputFormat.JPEG: "JPEG", OutputFormat.WEBP: "WEBP"}
 _EXIF_ORIENTATION = 0x0112
@@ -172,6 +173,23 @@ def fit_cover(img: Image.Image, size: Size) -> Image.Image:
     if factor >= 2:
         return _reduced(img, factor, box).resize((size.width, size.height), Image.Resampling.LANCZOS)
     return img.resize((size.width, size.height), Image.Resampling.LANCZOS, box=box)
+
+
+def confine_to_mask(original: Image.Image, edited: Image.Image, mask: Source, size: Size) -> Image.Image:
+    """`edited` where `mask` is transparent and `original` elsewhere (both at `size`); BadRequest when
+    the mask has no alpha channel."""
+    raw = mask.image
+    if raw.mode not in ("RGBA", "LA", "L", "PA", "P") and "transparency" not in raw.info:
+        raise BadRequest(
+            "Invalid 'mask': it needs an alpha channel (fully transparent where the image should be edited).",
+            param="mask",
+        )
+    decoded = mask.decode()
+    alpha = decoded.getchannel("A") if decoded.mode == "RGBA" else decoded.convert("L")
+    region = ImageChops.invert(fit_cover(alpha, size))
+    if edited.mode != original.mode:
+        original = original.convert(edited.mode)
+    return Image.composite(edited, original, region)
 
 
 def _reduced(img: Image.Image, factor: int, box: tuple[int, int, int, int]) -> Image.Image:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import anyio
 from fastapi import Request
@@ -24,6 +25,7 @@ from imagegate.service.leases import Leases
 from imagegate.service.published import PublishedInputs
 from imagegate.service.records import ResultLinks
 from imagegate.service.retention import ResultSweeper
+from imagegate.service.router import Channel
 from imagegate.service.runner import TaskRunner
 from imagegate.service.tasks import TaskService
 from imagegate.service.webhooks import WebhookSender
@@ -55,6 +57,16 @@ class Runtime:
     inbox: CallbackInbox
     links: ResultLinks
     sweeper: ResultSweeper
+    channels: list[Channel] = field(default_factory=list)
+
+    def channel_health(self) -> dict[str, dict[str, Any]]:
+        """The state of each channel whose engine reports one (local models: loading, ready, failed)."""
+        reports = {}
+        for channel in self.channels:
+            health = getattr(channel.engine, "health", None)
+            if health is not None:
+                reports[channel.settings.name] = health()
+        return reports
 
     def public_base(self, request: Request) -> str:
         """Base of result URLs: IMAGEGATE_PUBLIC_URL, else the request's Host if it is one of
@@ -165,6 +177,10 @@ async def open_runtime(
     storage = config.storage
     sweeper = ResultSweeper(db, blobs, storage.results_ttl, storage.sweep_interval_s)
     background.start_soon(sweeper.run)
+    for channel in channels:
+        start = getattr(channel.engine, "start", None)
+        if start is not None:
+            background.start_soon(start)
     limiter = ratelimit.limiter_for(db)
     links = ResultLinks(
         blobs, presigned=config.storage.result_urls == "presigned", ttl_s=config.storage.presigned_url_ttl_s
@@ -173,7 +189,21 @@ async def open_runtime(
         if dialect.callbacks is not None:
             tasks.records.renderers[dialect.name] = dialect.callbacks(catalog, links)
     return Runtime(
-        config, db, blobs, fetcher, catalog, served, tasks, metrics, runner, limiter, inputs, inbox, links, sweeper
+        config,
+        db,
+        blobs,
+        fetcher,
+        catalog,
+        served,
+        tasks,
+        metrics,
+        runner,
+        limiter,
+        inputs,
+        inbox,
+        links,
+        sweeper,
+        channels,
     )
 
 

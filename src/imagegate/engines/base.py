@@ -9,6 +9,7 @@ from typing import Protocol
 
 from imagegate.config import ChannelSettings, Config
 from imagegate.core.job import Job, Made
+from imagegate.core.request import EditRequest
 from imagegate.core.upstream import RelayHosts
 from imagegate.net.fetch import SafeFetcher
 
@@ -26,6 +27,31 @@ class Engine(Protocol):
     async def run(self, job: Job) -> Made: ...
 
     async def aclose(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why an engine cannot serve a request (e.g. more reference images than its model takes), and the
+    request field at fault; the client gets it as a 400."""
+
+    message: str
+    param: str | None = None
+
+
+def refusal(engine: Engine, request: EditRequest) -> Refusal | None:
+    """What `engine` says against `request`, for engines that say (those with a `refuses` method):
+    None when it can serve it. Generation on an edit-only engine is refused here for every engine."""
+    refuses = getattr(engine, "refuses", None)
+    if refuses is not None:
+        said: Refusal | None = refuses(request)
+        return said
+    if not request.is_edit and not engine.can_generate:
+        return Refusal(
+            f"Model '{request.model}' is served by the {engine.name} engine, which edits images but cannot "
+            "generate them; generations need an upstream (OpenAI-compatible) or local-model channel.",
+            "model",
+        )
+    return None
 
 
 @dataclass(frozen=True)

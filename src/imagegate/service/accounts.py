@@ -62,7 +62,9 @@ def _expired(key: ApiKey) -> bool:
 
 
 def task_view(task: Task) -> dict[str, Any]:
-    """A task's bookkeeping: what it was, how it ended, what it held and cost."""
+    """A task's bookkeeping: what it was, how it ended, what it held and cost, and what each engine
+    call reported (the channel, and a local model's seed, steps and native size)."""
+    result = task.result or {}
     return {
         "object": "task",
         "id": task.id,
@@ -75,6 +77,9 @@ def task_view(task: Task) -> dict[str, Any]:
         "held": credits(task.held),
         "cost": credits(task.cost),
         "error": {"code": task.error_code, "message": task.error_message} if task.state == "fail" else None,
+        "engine": task.engine,
+        "calls": result.get("upstream") or [],
+        "resampled_from": result.get("resampled_from"),
         "created_at": seconds(task.created_at),
         "finished_at": seconds(task.finished_at),
     }

@@ -108,4 +108,8 @@ async def probe(channel: Channel) -> str:
     engine = channel.engine
     if isinstance(engine, UpstreamEngine):
         return await engine.probe()
+    health = getattr(engine, "health", None)
+    if health is not None:
+        report = health()
+        return f"{report['state']} ({engine.name} engine: {report.get('model', '')} on {report.get('device', '')})"
     return f"ok (built-in {engine.name} engine)"

@@ -21,7 +21,8 @@ import anyio
 
 from imagegate.config import ChannelSettings
 from imagegate.core.job import Job, Made
-from imagegate.engines.base import Engine
+from imagegate.core.request import EditRequest
+from imagegate.engines.base import Engine, Refusal, refusal
 from imagegate.errors import EngineError, ImagegateError
 from imagegate.metrics import Metrics
 
@@ -127,6 +128,13 @@ class Router:
     async def aclose(self) -> None:
         """Channels are shared between routers; the runtime closes their engines."""
 
+    def refuses(self, request: EditRequest) -> Refusal | None:
+        """None when some channel can serve `request`; else the first channel's reason."""
+        reasons = [refusal(channel.engine, request) for channel in self.channels]
+        if any(reason is None for reason in reasons):
+            return None
+        return reasons[0]
+
     def order(self) -> list[Channel]:
         """Channels by priority; equal priorities in a weighted random order."""
         ordered: list[Channel] = []
@@ -143,7 +151,7 @@ class Router:
         last: EngineError | None = None
         tried: list[str] = []
         for channel in self.order():
-            if not job.request.is_edit and not channel.engine.can_generate:
+            if refusal(channel.engine, job.request) is not None:
                 continue
             if not channel.breaker.admits():
                 continue

@@ -28,7 +28,7 @@ from imagegate.core.pricing import credits_text, price, price_before_inputs
 from imagegate.core.request import Background, EditRequest, ImageRef, Size
 from imagegate.core.sizing import tier_of
 from imagegate.core.validation import resolve_size, resolved_quality, validate
-from imagegate.engines.base import Engine
+from imagegate.engines.base import Engine, refusal
 from imagegate.errors import (
     BadRequest,
     ImagegateError,
@@ -174,12 +174,9 @@ class TaskService:
         spec = self.catalog.get(req.model)
         validate(req, spec, max_input_images=self.limits.max_input_images)
         engine = self.engine_for(spec)
-        if not req.is_edit and not engine.can_generate:
-            raise ModelNotSupported(
-                f"Model '{spec.id}' is served by the {engine.name} engine, which edits images but cannot "
-                "generate them; generations need an upstream (OpenAI-compatible) or local-model channel.",
-                param="model",
-            )
+        refused = refusal(engine, req)
+        if refused is not None:
+            raise ModelNotSupported(refused.message, param=refused.param)
         return spec, engine
 
     def _row(

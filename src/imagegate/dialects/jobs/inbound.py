@@ -116,6 +116,8 @@ def parse_create(body: dict[str, Any], catalog: Catalog) -> tuple[EditRequest, s
     if data.get("output_format") is not None:
         text = as_str(data["output_format"], "input.output_format").strip().lower()
         req.output_format = as_enum(OutputFormat, "jpeg" if text == "jpg" else text, "input.output_format")
+    known = {"prompt", "resolution", "aspect_ratio", "quality", "output_format", *IMAGE_FIELDS}
+    req.extra = {name: value for name, value in data.items() if name not in known}
     callback = body.get("callBackUrl")
     if callback is not None and as_str(callback, "callBackUrl").strip():
         req.callback_url = as_str(callback, "callBackUrl").strip()

@@ -7,16 +7,15 @@ from dataclasses import dataclass
 from functools import partial
 
 import anyio
-from PIL import Image, ImageChops
+from PIL import Image
 
 from imagegate.config import Config, ImagingSettings
-from imagegate.core.job import ImageOut, Job, Made, Source
+from imagegate.core.job import ImageOut, Job, Made
 from imagegate.core.request import Background, OutputFormat, Size
 from imagegate.engines.classic import compose, draw
 from imagegate.engines.classic.operations import GEOMETRIC, OPERATIONS, TextRenderer, remove_background
 from imagegate.engines.classic.vocabulary import Plan, describe, plan
-from imagegate.errors import BadRequest
-from imagegate.imaging import encode, fit_cover
+from imagegate.imaging import confine_to_mask, encode, fit_cover
 
 PREVIEW_SCALES = {1: (8,), 2: (16, 4), 3: (16, 8, 4)}
 
@@ -107,7 +106,7 @@ class ClassicEngine:
             applied.append(op)
         the_plan.ops = applied
         if job.mask is not None:
-            edited = self._apply_mask(fitted, edited, job.mask, job.size)
+            edited = confine_to_mask(fitted, edited, job.mask, job.size)
             notes.append("edits confined to the mask's transparent area")
         edited = self._background(edited, job.request.background, notes)
         return Rendered(edited, describe(the_plan, notes))
@@ -136,21 +135,6 @@ class ClassicEngine:
         notes.append(f"composed {len(images)} images side by side in the order {labels}")
         decoded = (images[i].decode(at_least=size) for i in the_plan.order)
         return compose.side_by_side(decoded, len(images), size)
-
-    @staticmethod
-    def _apply_mask(original: Image.Image, edited: Image.Image, mask: Source, size: Size) -> Image.Image:
-        raw = mask.image
-        if raw.mode not in ("RGBA", "LA", "L", "PA", "P") and "transparency" not in raw.info:
-            raise BadRequest(
-                "Invalid 'mask': it needs an alpha channel (fully transparent where the image should be edited).",
-                param="mask",
-            )
-        decoded = mask.decode()
-        alpha = decoded.getchannel("A") if decoded.mode == "RGBA" else decoded.convert("L")
-        region = ImageChops.invert(fit_cover(alpha, size))
-        if edited.mode != original.mode:
-            original = original.convert(edited.mode)
-        return Image.composite(edited, original, region)
 
     @staticmethod
     def _background(img: Image.Image, background: Background, notes: list[str]) -> Image.Image:
