@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx
 import httpx2
 import openai
 import orjson
@@ -21,7 +23,8 @@ from PIL import Image
 
 from imagegate.config import load_config
 from imagegate.engines.local.engine import LocalEngine
-from tests.conftest import LOOPBACK_ALLOW, Api, FileServer, decode, make_image, open_api
+from imagegate.stores import keys
+from tests.conftest import LOOPBACK_ALLOW, Api, FileServer, decode, free_port, make_image, open_api, start_serve
 from tests.waiting import record_info, wait_for_task_async
 
 torch = pytest.importorskip("torch", reason="the local extra (torch, diffusers) is not installed")
@@ -291,3 +294,44 @@ async def test_health_reports_loading_ready_and_failed_models(tmp_path: Path, ti
             "/v1/images/generations", headers=api.auth, json={"model": "gpt-image-2-text-to-image", "prompt": "x"}
         )
         assert r.status_code == 502 and "failed" in r.json()["error"]["message"]
+
+
+@pytest.mark.e2e
+def test_the_real_server_serves_local_models_to_the_openai_sdk(tmp_path: Path, tiny_models: dict[str, Path]) -> None:
+    config = tmp_path / "imagegate.toml"
+    config.write_text(
+        f"""
+[[channels]]
+name = "klein"
+engine = "diffusers"
+model = "{tiny_models["klein"]}"
+models = ["gpt-image-2"]
+steps = 4
+preload = true
+"""
+    )
+    env = {**os.environ, "IMAGEGATE_CONFIG": str(config), "IMAGEGATE_DATA_DIR": str(tmp_path / "data")}
+    port = free_port()
+    with (tmp_path / "serve.log").open("w+") as log:
+        proc = start_serve(port, env, log)
+        try:
+            log.seek(0)
+            key = next(line for line in log.read().splitlines() if line.startswith(keys.KEY_PREFIX))
+            client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0)
+            two = [("a.png", PNG, "image/png"), ("b.png", make_image(64, 96), "image/png")]
+            edited = client.images.edit(
+                model="gpt-image-2", image=two, prompt="图1 in the style of 图2", size="1024x1536"
+            )
+            assert edited.data and decode(pybase64.b64decode(edited.data[0].b64_json or "")).size == (1024, 1536)
+            stream = client.images.edit(
+                model="gpt-image-2", image=two[0], prompt="a boat", stream=True, partial_images=2, size="1024x1024"
+            )
+            kinds = [event.type for event in stream]
+            assert kinds == ["image_edit.partial_image"] * 2 + ["image_edit.completed"]
+            made = client.images.generate(model="gpt-image-2", prompt="a lighthouse", size="1024x1024")
+            assert made.data and made.data[0].b64_json
+            health = httpx.get(f"http://127.0.0.1:{port}/healthz").json()
+            assert health["channels"]["klein"]["state"] == "ready"
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)

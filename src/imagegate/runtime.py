@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import anyio
@@ -20,9 +22,10 @@ from imagegate.net.fetch import FetchPolicy, SafeFetcher
 from imagegate.owner_only import private_dir
 from imagegate.registry import Registry
 from imagegate.service.callbacks_in import CallbackInbox
-from imagegate.service.channels import open_channels, relay_hosts, routes
+from imagegate.service.channels import Elsewhere, open_channels, relay_hosts, routes
 from imagegate.service.leases import Leases
 from imagegate.service.published import PublishedInputs
+from imagegate.service.queued_channels import QueuedEngine
 from imagegate.service.records import ResultLinks
 from imagegate.service.retention import ResultSweeper
 from imagegate.service.router import Channel
@@ -131,6 +134,7 @@ async def open_runtime(
     metrics: Metrics,
     registry: Registry,
     engines: dict[str, Engine] | None = None,
+    takes: Collection[str] = (),
 ) -> Runtime:
     """Migrate the database, open every store and engine, and start the task runner and webhook
     sender in the background; `stack` stops and closes them all.
@@ -150,7 +154,11 @@ async def open_runtime(
     blobs = open_blob_store(config.storage.url, config.files_dir)
     inputs, inbox = relay_hosts(config, blobs, db)
     hosts = RelayHosts(inputs, inbox)
-    channels = open_channels(config, catalog, registry.engines, fetcher, hosts)
+    elsewhere: Elsewhere | None = None
+    if config.uses_procrastinate and any(channel.queue for channel in config.channels):
+        queue_app = await stack.enter_async_context(procrastinate_app(url).open_async())
+        elsewhere = partial(QueuedEngine, queue_app=queue_app, blobs=blobs)
+    channels = open_channels(config, catalog, registry.engines, fetcher, hosts, elsewhere=elsewhere, takes=takes)
     if engines is None and not channels:
         kind = registry.engines.get(registry.default_engine)
         if kind is None:
@@ -166,6 +174,7 @@ async def open_runtime(
     tasks = TaskService(db, blobs, fetcher, catalog, served, config.limits, config.accounts, metrics, leases)
     if config.uses_procrastinate:
         tasks.queue = ProcrastinateQueue(procrastinate_app(url), config.worker.queues[0])
+        tasks.model_queues = model_queues(config, served)
     runner = TaskRunner(db, tasks, leases, config.runner, claims=not config.uses_procrastinate)
     sender = WebhookSender(db, fetcher, config.webhooks, config.webhooks.retry_delays)
     tasks.on_submitted = runner.wake
@@ -205,6 +214,17 @@ async def open_runtime(
         sweeper,
         channels,
     )
+
+
+def model_queues(config: Config, served: dict[str, Engine]) -> dict[str, str]:
+    """The queue of each model served only by channels that name one (its async tasks go there)."""
+    queues = {}
+    for model, engine in served.items():
+        channels = getattr(engine, "channels", [])
+        named = {channel.settings.queue for channel in channels}
+        if len(named) == 1 and None not in named:
+            queues[model] = str(named.pop())
+    return queues
 
 
 def runtime_of(request: Request) -> Runtime:

@@ -1,7 +1,9 @@
 """`imagegate worker`: runs async tasks from procrastinate's queue on PostgreSQL (distributed mode).
 
 A worker opens the same runtime as an API node (stores, engines and channels, the webhook sender,
-lease renewal and the sweep of orphaned sync tasks) but serves no HTTP. Each RUN_TASK job claims its
+lease renewal and the sweep of orphaned sync tasks) but serves no HTTP. It also runs the channels
+that name a queue it takes: RUN_CHANNEL_JOB is one engine call handed over by a node that does not
+(service/queued_channels.py). Each RUN_TASK job claims its
 task by a conditional update, so a job run twice (a retry, a stalled job taken over) never runs a
 task twice: a finished task is left alone and a task another live worker holds is retried later.
 Stalled jobs (their worker stopped sending heartbeats) are retried on a short schedule, each handler
@@ -13,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import AsyncExitStack
+from typing import Any
 
 import anyio
 import procrastinate
@@ -22,6 +25,8 @@ from imagegate.config import Config, WorkerSettings
 from imagegate.metrics import Metrics
 from imagegate.registry import Registry
 from imagegate.runtime import Runtime, open_runtime
+from imagegate.service import queued_channels
+from imagegate.service.queued_channels import RUN_CHANNEL_JOB
 from imagegate.service.runner import TaskBusy
 from imagegate.stores.queue import RUN_TASK, procrastinate_app
 
@@ -49,6 +54,14 @@ def worker_app(runtime: Runtime) -> procrastinate.App:
             await runtime.runner.run_by_id(task_id)
         if scope.cancelled_caught:
             raise HandlerTimedOut(f"task {task_id} ran past {config.worker.handler_timeout_s:g} s")
+
+    channels = {channel.settings.name: channel.engine for channel in runtime.channels}
+
+    @app.task(name=RUN_CHANNEL_JOB, queue=config.worker.queues[0])
+    async def run_channel_job(channel: str, payload: dict[str, Any]) -> None:
+        await queued_channels.run_channel_job(
+            channels, runtime.catalog, config, runtime.fetcher, runtime.blobs, channel, payload
+        )
 
     return app
 
@@ -81,13 +94,14 @@ async def run_worker(
     replaces the built-in dialects and engine kinds, as it does for `create_app`."""
     settings = config.worker
     async with AsyncExitStack() as stack:
-        runtime = await open_runtime(config, stack, Metrics(), registry or builtin_registry())
+        taken = queues or settings.queues
+        runtime = await open_runtime(config, stack, Metrics(), registry or builtin_registry(), takes=taken)
         app = worker_app(runtime)
         await stack.enter_async_context(app.open_async())
         async with anyio.create_task_group() as group:
             group.start_soon(maintain, app, settings)
             await app.run_worker_async(
-                queues=queues or settings.queues,
+                queues=taken,
                 concurrency=concurrency or settings.concurrency,
                 wait=True,
                 delete_jobs="successful",

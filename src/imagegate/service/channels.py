@@ -5,7 +5,7 @@ grouped into one Router per model. With no channel configured, the default engin
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping
 
 from imagegate.config import ChannelSettings, Config, ConfigError
 from imagegate.core.catalog import Catalog
@@ -63,6 +63,11 @@ def channel_key(channel: ChannelSettings, env: Mapping[str, str]) -> str:
     return env.get(channel.api_key_env, "") if channel.api_key_env else ""
 
 
+Elsewhere = Callable[[ChannelSettings, Engine | None], Engine]
+"""The engine standing in for a channel that runs on other machines, given the channel's own engine
+when this process could open it (None when, say, its model is not on this machine)."""
+
+
 def open_channels(
     config: Config,
     catalog: Catalog,
@@ -70,13 +75,23 @@ def open_channels(
     fetcher: SafeFetcher,
     hosts: RelayHosts,
     env: Mapping[str, str] = os.environ,
+    elsewhere: Elsewhere | None = None,
+    takes: Collection[str] = (),
 ) -> list[Channel]:
     """Every configured channel as a live Channel, its engine opened by the kind it names (the caller
-    closes their engines)."""
+    closes their engines). With `elsewhere`, a channel naming a `queue` this process does not take
+    (`takes`) gets the engine `elsewhere` makes for it."""
     check_channels(config, catalog, kinds, env)
     opened = []
     for settings in config.channels:
         context = EngineContext(config, fetcher, hosts, settings, channel_key(settings, env))
+        if elsewhere is not None and settings.queue and settings.queue not in takes:
+            try:
+                own: Engine | None = kinds[settings.engine].open(context)
+            except ConfigError:
+                own = None
+            opened.append(Channel(settings, elsewhere(settings, own)))
+            continue
         opened.append(Channel(settings, kinds[settings.engine].open(context)))
     return opened
 

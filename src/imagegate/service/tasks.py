@@ -132,6 +132,8 @@ class TaskService:
         self.leases = leases
         self.records = TaskRecords(db, leases.owner, leases.clock)
         self.queue: TaskQueue = RowQueue()
+        self.model_queues: dict[str, str] = {}
+        """Models whose async tasks go to a queue of their own (a local model's channel `queue`)."""
         self.on_submitted: Callable[[], None] = lambda: None
 
     def engine_for(self, spec: ModelSpec) -> Engine:
@@ -203,7 +205,7 @@ class TaskService:
         async with sql.transaction(self.db) as statements:
             await ledger.open_task(statements, row, price_before_inputs(req, spec), self.key_limits(key).max_active)
             if row.mode == "async":
-                await self.queue.enqueue(statements, row.id)
+                await self.queue.enqueue(statements, row.id, self.model_queues.get(row.model))
 
     async def prepare(self, key: ApiKey, req: EditRequest, origin: Origin) -> Prepared:
         """Validate, record a running sync task holding its price, open inputs and resolve the size.

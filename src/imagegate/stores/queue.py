@@ -19,15 +19,16 @@ RUN_TASK = "imagegate.run_task"
 
 
 class TaskQueue(Protocol):
-    async def enqueue(self, sql: Sql, task_id: str) -> None:
-        """Queue `task_id` inside the caller's open transaction `sql`."""
+    async def enqueue(self, sql: Sql, task_id: str, queue: str | None = None) -> None:
+        """Queue `task_id` inside the caller's open transaction `sql` (into `queue` rather than the
+        default one, where the implementation has queues)."""
         ...
 
 
 class RowQueue:
     """The embedded queue: nothing beyond the `waiting` task row."""
 
-    async def enqueue(self, sql: Sql, task_id: str) -> None:
+    async def enqueue(self, sql: Sql, task_id: str, queue: str | None = None) -> None:
         return None
 
 
@@ -38,8 +39,8 @@ class ProcrastinateQueue:
         self.app = app
         self.queue = queue
 
-    async def enqueue(self, sql: Sql, task_id: str) -> None:
-        deferrer = self.app.configure_task(RUN_TASK, connection=sql.driver_connection, queue=self.queue)
+    async def enqueue(self, sql: Sql, task_id: str, queue: str | None = None) -> None:
+        deferrer = self.app.configure_task(RUN_TASK, connection=sql.driver_connection, queue=queue or self.queue)
         await deferrer.defer_async(task_id=task_id)
 
 
