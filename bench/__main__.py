@@ -20,9 +20,13 @@
 (g) many slow requests: 2,000 concurrent sync edits relayed to a provider that takes 20 s each: how many
     succeed, wall time ÷ the provider's delay, the gateway's peak RSS and open descriptors.
 
+(h) local engine overhead: a tiny FLUX.2 klein edit through the HTTP API ÷ the same pipeline called
+    directly in-process (same reference, prompt, steps and seed; target ≤ 1.05×).
+
     python -m bench memory        (e) alone
     python -m bench relay-cost    (f) alone
     python -m bench slow          (g) alone
+    python -m bench local         (h) alone
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ import orjson
 import psutil
 from PIL import Image
 
+from bench.local_engine import local_engine_overhead
 from bench.memory import memory_under_attack
 from bench.relay import relay_overhead
 from bench.relay_cost import relay_cost
@@ -158,9 +163,14 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             print(relay_cost(Path(tmp)))
         return
+    if sys.argv[1:] == ["local"]:
+        with tempfile.TemporaryDirectory() as tmp:
+            print(local_engine_overhead(Path(tmp)))
+        return
     if sys.argv[1:] == ["slow"]:
         with tempfile.TemporaryDirectory() as tmp:
             print(slow_relay(Path(tmp)))
+        print(local_engine_overhead(Path(tmp)))
         return
     with tempfile.TemporaryDirectory() as tmp:
         port = 18000 + os.getpid() % 1000
@@ -222,6 +232,7 @@ def main() -> None:
         print(memory_under_attack(Path(tmp)))
         print(relay_cost(Path(tmp)))
         print(slow_relay(Path(tmp)))
+        print(local_engine_overhead(Path(tmp)))
 
 
 if __name__ == "__main__":

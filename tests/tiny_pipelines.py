@@ -208,12 +208,14 @@ BUILDERS: dict[str, Callable[[], Any]] = {
 }
 
 
-def save_tiny_pipelines(root: Path) -> dict[str, Path]:
-    """Every tiny pipeline saved under `root/<name>`, seeded so each build is the same."""
+def save_tiny_pipelines(root: Path, only: tuple[str, ...] = tuple(BUILDERS)) -> dict[str, Path]:
+    """The tiny pipelines named in `only` (all by default) saved under `root/<name>`, seeded so each
+    build is the same."""
     import torch
 
     saved = {}
-    for name, build in BUILDERS.items():
+    for name in only:
+        build = BUILDERS[name]
         torch.manual_seed(0)
         build().save_pretrained(root / name)
         saved[name] = root / name
