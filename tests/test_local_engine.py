@@ -335,3 +335,46 @@ preload = true
         finally:
             proc.terminate()
             proc.wait(timeout=10)
+
+
+@pytest.fixture
+def sd_lora(tmp_path: Path, tiny_models: dict[str, Path]) -> Path:
+    """A LoRA file for the tiny Stable Diffusion UNet (random, so it visibly changes the output)."""
+    from diffusers import DiffusionPipeline, StableDiffusionPipeline
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    loader: Any = DiffusionPipeline
+    pipe = loader.from_pretrained(str(tiny_models["sd"]), local_files_only=True)
+    torch.manual_seed(5)
+    targets = ["to_q", "to_k", "to_v", "to_out.0"]
+    pipe.unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian", target_modules=targets))
+    saver: Any = StableDiffusionPipeline
+    saver.save_lora_weights(tmp_path / "lora", unet_lora_layers=get_peft_model_state_dict(pipe.unet))
+    return tmp_path / "lora" / "pytorch_lora_weights.safetensors"
+
+
+async def test_a_lora_file_changes_the_model_and_brings_its_step_count(
+    tmp_path: Path, tiny_models: dict[str, Path], sd_lora: Path
+) -> None:
+    plain = channel("sd", tiny_models["sd"], steps=3, models=["gpt-image-1.5"])
+    styled = {
+        **channel("sd", tiny_models["sd"], steps=None, models=["gpt-image-2-text-to-image"]),
+        "name": "sd-lora",
+        "lora": [{"path": str(sd_lora), "steps": 3}],
+    }
+    config = load_config(data_dir=tmp_path / "d", channels=[plain, styled])
+    async with open_api(config) as api:
+        body = {"prompt": "a lighthouse", "seed": 9}
+        made: list[bytes] = []
+        for model in ("gpt-image-1.5", "gpt-image-2-text-to-image"):
+            r = await api.client.post("/v1/images/generations", headers=api.auth, json={**body, "model": model})
+            assert r.status_code == 200, r.text
+            item = r.json()["data"][0]
+            if "b64_json" in item:
+                made.append(decode(pybase64.b64decode(item["b64_json"])).tobytes())
+            else:
+                made.append(decode((await api.client.get(item["url"])).content).tobytes())
+            call = await last_call(api)
+            assert call["steps"] == 3, "the LoRA's step count is the channel's default"
+        assert made[0] != made[1], "the same seed and steps with and without the LoRA"

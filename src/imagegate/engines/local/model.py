@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from PIL import Image
@@ -118,9 +119,11 @@ class LocalModel:
         )
         pipe.set_progress_bar_config(disable=True)
         for index, lora in enumerate(settings.lora):
-            name = f"lora{index}"
-            source = lora.path if is_repo_id(lora.path) else str(lora.path)
-            pipe.load_lora_weights(source, weight_name=lora.weight_name, adapter_name=name)
+            source, weight_name = Path(lora.path).expanduser(), lora.weight_name
+            if source.is_file():
+                source, weight_name = source.parent, source.name
+            where = lora.path if is_repo_id(lora.path) and not source.exists() else str(source)
+            pipe.load_lora_weights(where, weight_name=weight_name, adapter_name=f"lora{index}", local_files_only=True)
         if settings.lora:
             pipe.set_adapters([f"lora{i}" for i in range(len(settings.lora))], [lora.scale for lora in settings.lora])
         if settings.offload == "model":
