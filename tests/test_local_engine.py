@@ -349,6 +349,10 @@ def sd_lora(tmp_path: Path, tiny_models: dict[str, Path]) -> Path:
     torch.manual_seed(5)
     targets = ["to_q", "to_k", "to_v", "to_out.0"]
     pipe.unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian", target_modules=targets))
+    with torch.no_grad():
+        for name, weights in pipe.unet.named_parameters():
+            if "lora_B" in name:  # a new LoRA's B is zero: it would change nothing
+                weights.normal_(std=0.5)
     saver: Any = StableDiffusionPipeline
     saver.save_lora_weights(tmp_path / "lora", unet_lora_layers=get_peft_model_state_dict(pipe.unet))
     return tmp_path / "lora" / "pytorch_lora_weights.safetensors"
