@@ -26,17 +26,24 @@ FAST: dict[str, Any] = {
 }
 
 
-def on(tmp_path: Path, url: str, name: str, model: Path) -> Config:
-    klein = {"name": "klein", "engine": "diffusers", "model": str(model), "models": ["gpt-image-2"]}
+def on(tmp_path: Path, url: str, name: str, models: dict[str, Path], **settings: Any) -> Config:
+    """A node's configuration: klein (gpt-image-2) and pix2pix (gpt-image-1) on the queue `gpu`, their
+    models where `models` says (a node without them names paths that do not exist)."""
+    klein = {"name": "klein", "engine": "diffusers", "model": str(models["klein"]), "models": ["gpt-image-2"]}
+    pix = {"name": "pix", "engine": "diffusers", "model": str(models["pix2pix"]), "models": ["gpt-image-1"]}
     return load_config(
         data_dir=tmp_path / name,
         database_url=url,
         fetch_allow=LOOPBACK_ALLOW,
         storage={"url": f"file://{tmp_path / 'shared'}"},
         accounts={"requests_per_minute": 0, "max_active_tasks": 0},
-        channels=[{**klein, "steps": 2, "queue": "gpu"}],
-        **FAST,
+        channels=[{**klein, "steps": 2, "queue": "gpu"}, {**pix, "steps": 2, "queue": "gpu"}],
+        **{**FAST, **settings},
     )
+
+
+def nowhere(tmp_path: Path) -> dict[str, Path]:
+    return {"klein": tmp_path / "no-klein-here", "pix2pix": tmp_path / "no-pix2pix-here"}
 
 
 @asynccontextmanager
@@ -53,9 +60,9 @@ async def gpu_worker(config: Config) -> AsyncIterator[None]:
 async def test_an_api_node_without_the_model_hands_sync_and_async_work_to_the_gpu_workers(
     postgres_url: str, tmp_path: Path, tiny_models: dict[str, Path], file_server: FileServer
 ) -> None:
-    api_config = on(tmp_path, postgres_url, "api", tmp_path / "not-on-this-machine")
+    api_config = on(tmp_path, postgres_url, "api", nowhere(tmp_path))
     key = await create_key(api_config)
-    async with node(api_config) as api, gpu_worker(on(tmp_path, postgres_url, "gpu", tiny_models["klein"])):
+    async with node(api_config) as api, gpu_worker(on(tmp_path, postgres_url, "gpu", tiny_models)):
         health = (await api.get("/healthz")).json()["channels"]["klein"]
         assert health["state"] == "on the workers of queue 'gpu'"
         files = [
@@ -90,8 +97,8 @@ async def test_an_api_node_without_the_model_hands_sync_and_async_work_to_the_gp
 async def test_a_sync_client_that_leaves_aborts_the_run_on_the_gpu_worker(
     postgres_url: str, tmp_path: Path, tiny_models: dict[str, Path]
 ) -> None:
-    api_config = on(tmp_path, postgres_url, "api", tmp_path / "not-on-this-machine")
-    slow = on(tmp_path, postgres_url, "gpu", tiny_models["klein"])
+    api_config = on(tmp_path, postgres_url, "api", nowhere(tmp_path))
+    slow = on(tmp_path, postgres_url, "gpu", tiny_models)
     slow.channels[0].steps = 100_000
     key = await create_key(api_config)
     async with node(api_config) as api, gpu_worker(slow):
@@ -112,3 +119,27 @@ async def test_a_sync_client_that_leaves_aborts_the_run_on_the_gpu_worker(
         assert ended in ([], ["aborted"])
         usage = (await api.get("/v1/usage", headers=bearer(key))).json()
         assert usage["tasks"][0]["state"] == "fail" and usage["held"] == "0"
+
+
+async def test_what_the_model_cannot_do_is_a_400_from_the_worker_and_no_worker_is_a_504(
+    postgres_url: str, tmp_path: Path, tiny_models: dict[str, Path]
+) -> None:
+    api_config = on(tmp_path, postgres_url, "api", nowhere(tmp_path), worker={**FAST["worker"], "handler_timeout_s": 2})
+    key = await create_key(api_config)
+    async with node(api_config) as api:
+        async with gpu_worker(on(tmp_path, postgres_url, "gpu", tiny_models)):
+            generate = await api.post(
+                "/v1/images/generations", headers=bearer(key), json={"model": "gpt-image-1", "prompt": "x"}
+            )
+            assert generate.status_code == 400 and generate.json()["error"]["code"] == "model_not_supported"
+            three = [("image[]", (f"{i}.png", make_image(64, 64), "image/png")) for i in range(3)]
+            many = await api.post(
+                "/v1/images/edits", headers=bearer(key), data={"model": "gpt-image-1", "prompt": "x"}, files=three
+            )
+            assert many.status_code == 400 and "takes 1 reference image; 3 were given" in many.text
+        alone = await api.post(
+            "/v1/images/generations", headers=bearer(key), json={"model": "gpt-image-2", "prompt": "x"}
+        )
+        assert alone.status_code == 504 and "No worker of queue 'gpu'" in alone.json()["error"]["message"]
+        usage = (await api.get("/v1/usage", headers=bearer(key))).json()
+        assert usage["held"] == "0" and [task["state"] for task in usage["tasks"]] == ["fail"] * 3

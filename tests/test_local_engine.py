@@ -8,6 +8,7 @@ import asyncio
 import io
 import os
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,9 @@ MODELS = {
 
 
 def channel(name: str, path: Path, **settings: Any) -> dict[str, Any]:
-    return {"name": name, "engine": "diffusers", "model": str(path), "models": MODELS[name], "steps": 2, **settings}
+    """A local channel; one failure opens its circuit, so a test sees when one counts against it."""
+    base = {"name": name, "engine": "diffusers", "model": str(path), "models": MODELS[name], "steps": 2}
+    return {**base, "breaker_failures": 1, **settings}
 
 
 @pytest.fixture
@@ -115,7 +118,10 @@ async def test_a_seed_repeats_a_run_and_the_seed_of_an_unseeded_run_is_recorded(
 async def test_several_references_go_to_a_model_that_takes_them_and_are_refused_by_one_that_does_not(
     local: Api,
 ) -> None:
-    many = await edit(local, "gpt-image-2", [PNG, make_image(50, 80)], prompt="put 图1 next to 图2", size="1024x1024")
+    banner = make_image(2000, 20)  # cropped to 8:1 for the model, which refuses more
+    many = await edit(
+        local, "gpt-image-2", [PNG, make_image(50, 80), banner], prompt="图1 next to 图2", size="1024x1024"
+    )
     assert many.status_code == 200, many.text
     assert (await last_call(local))["family"] == "flux2-klein"
     refused = await edit(local, "gpt-image-1", [PNG, PNG, PNG], prompt="x")
@@ -382,3 +388,43 @@ async def test_a_lora_file_changes_the_model_and_brings_its_step_count(
             call = await last_call(api)
             assert call["steps"] == 3, "the LoRA's step count is the channel's default"
         assert made[0] != made[1], "the same seed and steps with and without the LoRA"
+
+
+async def test_waiting_for_ones_turn_is_not_part_of_the_timeout(tmp_path: Path, tiny_models: dict[str, Path]) -> None:
+    config = load_config(data_dir=tmp_path / "d", channels=[channel("sd", tiny_models["sd"], steps=20, timeout_s=1.5)])
+    async with open_api(config) as api:
+        body = {"model": "gpt-image-2-text-to-image", "prompt": "x"}
+        started = time.perf_counter()
+        answers = await asyncio.gather(
+            *(api.client.post("/v1/images/generations", headers=api.auth, json=body) for _ in range(6))
+        )
+        took = time.perf_counter() - started
+        assert [r.status_code for r in answers] == [200] * 6
+        assert took > 1.5, "six runs one after another take longer than one run's timeout"
+
+
+async def test_bad_seeds_and_masks_are_refused_before_anything_runs(
+    local: Api, file_server: FileServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    steps = counting((await loaded(local, "pix2pix")).unet, monkeypatch)
+    url = file_server.put("in.png", PNG)
+    payload = {"model": "gpt-image-2-image-to-image", "input": {"prompt": "x", "image_urls": [url], "seed": -5}}
+    r = await local.client.post("/api/v1/jobs/createTask", headers=local.auth, json=payload)
+    assert r.status_code == 422 and "seed" in r.json()["msg"], "the task-jobs dialect answers a bad field with 422"
+    buf = io.BytesIO()
+    Image.new("RGB", (96, 64), (0, 0, 0)).save(buf, "PNG")
+    files = [("image", ("a.png", PNG, "image/png")), ("mask", ("m.png", buf.getvalue(), "image/png"))]
+    r = await local.client.post(
+        "/v1/images/edits", headers=local.auth, data={"model": "gpt-image-1", "prompt": "x", "n": "3"}, files=files
+    )
+    assert r.status_code == 400 and r.json()["error"]["param"] == "mask"
+    assert steps[0] == 0, "no denoising step ran for a request that was going to be refused"
+    usage = (await local.client.get("/v1/usage", headers=local.auth)).json()
+    assert usage["held"] == "0"
+
+
+def test_one_device_has_one_lock_whatever_its_spelling() -> None:
+    from imagegate.engines.local.model import device_key, device_lock
+
+    assert device_key("cpu") == device_key("cpu:0") == "cpu"
+    assert device_lock("cpu") is device_lock("cpu:0")

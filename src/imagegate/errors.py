@@ -216,12 +216,16 @@ class EngineError(ImagegateError):
         code: str | None = None,
         retryable: bool = True,
         retry_after: float | None = None,
+        blames_channel: bool = True,
     ) -> None:
         super().__init__(message, param=param, code=code)
         self.retryable = retryable
         """Worth another attempt on the same channel (429, 5xx, timeouts, connection faults)."""
         self.retry_after = retry_after
         """Seconds the provider asked us to wait (`retry-after`), when it said."""
+        self.blames_channel = blames_channel
+        """Whether it counts toward opening the channel's circuit: not when this one request was too
+        much for a working channel (a local model out of memory or out of time)."""
 
 
 class EngineTimeout(EngineError):

@@ -175,15 +175,21 @@ def fit_cover(img: Image.Image, size: Size) -> Image.Image:
     return img.resize((size.width, size.height), Image.Resampling.LANCZOS, box=box)
 
 
-def confine_to_mask(original: Image.Image, edited: Image.Image, mask: Source, size: Size) -> Image.Image:
-    """`edited` where `mask` is transparent and `original` elsewhere (both at `size`); BadRequest when
-    the mask has no alpha channel."""
+def check_mask(mask: Source) -> None:
+    """BadRequest unless `mask` can say where to edit: an alpha channel (transparent where the image
+    should be edited), or a greyscale or palette image whose values serve as that alpha."""
     raw = mask.image
     if raw.mode not in ("RGBA", "LA", "L", "PA", "P") and "transparency" not in raw.info:
         raise BadRequest(
             "Invalid 'mask': it needs an alpha channel (fully transparent where the image should be edited).",
             param="mask",
         )
+
+
+def confine_to_mask(original: Image.Image, edited: Image.Image, mask: Source, size: Size) -> Image.Image:
+    """`edited` where `mask` is transparent and `original` elsewhere (both at `size`); BadRequest as
+    `check_mask` says."""
+    check_mask(mask)
     decoded = mask.decode()
     alpha = decoded.getchannel("A") if decoded.mode == "RGBA" else decoded.convert("L")
     region = ImageChops.invert(fit_cover(alpha, size))

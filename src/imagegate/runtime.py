@@ -157,7 +157,8 @@ async def open_runtime(
     elsewhere: Elsewhere | None = None
     if config.uses_procrastinate and any(channel.queue for channel in config.channels):
         queue_app = await stack.enter_async_context(procrastinate_app(url).open_async())
-        elsewhere = partial(QueuedEngine, queue_app=queue_app, blobs=blobs)
+        deadline = config.worker.handler_timeout_s
+        elsewhere = partial(QueuedEngine, queue_app=queue_app, blobs=blobs, deadline_s=deadline)
     channels = open_channels(config, catalog, registry.engines, fetcher, hosts, elsewhere=elsewhere, takes=takes)
     if engines is None and not channels:
         kind = registry.engines.get(registry.default_engine)

@@ -36,6 +36,7 @@ class Refusal:
 
     message: str
     param: str | None = None
+    code: str = "model_not_supported"
 
 
 def refusal(engine: Engine, request: EditRequest) -> Refusal | None:

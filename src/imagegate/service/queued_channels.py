@@ -27,7 +27,7 @@ from imagegate.core.job import ImageOut, Job, Made, Source
 from imagegate.core.request import EditRequest, ImageRef, OutputFormat
 from imagegate.core.sizing import parse_wxh
 from imagegate.engines.base import Engine, Refusal, refusal
-from imagegate.errors import BadRequest, EngineError, ImagegateError
+from imagegate.errors import BadRequest, EngineError, EngineTimeout, ImagegateError
 from imagegate.net.fetch import SafeFetcher
 from imagegate.service.inputs import open_inputs
 from imagegate.stores.blobs import BlobStore
@@ -45,18 +45,25 @@ def _client_error(body: dict[str, Any]) -> ImagegateError:
     status, message, param, code = body.get("status", 502), body["message"], body.get("param"), body.get("code")
     if status == 400:
         return BadRequest(message, param=param, code=code)
-    return EngineError(message, param=param, code=code, retryable=False)
+    blames = body.get("blames_channel", True)
+    if status == 504:
+        return EngineTimeout(message, param=param, code=code, retryable=False, blames_channel=blames)
+    return EngineError(message, param=param, code=code, retryable=False, blames_channel=blames)
 
 
 class QueuedEngine:
     """The engine of a channel whose model runs on the workers of `channel.queue`; it can do what the
     channel's engine on those workers can do (`known`, when this process can read the model's configs)."""
 
-    def __init__(self, channel: ChannelSettings, known: Engine | None, queue_app: Any, blobs: BlobStore) -> None:
+    def __init__(
+        self, channel: ChannelSettings, known: Engine | None, queue_app: Any, blobs: BlobStore, deadline_s: float
+    ) -> None:
         self.channel = channel
         self.known = known
         self.app = queue_app
         self.blobs = blobs
+        self.deadline_s = deadline_s
+        """The most a call may take, queue included (the workers' `handler_timeout_s`)."""
         self.name = known.name if known is not None else channel.engine
         self.images_per_call = known.images_per_call if known is not None else 10
         self.can_generate = known.can_generate if known is not None else True
@@ -73,8 +80,9 @@ class QueuedEngine:
     async def run(self, job: Job) -> Made:
         call = f"rj_{secrets.token_hex(12)}"
         names = [f"{call}_in_{index}" for index in range(len(job.images))]
+        outputs = [f"{call}_out_{index}" for index in range(job.request.n)]
         async with AsyncExitStack() as cleanup:
-            for name in [*names, f"{call}_mask", f"{call}.json"]:
+            for name in [*names, f"{call}_mask", f"{call}.json", *outputs]:
                 cleanup.push_async_callback(self.blobs.delete, name)
             images = [await self._keep(source, name) for source, name in zip(job.images, names, strict=True)]
             mask = await self._keep(job.mask, f"{call}_mask") if job.mask is not None else None
@@ -82,8 +90,15 @@ class QueuedEngine:
             payload = {"call": call, "model": job.spec.id, "size": str(job.size), "request": request.to_record()}
             deferrer = self.app.configure_task(RUN_CHANNEL_JOB, queue=self.channel.queue)
             job_id = await deferrer.defer_async(channel=self.channel.name, payload=payload)
-            await self._wait(job_id)
-            return await self._made(call, cleanup)
+            try:
+                with anyio.fail_after(self.deadline_s):
+                    await self._wait(job_id)
+            except TimeoutError:
+                raise EngineTimeout(
+                    f"No worker of queue '{self.channel.queue}' finished this request within {self.deadline_s:g} s.",
+                    retryable=False,
+                ) from None
+            return await self._made(call)
 
     async def _keep(self, source: Source, name: str) -> ImageRef:
         def read() -> bytes:
@@ -113,7 +128,7 @@ class QueuedEngine:
                 await manager.cancel_job_by_id_async(job_id, abort=True)
             raise
 
-    async def _made(self, call: str, cleanup: AsyncExitStack) -> Made:
+    async def _made(self, call: str) -> Made:
         raw = await self.blobs.get(f"{call}.json")
         if raw is None:
             raise EngineError(f"The workers of queue '{self.channel.queue}' did not finish this request.")
@@ -122,9 +137,7 @@ class QueuedEngine:
             raise _client_error(answer["error"])
         outs = []
         for index, item in enumerate(answer["images"]):
-            name = f"{call}_out_{index}"
-            cleanup.push_async_callback(self.blobs.delete, name)
-            data = await self.blobs.get(name)
+            data = await self.blobs.get(f"{call}_out_{index}")
             if data is None:
                 raise EngineError(f"The workers of queue '{self.channel.queue}' lost an image of this request.")
             native = item.get("resampled_from")
@@ -181,6 +194,8 @@ async def run_channel_job(
         answer: dict[str, Any] = {"images": images, "report": made.report}
     except ImagegateError as exc:
         answer = {"error": {"status": exc.status, "code": exc.code, "message": exc.message, "param": exc.param}}
+        if isinstance(exc, EngineError):
+            answer["error"]["blames_channel"] = exc.blames_channel
     except Exception as exc:
         log.error("a call on channel %s failed", channel, exc_info=exc)
         answer = {"error": {"status": 502, "code": "upstream_error", "message": "The worker's engine failed."}}

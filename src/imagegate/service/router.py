@@ -194,7 +194,8 @@ class Router:
             async with channel.slots:
                 made = await channel.engine.run(job)
         except EngineError as exc:
-            channel.breaker.failed(probe)
+            if exc.blames_channel:
+                channel.breaker.failed(probe)
             self._count(channel, "retryable" if exc.retryable else "failed")
             raise
         except ImagegateError:

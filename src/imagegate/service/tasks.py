@@ -178,7 +178,7 @@ class TaskService:
         engine = self.engine_for(spec)
         refused = refusal(engine, req)
         if refused is not None:
-            raise ModelNotSupported(refused.message, param=refused.param)
+            raise ModelNotSupported(refused.message, param=refused.param, code=refused.code)
         return spec, engine
 
     def _row(

@@ -77,7 +77,17 @@ def _config(path: Path, component: str) -> dict[str, Any]:
 
 
 def read(path: Path) -> Checkpoint:
-    """The checkpoint at `path` (a directory `locate` returned)."""
+    """The checkpoint at `path` (a directory `locate` returned); CheckpointError when its configs
+    cannot be read."""
+    try:
+        return _read(path)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        if isinstance(exc, CheckpointError):
+            raise
+        raise CheckpointError(f"{path}: its configuration cannot be read ({type(exc).__name__}: {exc})") from exc
+
+
+def _read(path: Path) -> Checkpoint:
     try:
         index = json.loads((path / "model_index.json").read_text())
         class_name = str(index["_class_name"])

@@ -1,6 +1,7 @@
 """The local engine (`engine = "diffusers"`): open-weight models on this machine's GPU (or CPU).
 
-One job at a time per device: jobs wait their turn in a first-come queue, and the running one is
+One job at a time per device: a channel's jobs wait their turn in a first-come queue (channels that
+share a device then take turns on its lock), and the running one is
 stopped at its next denoising step when its request is cancelled, times out or its client leaves.
 The model renders at its native size (its pixel budget and grid, at the request's aspect ratio) and
 the result is resampled to the exact size asked for, as SPEC §4 says; the seed, steps and native size
@@ -25,10 +26,16 @@ from imagegate.core.job import ImageOut, Job, Made
 from imagegate.core.request import EditRequest, Quality, Size
 from imagegate.engines.base import Refusal
 from imagegate.engines.local.checkpoints import Checkpoint
-from imagegate.engines.local.families import TURBO_STEPS, native_size, reference_size
+from imagegate.engines.local.families import (
+    MAX_REFERENCE_ASPECT,
+    TURBO_STEPS,
+    native_size,
+    reference_size,
+    within_aspect,
+)
 from imagegate.engines.local.model import LocalModel, OutOfMemory, Stopped, Work
-from imagegate.errors import BadRequest, EngineError, EngineTimeout
-from imagegate.imaging import confine_to_mask, encode, fit_cover
+from imagegate.errors import BadRequest, EngineError, EngineTimeout, ModelNotSupported
+from imagegate.imaging import check_mask, confine_to_mask, encode, fit_cover
 
 log = logging.getLogger("imagegate.local")
 STEP_SHARE = {Quality.LOW: 0.5, Quality.MEDIUM: 0.75}
@@ -80,7 +87,11 @@ class LocalEngine:
         )
 
     def refuses(self, request: EditRequest) -> Refusal | None:
-        """Why this model cannot serve `request`, if it cannot."""
+        """Why this model cannot serve `request`, if it cannot (a bad `seed` included)."""
+        try:
+            seed_of(request)
+        except BadRequest as exc:
+            return Refusal(exc.message, "seed", exc.code)
         family = self.checkpoint.family
         given = len(request.images)
         if given and not family.edits:
@@ -148,6 +159,11 @@ class LocalEngine:
 
     async def run(self, job: Job) -> Made:
         req = job.request
+        refused = self.refuses(req)
+        if refused is not None:
+            raise ModelNotSupported(refused.message, param=refused.param, code=refused.code)
+        if job.mask is not None:
+            check_mask(job.mask)
         seed = seed_of(req)
         seed = secrets.randbelow(2**31) if seed is None else seed
         steps = max(1, round(self.steps * STEP_SHARE.get(req.quality, 1.0)))
@@ -187,6 +203,7 @@ class LocalEngine:
             if family.name.startswith("instruct-pix2pix"):
                 images.append(fit_cover(img, native))
                 continue
+            img = within_aspect(img, MAX_REFERENCE_ASPECT)
             size = reference_size(img, self.checkpoint.pixels, self.checkpoint.grid, family.min_reference_side)
             images.append(img if img.size == (size.width, size.height) else fit_cover(img, size))
         return images
@@ -195,8 +212,8 @@ class LocalEngine:
         stop = threading.Event()
         on_preview = partial(self._send_preview, job) if work.preview_after else None
         try:
-            with anyio.fail_after(self.channel.timeout_s):
-                async with self._queue:
+            async with self._queue:  # the wait for one's turn is not part of the run's time
+                with anyio.fail_after(self.channel.timeout_s):
                     return await anyio.to_thread.run_sync(
                         self.model.render, work, stop, on_preview, abandon_on_cancel=True
                     )
@@ -205,6 +222,7 @@ class LocalEngine:
             raise EngineTimeout(
                 f"The local model (channel '{self.channel.name}') did not finish within {self.channel.timeout_s:g} s.",
                 retryable=False,
+                blames_channel=False,
             ) from None
         except OutOfMemory:
             raise EngineError(
@@ -212,6 +230,7 @@ class LocalEngine:
                 f"{'s' if work.count > 1 else ''}); ask for fewer images or a smaller size.",
                 code="out_of_memory",
                 retryable=False,
+                blames_channel=False,
             ) from None
         except Stopped:
             raise EngineError("The local model was stopped.", retryable=False) from None

@@ -68,6 +68,22 @@ def native_size(want: Size, family: Family, pixels: int, grid: int) -> Size:
     return Size(max(grid, round(width / grid) * grid), max(grid, round(height / grid) * grid))
 
 
+MAX_REFERENCE_ASPECT = 8.0
+"""The longest side of a reference over its shortest, at most (FLUX.2 refuses more than 8:1)."""
+
+
+def within_aspect(img: Image.Image, most: float) -> Image.Image:
+    """`img`, centrally cropped to at most `most`:1 (either way)."""
+    w, h = img.size
+    if w > h * most:
+        keep = int(h * most)
+        return img.crop(((w - keep) // 2, 0, (w - keep) // 2 + keep, h))
+    if h > w * most:
+        keep = int(w * most)
+        return img.crop((0, (h - keep) // 2, w, (h - keep) // 2 + keep))
+    return img
+
+
 def reference_size(img: Image.Image, pixels: int, grid: int, min_side: int) -> Size:
     """A reference image's size for the model: its own aspect ratio, at most `pixels`, each side a
     multiple of `grid` and at least `min_side`."""

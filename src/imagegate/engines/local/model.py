@@ -29,10 +29,24 @@ _LOCKS: dict[str, threading.Lock] = {}
 _LOCKS_GUARD = threading.Lock()
 
 
+def device_key(device: str) -> str:
+    """One name per device whatever its spelling: `cuda` is `cuda:0` (the current one), `cpu:0` is `cpu`."""
+    import torch
+
+    found = torch.device(device)
+    if found.type == "cpu":
+        return "cpu"
+    index = found.index
+    if index is None and found.type == "cuda" and torch.cuda.is_available():
+        index = torch.cuda.current_device()
+    return f"{found.type}:{index or 0}"
+
+
 def device_lock(device: str) -> threading.Lock:
-    """The one lock of `device`, shared by every channel that runs on it."""
+    """The one lock of `device`, shared by every channel that runs on it (however each spells it)."""
+    key = device_key(device)
     with _LOCKS_GUARD:
-        return _LOCKS.setdefault(device, threading.Lock())
+        return _LOCKS.setdefault(key, threading.Lock())
 
 
 class Stopped(Exception):
@@ -178,7 +192,10 @@ class LocalModel:
                 callback_on_step_end=each_step,
                 callback_on_step_end_tensor_inputs=["latents"],
             )
-        except torch.OutOfMemoryError as exc:
+        except (torch.OutOfMemoryError, RuntimeError) as exc:
+            # Apple's MPS reports running out of memory as a plain RuntimeError
+            if not isinstance(exc, torch.OutOfMemoryError) and "out of memory" not in str(exc).lower():
+                raise
             del exc
             gc.collect()
             if torch.cuda.is_available():
