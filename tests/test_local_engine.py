@@ -428,3 +428,38 @@ def test_one_device_has_one_lock_whatever_its_spelling() -> None:
 
     assert device_key("cpu") == device_key("cpu:0") == "cpu"
     assert device_lock("cpu") is device_lock("cpu:0")
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{"offload": "sequential"}, {"compile": True, "preload": True}],
+    ids=["offload-on-a-cpu", "compile"],
+)
+async def test_offload_and_compile_serve_like_the_plain_model(
+    tmp_path: Path, tiny_models: dict[str, Path], settings: dict[str, Any]
+) -> None:
+    """Offload does nothing on a CPU (the weights are already there; accelerate's sequential offload
+    would fail), and compile warms up the regional compile at load (here on the CPU, with its C++
+    compiler): both serve what the plain model serves."""
+    plain = channel("klein", tiny_models["klein"], models=["gpt-image-2"])
+    tuned = {
+        **channel("klein", tiny_models["klein"], models=["gpt-image-2-text-to-image"]),
+        "name": "tuned",
+        **settings,
+    }
+    config = load_config(data_dir=tmp_path / "d", channels=[plain, tuned])
+    async with open_api(config) as api:
+        made = []
+        for model in ("gpt-image-2", "gpt-image-2-text-to-image"):
+            body = {"model": model, "prompt": "a lighthouse", "seed": 4, "size": "1024x1024"}
+            r = await api.client.post("/v1/images/generations", headers=api.auth, json=body)
+            assert r.status_code == 200, r.text
+            item = r.json()["data"][0]
+            data = (
+                pybase64.b64decode(item["b64_json"])
+                if "b64_json" in item
+                else (await api.client.get(item["url"])).content
+            )
+            made.append(decode(data).tobytes())
+        assert engine_of(api, "tuned").model.state == "ready"
+        assert made[0] == made[1], "the same seed makes the same picture with or without the setting"

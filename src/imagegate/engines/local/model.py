@@ -140,9 +140,12 @@ class LocalModel:
             pipe.load_lora_weights(where, weight_name=weight_name, adapter_name=f"lora{index}", local_files_only=True)
         if settings.lora:
             pipe.set_adapters([f"lora{i}" for i in range(len(settings.lora))], [lora.scale for lora in settings.lora])
-        if settings.offload == "model":
+        offload = settings.offload if on_gpu else "none"  # on the CPU the weights are where they run
+        if offload != settings.offload:
+            log.info("channel %s runs on the CPU: offload = %r does nothing there", settings.name, settings.offload)
+        if offload == "model":
             pipe.enable_model_cpu_offload(device=self.device)
-        elif settings.offload == "sequential":
+        elif offload == "sequential":
             pipe.enable_sequential_cpu_offload(device=self.device)
         else:
             pipe.to(self.device)
