@@ -13,7 +13,6 @@ from urllib.parse import quote
 
 import anyio
 import orjson
-import pybase64
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
@@ -117,7 +116,7 @@ async def _events(rt: Runtime, prepared: Prepared, kind: str) -> AsyncIterator[b
     async def on_partial(index: int, data: bytes) -> None:
         payload = {
             "type": f"{prefix}.partial_image",
-            "b64_json": pybase64.b64encode(data).decode("ascii"),
+            "b64_json": Base64Bytes(data).text(),
             "created_at": int(time.time()),
             "partial_image_index": index,
             **common,
@@ -136,7 +135,7 @@ async def _events(rt: Runtime, prepared: Prepared, kind: str) -> AsyncIterator[b
             for image in outcome.images:
                 payload = {
                     "type": f"{prefix}.completed",
-                    "b64_json": pybase64.b64encode(image.data or b"").decode("ascii"),
+                    "b64_json": Base64Bytes(image.data or b"").text(),
                     "created_at": int(time.time()),
                     **common,
                     "background": outcome.background.value,
