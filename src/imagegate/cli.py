@@ -406,6 +406,106 @@ def models_check(data_dir: DataDir = None, config_file: ConfigFile = None) -> No
     check_models(_config(data_dir, config_file))
 
 
+ServerUrl = Annotated[str, typer.Option("--server", envvar="IMAGEGATE_URL", help="The server's base URL.")]
+ApiKeyOption = Annotated[
+    str, typer.Option("--key", envvar="IMAGEGATE_API_KEY", help="Your API key.", show_default=False)
+]
+Prompt = Annotated[str, typer.Option("--prompt", "-p", help="What to do (or draw).")]
+Size = Annotated[str | None, typer.Option(help="WxH, a ratio like 16:9 (with --async), or auto.")]
+Quality = Annotated[str | None, typer.Option(help="low, medium, high or auto.")]
+Count = Annotated[int, typer.Option("--n", min=1, max=10, help="How many images.")]
+Format = Annotated[str, typer.Option("--format", help="png, jpeg or webp.")]
+Out = Annotated[Path | None, typer.Option("--output", "-o", help="Where to write (numbered when n > 1).")]
+
+
+def _client_call(url: str, key: str, work: Callable[[Any], T]) -> T:
+    """`work(server)`; a failure is one line on stderr and exit status 1."""
+    from httpx import HTTPError
+
+    from imagegate.client_cli import Failed, Server, fail
+
+    try:
+        return work(Server(url, key))
+    except Failed as exc:
+        raise fail(str(exc)) from None
+    except HTTPError as exc:
+        raise fail(f"cannot reach {url}: {exc}") from None
+
+
+@app.command()
+def edit(
+    images: Annotated[list[Path], typer.Argument(exists=True, dir_okay=False, help="Input images, in order.")],
+    prompt: Prompt,
+    key: ApiKeyOption,
+    server: ServerUrl = "http://127.0.0.1:8000",
+    model: Annotated[str, typer.Option(help="The model.")] = "gpt-image-2",
+    size: Size = None,
+    quality: Quality = None,
+    n: Count = 1,
+    fmt: Format = "png",
+    output: Out = None,
+    run_async: Annotated[bool, typer.Option("--async", help="Submit a task and poll it.")] = False,
+) -> None:
+    """Edit IMAGES with a prompt on a running server; writes IMAGE.edited.png (numbered for n > 1)."""
+    from imagegate.client_cli import form_fields, output_paths, run_async_task, run_streamed, write
+
+    if run_async and n > 1:
+        raise typer.BadParameter("an async task makes one image", param_hint="--n")
+    if run_async:
+        made = _client_call(server, key, lambda s: run_async_task(s, model, prompt, images, size, quality, fmt))
+    else:
+        files = [("image[]", (path.name, path.read_bytes(), "application/octet-stream")) for path in images]
+        fields = form_fields(prompt, model, size, quality, n, fmt)
+        made = _client_call(server, key, lambda s: run_streamed(s, "/v1/images/edits", fields, files))
+    write(made, output_paths(images, output, len(made), fmt))
+
+
+@app.command()
+def generate(
+    prompt: Prompt,
+    key: ApiKeyOption,
+    server: ServerUrl = "http://127.0.0.1:8000",
+    model: Annotated[str, typer.Option(help="The model.")] = "gpt-image-2",
+    size: Size = None,
+    quality: Quality = None,
+    n: Count = 1,
+    fmt: Format = "png",
+    output: Out = None,
+    run_async: Annotated[bool, typer.Option("--async", help="Submit a task and poll it.")] = False,
+) -> None:
+    """Generate images from a prompt on a running server; writes generated.png (numbered for n > 1)."""
+    from imagegate.client_cli import form_fields, output_paths, run_async_task, run_streamed, write
+
+    if run_async and n > 1:
+        raise typer.BadParameter("an async task makes one image", param_hint="--n")
+    if run_async:
+        made = _client_call(server, key, lambda s: run_async_task(s, model, prompt, [], size, quality, fmt))
+    else:
+        fields = form_fields(prompt, model, size, quality, n, fmt)
+        made = _client_call(server, key, lambda s: run_streamed(s, "/v1/images/generations", fields, None))
+    write(made, output_paths([], output, len(made), fmt))
+
+
+@app.command()
+def tasks(
+    key: ApiKeyOption,
+    task_id: Annotated[str | None, typer.Argument(help="One task to show in full.")] = None,
+    server: ServerUrl = "http://127.0.0.1:8000",
+) -> None:
+    """Your recent tasks on a running server, or one task in full."""
+    from imagegate.client_cli import show_tasks
+
+    _client_call(server, key, lambda s: show_tasks(s, task_id))
+
+
+@app.command()
+def usage(key: ApiKeyOption, server: ServerUrl = "http://127.0.0.1:8000") -> None:
+    """Your balance, holds and recent activity on a running server."""
+    from imagegate.client_cli import show_usage
+
+    _client_call(server, key, show_usage)
+
+
 def main() -> None:
     app(prog_name="imagegate")
 
