@@ -320,3 +320,18 @@ async def test_usage_shows_only_the_callers_tasks(api: Api) -> None:
     assert poll.status_code == 404 and poll.json()["code"] == 404
     bad_limit = await api.client.get("/v1/usage?limit=0", headers=api.auth)
     assert bad_limit.status_code == 400 and bad_limit.json()["error"]["param"] == "limit"
+
+
+async def test_a_key_reads_its_own_ledger_and_only_its_own(api: Api) -> None:
+    other = await create_key(api.config, credits=50)
+    r = await api.client.post(
+        "/v1/images/edits", headers=api.auth, data={"prompt": "sepia"}, files=[("image", ("a.png", PNG, "image/png"))]
+    )
+    assert r.status_code == 200, r.text
+    mine = (await api.client.get("/v1/ledger", headers=api.auth)).json()["data"]
+    theirs = (await api.client.get("/v1/ledger", headers=bearer(other))).json()["data"]
+    assert [row["kind"] for row in theirs] == ["grant"] and theirs[0]["amount"] == "50"
+    assert {row["task_id"] for row in mine if row["task_id"]} == {r.json()["task_id"]}
+    assert not {row["id"] for row in mine} & {row["id"] for row in theirs}
+    older = (await api.client.get(f"/v1/ledger?before={mine[0]['id']}", headers=api.auth)).json()["data"]
+    assert [row["id"] for row in older] == [row["id"] for row in mine[1:]]

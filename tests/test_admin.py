@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Api, audit_ledgers, create_key, invoke_cli
+from imagegate.config import load_config
+from tests.conftest import Api, audit_ledgers, create_key, invoke_cli, make_image, open_api
 from tests.test_accounts import DATA_URL, bearer
 
 
@@ -128,3 +129,31 @@ def test_cli_keys_with_limits_credits_and_ledger(tmp_path: Path) -> None:
         ("grant", "10", "starting balance"),
     ]
     audit_ledgers(tmp_path / "d" / "imagegate.db")
+
+
+async def test_admin_channels_show_circuit_health_and_attempts(tmp_path: Path) -> None:
+    config = load_config(data_dir=tmp_path / "d", channels=[{"name": "built-in", "engine": "classic"}])
+    async with open_api(config) as api:
+        admin = await create_key(config, admin=True)
+        edited = await api.client.post(
+            "/v1/images/edits",
+            headers=api.auth,
+            data={"prompt": "sepia"},
+            files=[("image", ("a.png", make_image(), "image/png"))],
+        )
+        assert edited.status_code == 200, edited.text
+        refused = await api.client.get("/admin/channels", headers=api.auth)
+        assert refused.status_code == 403
+        listed = (await api.client.get("/admin/channels", headers={"Authorization": f"Bearer {admin}"})).json()["data"]
+    assert listed == [
+        {
+            "name": "built-in",
+            "engine": "classic",
+            "models": "all",
+            "priority": 0,
+            "weight": 1,
+            "circuit": "closed",
+            "health": None,
+            "attempts": {"ok": 1},
+        }
+    ]

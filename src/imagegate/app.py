@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from imagegate import __version__, openapi
-from imagegate.api import account, admin
+from imagegate.api import account, admin, console
 from imagegate.builtins import builtin_registry
 from imagegate.config import Config
 from imagegate.edge import CLIENT_GONE, EdgeMiddleware
@@ -136,6 +136,7 @@ def create_app(config: Config, engines: dict[str, Engine] | None = None, registr
         app.include_router(router)
     app.include_router(account.router())
     app.include_router(admin.router())
+    app.include_router(console.router())
 
     @app.get("/healthz", responses=openapi.responses(openapi.OPENAI_ERROR, (200, 500)))
     async def healthz(request: Request) -> JSONResponse:

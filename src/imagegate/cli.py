@@ -124,6 +124,11 @@ def serve(
             "It is not an admin key. For the admin API, make one with: imagegate keys create --admin --name admin",
             flush=True,
         )
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    print(
+        f"The web console: http://{shown if ':' not in shown else f'[{shown}]'}:{port}/ (sign in with an API key)",
+        flush=True,
+    )
     server.run(create_app(config), host=host, port=port, limits=config.limits)
 
 

@@ -11,6 +11,7 @@ from imagegate.errors import BadRequest
 from imagegate.responses import json_response
 from imagegate.runtime import runtime_of
 from imagegate.service import accounts
+from imagegate.stores import ledger
 from imagegate.wire.fields import as_int
 
 MAX_LIMIT = 100
@@ -54,11 +55,34 @@ async def usage(request: Request) -> Response:
     return json_response(body)
 
 
+async def ledger_page(request: Request, key_id: str) -> Response:
+    """`key_id`'s ledger rows, newest first, `limit` of them older than row `before` when given."""
+    raw_before = request.query_params.get("before")
+    before = None if raw_before is None else as_int(raw_before, "before")
+    async with runtime_of(request).db.session() as session:
+        rows = await ledger.entries(session, key_id, limit=page_size(request, 100), before=before)
+    return json_response({"object": "list", "data": [accounts.entry_view(row) for row in rows]})
+
+
+async def own_ledger(request: Request) -> Response:
+    """GET /v1/ledger?limit=&before=: the calling key's ledger rows, newest first (`before` a row id)."""
+    key = await runtime_of(request).authenticate(request)
+    return await ledger_page(request, key.id)
+
+
 def router() -> APIRouter:
     api = APIRouter()
     reads = openapi.responses(openapi.OPENAI_ERROR, openapi.READ_STATUSES)
     api.add_api_route("/v1/pricing", pricing, methods=["GET"], responses=reads)
     api.add_api_route(
         "/v1/usage", usage, methods=["GET"], responses=reads, openapi_extra={"parameters": openapi.query(openapi.LIMIT)}
+    )
+    before = ("before", {"type": "integer"}, "Only rows older than this ledger row id.")
+    api.add_api_route(
+        "/v1/ledger",
+        own_ledger,
+        methods=["GET"],
+        responses=reads,
+        openapi_extra={"parameters": openapi.query(openapi.LIMIT, before)},
     )
     return api

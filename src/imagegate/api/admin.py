@@ -14,7 +14,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from imagegate import openapi
-from imagegate.api.account import page_size
+from imagegate.api.account import ledger_page, page_size
 from imagegate.errors import BadRequest, excerpt
 from imagegate.responses import json_response
 from imagegate.runtime import Runtime, runtime_of
@@ -151,11 +151,7 @@ async def key_ledger(request: Request, key_id: str) -> Response:
     """GET /admin/keys/{key_id}/ledger?limit=&before= (newest first; `before` is a row id)"""
     rt = await _admin(request)
     await _key_or_404(rt, key_id)
-    raw_before = request.query_params.get("before")
-    before = None if raw_before is None else as_int(raw_before, "before")
-    async with rt.db.session() as session:
-        rows = await ledger.entries(session, key_id, limit=page_size(request, 100), before=before)
-    return json_response({"object": "list", "data": [accounts.entry_view(row) for row in rows]})
+    return await ledger_page(request, key_id)
 
 
 async def usage(request: Request) -> Response:
@@ -171,6 +167,35 @@ async def usage(request: Request) -> Response:
     return json_response({"object": "list", "days": days, "key_id": key_id, "data": rows})
 
 
+async def channels(request: Request) -> Response:
+    """GET /admin/channels: each channel's engine, models, order, circuit state, model health (local
+    channels) and its attempts by result since the process started (from the metrics)."""
+    rt = await _admin(request)
+    attempts: dict[str, dict[str, int]] = {}
+    for metric in rt.metrics.upstream_attempts.collect():
+        for sample in metric.samples:
+            if sample.name.endswith("_total"):
+                counts = attempts.setdefault(sample.labels["channel"], {})
+                counts[sample.labels["result"]] = int(sample.value)
+    data = []
+    for channel in rt.channels:
+        settings = channel.settings
+        health = getattr(channel.engine, "health", None)
+        data.append(
+            {
+                "name": settings.name,
+                "engine": channel.engine.name,
+                "models": settings.models or "all",
+                "priority": settings.priority,
+                "weight": settings.weight,
+                "circuit": channel.breaker.state,
+                "health": health() if health is not None else None,
+                "attempts": attempts.get(settings.name, {}),
+            }
+        )
+    return json_response({"object": "list", "data": data})
+
+
 def router() -> APIRouter:
     api = APIRouter(prefix=PREFIX, include_in_schema=True)
     done = openapi.responses(openapi.OPENAI_ERROR, openapi.ADMIN_STATUSES)
@@ -180,6 +205,7 @@ def router() -> APIRouter:
         "/keys", create_key, methods=["POST"], responses=created, openapi_extra=openapi.body(json=openapi.NEW_KEY)
     )
     api.add_api_route("/keys", list_keys, methods=["GET"], responses=done)
+    api.add_api_route("/channels", channels, methods=["GET"], responses=done)
     api.add_api_route("/keys/{key_id}", show_key, methods=["GET"], responses=done)
     api.add_api_route(
         "/keys/{key_id}",

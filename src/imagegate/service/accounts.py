@@ -61,6 +61,10 @@ def _expired(key: ApiKey) -> bool:
     return key.expires_at is not None and key.expires_at <= now_ms()
 
 
+REQUEST_SHOWN = ("prompt", "size", "quality", "n", "output_format", "background", "images")
+"""What a task view repeats of its request (the inputs as references, never their bytes)."""
+
+
 def task_view(task: Task) -> dict[str, Any]:
     """A task's bookkeeping: what it was, how it ended, what it held and cost, and what each engine
     call reported (the channel, and a local model's seed, steps and native size)."""
@@ -80,7 +84,9 @@ def task_view(task: Task) -> dict[str, Any]:
         "engine": task.engine,
         "calls": result.get("upstream") or [],
         "resampled_from": result.get("resampled_from"),
+        "request": {name: (task.request or {}).get(name) for name in REQUEST_SHOWN},
         "created_at": seconds(task.created_at),
+        "started_at": seconds(task.started_at),
         "finished_at": seconds(task.finished_at),
     }
 
