@@ -19,8 +19,9 @@ import pytest
 from imagegate.config import Config, load_config
 from imagegate.core.pricing import credits_text
 from imagegate.stores.keys import hash_key
-from tests.conftest import LOOPBACK_ALLOW, Api, audit_ledgers, create_key, make_image, open_api
+from tests.conftest import LOOPBACK_ALLOW, Api, FileServer, audit_ledgers, create_key, make_image, open_api
 from tests.engines import OnePerCall
+from tests.receivers import webhook_receiver
 from tests.test_error_shapes import Shape, envelope_shape, jobs_shape, openai_shape
 from tests.waiting import record_info, wait_for_task_async
 
@@ -335,3 +336,33 @@ async def test_a_key_reads_its_own_ledger_and_only_its_own(api: Api) -> None:
     assert not {row["id"] for row in mine} & {row["id"] for row in theirs}
     older = (await api.client.get(f"/v1/ledger?before={mine[0]['id']}", headers=api.auth)).json()["data"]
     assert [row["id"] for row in older] == [row["id"] for row in mine[1:]]
+
+
+async def test_a_task_shows_its_request_files_times_and_callback_deliveries_to_its_key_only(
+    api: Api, file_server: FileServer
+) -> None:
+    url = file_server.put("in.png", PNG)
+    with webhook_receiver() as hook:
+        payload = {"model": "gpt-image-2", "input": {"prompt": "sepia", "image_urls": [url]}, "callBackUrl": hook.url}
+        created = await api.client.post("/api/v1/jobs/createTask", headers=api.auth, json=payload)
+        task_id = created.json()["data"]["taskId"]
+        await wait_for_task_async(api.client, record_info(task_id), headers=api.auth)
+        await asyncio.to_thread(hook.wait_for, 1)
+
+        async def delivered() -> dict[str, Any]:
+            shown: dict[str, Any] = (await api.client.get(f"/v1/tasks/{task_id}", headers=api.auth)).json()
+            return shown
+
+        task = await wait_for_task_async(
+            delivered, done=lambda t: t["deliveries"][0]["state"] == "delivered", what="delivery"
+        )
+    assert task["state"] == "success" and task["request"]["prompt"] == "sepia"
+    assert task["files"][0].startswith("/files/") and task["started_at"] and task["finished_at"]
+    (delivery,) = task["deliveries"]
+    assert delivery["url"] == hook.url and delivery["attempts"] == 1 and delivery["last_status"] == 200
+    assert "body" not in delivery
+    other = await create_key(api.config)
+    hidden = await api.client.get(f"/v1/tasks/{task_id}", headers=bearer(other))
+    assert hidden.status_code == 404
+    picture = await api.client.get(task["files"][0])
+    assert picture.status_code == 200 and picture.headers["content-type"] == "image/png"

@@ -14,9 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pybase64
 import pytest
 
 from tests.conftest import LiveServer, invoke_cli, make_image
+from tests.receivers import webhook_receiver
+from tests.waiting import wait_for_task
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 SHOTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "screenshots"
@@ -49,6 +52,16 @@ def new_key(live: LiveServer, credits: str, *flags: str) -> str:
     done = invoke_cli("keys", "create", "--credits", credits, "--json", *flags, env=live.env)
     assert done.returncode == 0, done.stderr
     return str(json.loads(done.stdout.strip().splitlines()[-1])["key"])
+
+
+balance_is = """([name, balance]) => [...document.querySelectorAll('#keys tr')]
+    .some((row) => row.textContent.includes(name) && row.querySelector('.balance').textContent === balance)"""
+"""A page function: whether the key named `name` shows `balance` in the admin table."""
+
+
+balance_is = """([name, balance]) => [...document.querySelectorAll('#keys tr')]
+    .some((row) => row.textContent.includes(name) && row.querySelector('.balance').textContent === balance)"""
+"""A page function: whether the key named `name` shows `balance` in the admin table."""
 
 
 def shot(page: Any, name: str) -> None:
@@ -123,19 +136,31 @@ def test_generate_and_a_402_when_credits_run_out(page: Any, live_server: LiveSer
 
 def test_an_async_task_updates_to_done_and_usage_shows_it(page: Any, live_server: LiveServer) -> None:
     key = new_key(live_server, "200")
-    url = "data:image/png;base64," + __import__("pybase64").b64encode(make_image(640, 480)).decode()
-    body = {"model": "gpt-image-2", "input": {"prompt": "pencil sketch", "image_urls": [url], "resolution": "4K"}}
-    created = httpx.post(
-        f"{live_server.base}/api/v1/jobs/createTask", json=body, headers={"Authorization": f"Bearer {key}"}
-    )
-    task_id = created.json()["data"]["taskId"]
-    sign_in(page, live_server, key)
-    page.goto(f"{live_server.base}/#/tasks/{task_id}")
-    page.wait_for_selector("#task-state.state-success", timeout=30_000)
-    page.wait_for_selector(".results img")
+    url = "data:image/png;base64," + pybase64.b64encode(make_image(640, 480)).decode()
+    auth = {"Authorization": f"Bearer {key}"}
+    with webhook_receiver() as hook:
+        body = {
+            "model": "gpt-image-2",
+            "input": {"prompt": "pencil sketch", "image_urls": [url], "resolution": "4K"},
+            "callBackUrl": hook.url,
+        }
+        created = httpx.post(f"{live_server.base}/api/v1/jobs/createTask", json=body, headers=auth)
+        task_id = created.json()["data"]["taskId"]
+        sign_in(page, live_server, key)
+        page.goto(f"{live_server.base}/#/tasks/{task_id}")
+        page.wait_for_selector("#task-state.state-success", timeout=30_000)
+        page.wait_for_selector(".results img")
+        wait_for_task(
+            lambda: httpx.get(f"{live_server.base}/v1/tasks/{task_id}", headers=auth).json()["deliveries"],
+            done=lambda found: bool(found) and found[0]["state"] == "delivered",
+            what="the callback delivered",
+        )
+    page.reload()
+    page.wait_for_selector("#deliveries td:has-text('delivered')")
     shot(page, "task")
     page.goto(f"{live_server.base}/#/tasks")
     page.wait_for_selector(f"a[href='#/tasks/{task_id}']")
+    page.wait_for_selector("td img[src^='/files/']")
     shot(page, "tasks")
     page.goto(f"{live_server.base}/#/usage")
     page.wait_for_selector("svg.chart rect")
@@ -160,10 +185,15 @@ def test_an_admin_creates_a_key_and_grants_it_credits(page: Any, live_server: Li
     row = page.locator("#keys tr", has_text="console-made")
     row.locator("input").fill("75")
     row.locator("button", has_text="Grant").click()
-    page.wait_for_function(
-        "() => [...document.querySelectorAll('#keys tr')].some(r => r.textContent.includes('console-made') && r.querySelector('.balance').textContent === '100')"
-    )
+    page.wait_for_function(balance_is, arg=["console-made", "100"])
     assert available(live_server, raw) == 100
+    row.locator("input").fill("40")
+    row.locator("button", has_text="Deduct").click()
+    page.wait_for_function(balance_is, arg=["console-made", "60"])
+    page.once("dialog", lambda dialog: dialog.accept("30"))
+    row.locator("button", has_text="Limits").click()
+    page.wait_for_selector("#keys tr:has-text('console-made') td.limits:has-text('30/min')")
+    page.wait_for_selector("#channels, main p.muted")
     shot(page, "admin")
 
 

@@ -7,7 +7,7 @@ from fastapi.responses import Response
 
 from imagegate import openapi
 from imagegate.core.pricing import price_table
-from imagegate.errors import BadRequest
+from imagegate.errors import BadRequest, NotFound
 from imagegate.responses import json_response
 from imagegate.runtime import runtime_of
 from imagegate.service import accounts
@@ -55,6 +55,18 @@ async def usage(request: Request) -> Response:
     return json_response(body)
 
 
+async def own_task(request: Request, task_id: str) -> Response:
+    """GET /v1/tasks/{task_id}: one of the calling key's tasks, with its request, times, engine calls,
+    result files and callback deliveries (404 for another key's)."""
+    rt = runtime_of(request)
+    key = await rt.authenticate(request)
+    async with rt.db.session() as session:
+        found = await accounts.task_detail(session, key.id, task_id)
+    if found is None:
+        raise NotFound(f"No task '{task_id}'.")
+    return json_response(found)
+
+
 async def ledger_page(request: Request, key_id: str) -> Response:
     """`key_id`'s ledger rows, newest first, `limit` of them older than row `before` when given."""
     raw_before = request.query_params.get("before")
@@ -77,6 +89,7 @@ def router() -> APIRouter:
     api.add_api_route(
         "/v1/usage", usage, methods=["GET"], responses=reads, openapi_extra={"parameters": openapi.query(openapi.LIMIT)}
     )
+    api.add_api_route("/v1/tasks/{task_id}", own_task, methods=["GET"], responses=reads)
     before = ("before", {"type": "integer"}, "Only rows older than this ledger row id.")
     api.add_api_route(
         "/v1/ledger",

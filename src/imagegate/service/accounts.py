@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from imagegate.config import AccountDefaults
 from imagegate.core.pricing import credits_text
 from imagegate.stores import ledger
-from imagegate.stores.db import ApiKey, Credits, LedgerEntry, Task, now_ms
+from imagegate.stores.db import ApiKey, Credits, LedgerEntry, Task, WebhookDelivery, now_ms
 from imagegate.stores.keys import limits_of
 
 DAY_MS = 86_400_000
@@ -82,6 +82,7 @@ def task_view(task: Task) -> dict[str, Any]:
         "cost": credits(task.cost),
         "error": {"code": task.error_code, "message": task.error_message} if task.state == "fail" else None,
         "engine": task.engine,
+        "files": [f"/files/{name}" for name in result.get("files") or []],
         "calls": result.get("upstream") or [],
         "resampled_from": result.get("resampled_from"),
         "request": {name: (task.request or {}).get(name) for name in REQUEST_SHOWN},
@@ -111,6 +112,33 @@ async def recent_tasks(session: AsyncSession, key_id: str, *, limit: int, state:
     if state is not None:
         query = query.where(Task.state == state)
     return list(await session.scalars(query.order_by(Task.created_at.desc(), Task.id).limit(limit)))
+
+
+async def task_detail(session: AsyncSession, key_id: str, task_id: str) -> dict[str, Any] | None:
+    """One of `key_id`'s tasks (None for another key's or an unknown one) with its callback deliveries:
+    where each went, its state, attempts and last answer (never the signed body)."""
+    task = await session.get(Task, task_id)
+    if task is None or task.key_id != key_id:
+        return None
+    deliveries = await session.scalars(
+        select(WebhookDelivery).where(WebhookDelivery.task_id == task_id).order_by(WebhookDelivery.created_at)
+    )
+    return {
+        **task_view(task),
+        "deliveries": [
+            {
+                "id": delivery.id,
+                "url": delivery.url,
+                "state": delivery.state,
+                "attempts": delivery.attempts,
+                "last_status": delivery.last_status,
+                "last_error": delivery.last_error,
+                "created_at": seconds(delivery.created_at),
+                "finished_at": seconds(delivery.finished_at),
+            }
+            for delivery in deliveries
+        ],
+    }
 
 
 async def usage(session: AsyncSession, key: ApiKey, defaults: AccountDefaults, *, limit: int) -> dict[str, Any]:

@@ -285,15 +285,16 @@ async function tasks() {
   const usage = await (await api("/v1/usage?limit=100")).json();
   if (!usage.tasks?.length) return [h("h1", { text: t("tasks.title") }), h("p", { text: t("tasks.none") })];
   const rows = usage.tasks.map((task) => h("tr", {},
+    h("td", {}, task.files?.length ? h("img", { src: task.files[0], alt: "", loading: "lazy" }) : ""),
     h("td", {}, h("a", { href: `#/tasks/${task.id}`, text: task.id })),
     h("td", { class: `state-${task.state}`, text: task.state }),
     h("td", { text: task.model }),
     h("td", { text: task.kind }),
-    h("td", { text: String(task.images) }),
+    h("td", { text: task.request?.size || "" }),
     h("td", { text: task.cost }),
     h("td", { text: new Date(task.created_at * 1000).toLocaleString(language() === "zh" ? "zh-CN" : "en") }),
   ));
-  const head = h("tr", {}, ["ID", t("tasks.state"), t("tasks.model"), t("tasks.kind"), t("tasks.images"), t("tasks.cost"), t("tasks.created")].map((text) => h("th", { scope: "col", text })));
+  const head = h("tr", {}, ["", "ID", t("tasks.state"), t("tasks.model"), t("tasks.kind"), t("play.size"), t("tasks.cost"), t("tasks.created")].map((text) => h("th", { scope: "col", text })));
   if (usage.tasks.some((task) => task.state === "waiting" || task.state === "running")) refreshSoon();
   return [h("h1", { text: t("tasks.title") }), h("table", {}, h("thead", {}, head), h("tbody", {}, rows))];
 }
@@ -302,8 +303,7 @@ async function task(id) {
   const response = await api(`/v1/images/tasks/${encodeURIComponent(id)}`);
   if (!response.ok) return [h("h1", { text: t("task.title", { id }) }), message("error", errorText(await failure(response)))];
   const body = await response.json();
-  const usage = await (await api("/v1/usage?limit=100")).json();
-  const row = (usage.tasks || []).find((item) => item.id === id) || {};
+  const row = await (await api(`/v1/tasks/${encodeURIComponent(id)}`)).json();
   const when = (seconds) => (seconds ? new Date(seconds * 1000).toLocaleString(language() === "zh" ? "zh-CN" : "en") : "");
   const took = row.finished_at && row.created_at ? `${(row.finished_at - row.created_at).toFixed(1)} s` : "";
   const request = row.request || {};
@@ -321,6 +321,11 @@ async function task(id) {
       h("img", { src: image.url || `data:image/png;base64,${image.b64_json}`, alt: `result ${index + 1}` }))));
   }
   if (row.calls?.length) parts.push(h("h2", { text: t("task.calls") }), h("pre", { text: JSON.stringify(row.calls, null, 2) }));
+  if (row.deliveries?.length) {
+    parts.push(h("h2", { text: t("task.deliveries") }), h("table", { id: "deliveries" },
+      h("thead", {}, h("tr", {}, ["URL", t("tasks.state"), t("task.attempts"), t("task.answer")].map((text) => h("th", { scope: "col", text })))),
+      h("tbody", {}, row.deliveries.map((item) => h("tr", {}, [item.url, item.state, item.attempts, item.last_status ?? item.last_error ?? ""].map((value) => h("td", { text: String(value) })))))));
+  }
   if (body.status === "waiting" || body.status === "running") refreshSoon();
   return parts;
 }
@@ -424,11 +429,24 @@ async function admin() {
     const amount = h("input", { type: "number", min: 1, value: 100, "aria-label": `${t("admin.amount")} ${item.id}`, class: "amount" });
     return h("tr", { "data-key": item.id },
       h("td", { text: item.id }), h("td", { text: item.name || "" }), h("td", { class: "balance", text: item.balance }),
+      h("td", { class: "limits", text: item.limits.rpm ? `${item.limits.rpm}/min` : "" }),
       h("td", { text: item.state === "revoked" ? t("admin.revoked") : (item.admin ? "admin" : "") }),
       h("td", {}, h("div", { class: "row" }, amount,
         h("button", { type: "button", class: "secondary", text: t("admin.grant"), onclick: async () => {
           const moved = await api(`/admin/keys/${item.id}/grant`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ amount: amount.value, note: "console" }) });
           if (!moved.ok) { out.replaceChildren(message("error", errorText(await failure(moved)))); return; }
+          await route();
+        } }),
+        h("button", { type: "button", class: "secondary", text: t("admin.deduct"), onclick: async () => {
+          const moved = await api(`/admin/keys/${item.id}/deduct`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ amount: amount.value, note: "console" }) });
+          if (!moved.ok) { out.replaceChildren(message("error", errorText(await failure(moved)))); return; }
+          await route();
+        } }),
+        h("button", { type: "button", class: "secondary", text: t("admin.limits"), onclick: async () => {
+          const rpm = window.prompt(t("admin.rpm"), String(item.limits.rpm ?? ""));
+          if (rpm === null) return;
+          const changed = await api(`/admin/keys/${item.id}`, { method: "PATCH", headers: { "content-type": "application/json" }, body: JSON.stringify({ rpm: rpm === "" ? null : Number(rpm) }) });
+          if (!changed.ok) { out.replaceChildren(message("error", errorText(await failure(changed)))); return; }
           await route();
         } }),
         h("button", { type: "button", class: "secondary", text: t("admin.revoke"), disabled: item.state === "revoked", onclick: async () => {
@@ -437,7 +455,7 @@ async function admin() {
         } }))),
     );
   });
-  const table = h("table", { id: "keys" }, h("thead", {}, h("tr", {}, ["ID", t("admin.name"), t("usage.balance"), "", ""].map((text) => h("th", { scope: "col", text })))), h("tbody", {}, rows));
+  const table = h("table", { id: "keys" }, h("thead", {}, h("tr", {}, ["ID", t("admin.name"), t("usage.balance"), t("admin.rpm"), "", ""].map((text) => h("th", { scope: "col", text })))), h("tbody", {}, rows));
   const channels = (await (await api("/admin/channels")).json()).data || [];
   const across = (await (await api("/admin/usage?days=30")).json()).data || [];
   const channelRows = channels.map((item) => h("tr", {},

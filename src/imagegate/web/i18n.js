@@ -29,6 +29,8 @@ const WORDS = {
     "admin.engine": "Engine", "admin.circuit": "Circuit", "admin.health": "Health", "admin.attempts": "Attempts",
     "admin.nochannels": "No channel is configured: the built-in engine serves every model.", "admin.day": "Day",
     "task.engine": "Engine", "task.inputs": "Inputs", "task.finished": "Finished", "task.took": "Took",
+    "task.deliveries": "Callback deliveries", "task.attempts": "Attempts", "task.answer": "Last answer",
+    "admin.deduct": "Deduct", "admin.limits": "Limits…", "admin.rpm": "Requests per minute (empty: the default)",
     "error.credits": "Not enough credits for this request: {message}",
   },
   zh: {
@@ -59,6 +61,8 @@ const WORDS = {
     "admin.engine": "引擎", "admin.circuit": "熔断", "admin.health": "健康", "admin.attempts": "调用",
     "admin.nochannels": "未配置渠道：内置引擎服务所有模型。", "admin.day": "日期",
     "task.engine": "引擎", "task.inputs": "输入", "task.finished": "完成时间", "task.took": "耗时",
+    "task.deliveries": "回调投递", "task.attempts": "尝试次数", "task.answer": "最近响应",
+    "admin.deduct": "扣除", "admin.limits": "限额…", "admin.rpm": "每分钟请求数（留空：默认）",
     "error.credits": "积分不足：{message}",
   },
 };
