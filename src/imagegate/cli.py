@@ -110,20 +110,20 @@ def serve(
     config = _config(data_dir, config_file)
     _catalog_with_channels(config)
 
-    async def first_key(session: AsyncSession) -> keys.NewKey | None:
+    async def first_keys(session: AsyncSession) -> tuple[keys.NewKey, keys.NewKey] | None:
         if await keys.count_keys(session):
             return None
-        return await keys.create_key(session, name="first", credits=Decimal(config.first_key_credits))
+        user = await keys.create_key(session, name="first", credits=Decimal(config.first_key_credits))
+        return user, await keys.create_key(session, name="admin", credits=Decimal(0), admin=True)
 
-    created = _with_session(config, first_key)
+    created = _with_session(config, first_keys)
     if created is not None:
-        print(f"No API key existed, so one was created with {created.credits} credits. It is shown only once:")
-        print(created.raw)
-        print(f"Its webhook signing secret (for callbacks): {created.webhook_secret}")
-        print(
-            "It is not an admin key. For the admin API, make one with: imagegate keys create --admin --name admin",
-            flush=True,
-        )
+        user, admin_key = created
+        print(f"No API key existed, so one was created with {user.credits} credits. It is shown only once:")
+        print(user.raw)
+        print(f"Its webhook signing secret (for callbacks): {user.webhook_secret}")
+        print("An admin key was made too, for the console's admin pages and the admin API (shown once):")
+        print(admin_key.raw, flush=True)
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     print(
         f"The web console: http://{shown if ':' not in shown else f'[{shown}]'}:{port}/ (sign in with an API key)",
