@@ -129,7 +129,7 @@ async function playground() {
   const urls = h("textarea", { id: "urls", rows: 2 });
   const picker = h("input", { type: "file", id: "files", accept: "image/*", multiple: true, class: "visually-hidden" });
   const list = h("div");
-  const drop = h("div", { class: "drop" }, h("p", { text: t("play.drop") }), h("label", { for: "files", class: "secondary", text: t("play.pick") }), picker);
+  const drop = h("div", { class: "drop" }, h("p", { text: t("play.drop") }), picker, h("label", { for: "files", class: "pick", text: t("play.pick") }));
   const quote = h("div", { id: "quote", "aria-live": "polite" });
   const progress = h("div", { id: "progress", "aria-live": "polite" });
   const partials = h("div", { class: "partials", id: "partials" });
