@@ -89,8 +89,10 @@ def test_a_wrong_key_is_told_and_a_right_one_signs_in(page: Any, live_server: Li
     assert "This key was refused" in page.inner_text("[role=alert]")
     shot(page, "sign-in-refused")
     page.fill("#api-key", live_server.key)
-    page.click("button[type=submit]")
+    page.press("#api-key", "Enter")  # the keyboard alone signs in
     page.wait_for_selector("#prompt")
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement !== document.body"), "the page can be walked with Tab"
     assert page.is_visible("nav") and not page.is_visible("#nav-admin"), "a user key sees no admin page"
     page.goto(live_server.base + "/#/admin")
     page.wait_for_selector("#prompt")
