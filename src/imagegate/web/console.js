@@ -4,7 +4,12 @@
 import { chooseLanguage, language, t, translateStatic } from "./i18n.js";
 
 const KEY = "imagegate.key";
-const SIZES = ["auto", "1024x1024", "1536x1024", "1024x1536", "2048x2048", "2048x1152", "1152x2048", "3840x2160", "2160x3840"];
+// OpenAI's sizes and the seeds' (their 1K aliases and ratios at 1K, 2K and 4K), as WxH with their ratio.
+const SIZES = [
+  ["auto", "auto"], ["1024x1024", "1:1"], ["1536x1024", "3:2"], ["1024x1536", "2:3"], ["1254x1254", "1:1 · 1K"],
+  ["1672x941", "16:9 · 1K"], ["941x1672", "9:16 · 1K"], ["1920x1080", "16:9"], ["1080x1920", "9:16"], ["2048x2048", "1:1 · 2K"],
+  ["2048x1152", "16:9 · 2K"], ["1152x2048", "9:16 · 2K"], ["3840x2160", "16:9 · 4K"], ["2160x3840", "9:16 · 4K"],
+];
 const MAX_IMAGES = 16;
 const main = () => document.getElementById("main");
 const state = { images: [], admin: false };
@@ -120,7 +125,8 @@ async function playground() {
   const models = await (await api("/v1/models")).json();
   const modelSelect = select("model", (models.data || []).map((m) => m.id), "gpt-image-2");
   const prompt = h("textarea", { id: "prompt", required: true });
-  const size = select("size", [...SIZES, "custom"], "auto");
+  const size = h("select", { id: "size" }, [...SIZES, ["custom", "…"]].map(([value, ratio]) =>
+    h("option", { value, selected: value === "auto", text: value === ratio ? value : `${value} (${ratio})` })));
   const custom = h("input", { type: "text", id: "custom-size", placeholder: "1600x900" });
   const quality = select("quality", ["auto", "low", "medium", "high"], "auto");
   const count = h("input", { type: "number", id: "n", min: 1, max: 10, value: 1 });
