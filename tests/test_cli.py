@@ -60,12 +60,18 @@ def test_a_key_made_without_credits_says_it_has_none(tmp_path: Path) -> None:
     assert funded.returncode == 0 and "0 credits" not in funded.stderr
 
 
-def test_first_start_prints_the_webhook_secret_and_how_to_make_an_admin_key(live_server: LiveServer) -> None:
+def test_first_start_prints_the_webhook_secret_an_admin_key_and_the_console(live_server: LiveServer) -> None:
     lines = (live_server.data_dir / "serve.log").read_text().splitlines()
     at = lines.index(live_server.key)
     assert "shown only once" in lines[at - 1]
     assert lines[at + 1].startswith("Its webhook signing secret (for callbacks): whsec_")
-    assert "imagegate keys create --admin" in lines[at + 2]
+    assert "An admin key was made too" in lines[at + 2]
+    admin = lines[at + 3]
+    listed = httpx.get(f"{live_server.base}/admin/keys", headers={"Authorization": f"Bearer {admin}"})
+    assert listed.status_code == 200, "the printed admin key opens the admin API"
+    refused = httpx.get(f"{live_server.base}/admin/keys", headers={"Authorization": f"Bearer {live_server.key}"})
+    assert refused.status_code == 403, "the first key is not an admin key"
+    assert lines[at + 4] == f"The web console: {live_server.base}/ (sign in with an API key)"
 
 
 REPO = Path(__file__).resolve().parent.parent
