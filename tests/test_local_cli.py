@@ -28,8 +28,8 @@ def hub_cache(root: Path, repo_id: str, pipeline: Path) -> Path:
 
 @pytest.fixture
 def operator(tmp_path: Path, tiny_models: dict[str, Path]) -> dict[str, str]:
-    """The environment of an operator whose cache holds tiny/klein and whose configuration has three
-    local channels: one on that repo id, one on a directory, one on a model that is not there."""
+    """The environment of an operator whose cache holds tiny/klein and whose configuration has two
+    local channels: one on that repo id, one on a directory."""
     cache = hub_cache(tmp_path / "hub", "tiny/klein", tiny_models["klein"])
     config = tmp_path / "imagegate.toml"
     config.write_text(

@@ -437,6 +437,34 @@ def _client_call(url: str, key: str, work: Callable[[Any], T]) -> T:
         raise fail(f"cannot reach {url}: {exc}") from None
 
 
+def _make(
+    url: str,
+    key: str,
+    images: list[Path],
+    prompt: str,
+    model: str,
+    size: str | None,
+    quality: str | None,
+    n: int,
+    fmt: str,
+    output: Path | None,
+    run_async: bool,
+) -> None:
+    """`edit` (with `images`) or `generate` (without): streamed, or as an async task; files written."""
+    from imagegate.client_cli import form_fields, output_paths, run_async_task, run_streamed, write
+
+    if run_async and n > 1:
+        raise typer.BadParameter("an async task makes one image", param_hint="--n")
+    if run_async:
+        made = _client_call(url, key, lambda s: run_async_task(s, model, prompt, images, size, quality, fmt))
+    else:
+        files = [("image[]", (path.name, path.read_bytes(), "application/octet-stream")) for path in images]
+        fields = form_fields(prompt, model, size, quality, n, fmt)
+        path = "/v1/images/edits" if images else "/v1/images/generations"
+        made = _client_call(url, key, lambda s: run_streamed(s, path, fields, files or None))
+    write(made, output_paths(images, output, len(made), fmt))
+
+
 @app.command()
 def edit(
     images: Annotated[list[Path], typer.Argument(exists=True, dir_okay=False, help="Input images, in order.")],
@@ -452,17 +480,7 @@ def edit(
     run_async: Annotated[bool, typer.Option("--async", help="Submit a task and poll it.")] = False,
 ) -> None:
     """Edit IMAGES with a prompt on a running server; writes IMAGE.edited.png (numbered for n > 1)."""
-    from imagegate.client_cli import form_fields, output_paths, run_async_task, run_streamed, write
-
-    if run_async and n > 1:
-        raise typer.BadParameter("an async task makes one image", param_hint="--n")
-    if run_async:
-        made = _client_call(server, key, lambda s: run_async_task(s, model, prompt, images, size, quality, fmt))
-    else:
-        files = [("image[]", (path.name, path.read_bytes(), "application/octet-stream")) for path in images]
-        fields = form_fields(prompt, model, size, quality, n, fmt)
-        made = _client_call(server, key, lambda s: run_streamed(s, "/v1/images/edits", fields, files))
-    write(made, output_paths(images, output, len(made), fmt))
+    _make(server, key, images, prompt, model, size, quality, n, fmt, output, run_async)
 
 
 @app.command()
@@ -479,16 +497,7 @@ def generate(
     run_async: Annotated[bool, typer.Option("--async", help="Submit a task and poll it.")] = False,
 ) -> None:
     """Generate images from a prompt on a running server; writes generated.png (numbered for n > 1)."""
-    from imagegate.client_cli import form_fields, output_paths, run_async_task, run_streamed, write
-
-    if run_async and n > 1:
-        raise typer.BadParameter("an async task makes one image", param_hint="--n")
-    if run_async:
-        made = _client_call(server, key, lambda s: run_async_task(s, model, prompt, [], size, quality, fmt))
-    else:
-        fields = form_fields(prompt, model, size, quality, n, fmt)
-        made = _client_call(server, key, lambda s: run_streamed(s, "/v1/images/generations", fields, None))
-    write(made, output_paths([], output, len(made), fmt))
+    _make(server, key, [], prompt, model, size, quality, n, fmt, output, run_async)
 
 
 @app.command()
