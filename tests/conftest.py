@@ -32,7 +32,7 @@ from psycopg import sql
 from rich.console import Console
 from typer.testing import CliRunner
 
-from imagegate import cli
+from imagegate import cli, cli_output
 from imagegate.app import create_app
 from imagegate.config import Config, async_database_url, load_config
 from imagegate.engines.base import Engine
@@ -118,6 +118,37 @@ def _audit(db: sqlalchemy.Connection) -> None:
 
 POSTGRES_ADMIN_URL = os.environ.get("IMAGEGATE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 """A PostgreSQL server where tests may create and drop databases (this machine's, by default)."""
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[str]:
+    """A local S3-compatible server (moto) on loopback; its endpoint URL."""
+    from moto.server import ThreadedMotoServer  # slow to import: only for the tests that use it
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A new bucket on the local server, with the standard AWS_* variables pointing at it."""
+    for name, value in {
+        "AWS_ENDPOINT_URL": s3_server,
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    import boto3
+
+    bucket = "imagegate-" + secrets.token_hex(4)
+    boto3.client("s3").create_bucket(Bucket=bucket)
+    return bucket
 
 
 @pytest.fixture
@@ -289,7 +320,10 @@ class _ProcessLikeRunner(CliRunner):
     def isolation(
         self, input: str | bytes | None = None, env: Mapping[str, str | None] | None = None, color: bool = False
     ) -> Iterator[tuple[io.BytesIO, io.BytesIO, io.BytesIO]]:
-        with super().isolation(input, env, color) as streams, mock.patch.object(cli, "err", Console(stderr=True)):
+        with (
+            super().isolation(input, env, color) as streams,
+            mock.patch.object(cli_output, "err", Console(stderr=True)),
+        ):
             yield streams
 
 

@@ -5,46 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import io
-import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import boto3
 import httpx
 import pytest
-from moto.server import ThreadedMotoServer
 
 from imagegate.config import load_config
 from imagegate.stores.blobs import BlobStore, LocalBlobStore, MemoryBlobStore, S3BlobStore, open_blob_store
-from tests.conftest import LOOPBACK_ALLOW, decode, free_port, make_image, open_api
+from tests.conftest import LOOPBACK_ALLOW, decode, make_image, open_api
 from tests.receivers import webhook_receiver
-
-
-@pytest.fixture(scope="session")
-def s3_server() -> Iterator[str]:
-    """A local S3-compatible server (moto) on loopback; its endpoint URL."""
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def s3_bucket(s3_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    """A new bucket on the local server, with the standard AWS_* variables pointing at it."""
-    for name, value in {
-        "AWS_ENDPOINT_URL": s3_server,
-        "AWS_ACCESS_KEY_ID": "test",
-        "AWS_SECRET_ACCESS_KEY": "test",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
-        monkeypatch.setenv(name, value)
-    bucket = "imagegate-" + secrets.token_hex(4)
-    boto3.client("s3").create_bucket(Bucket=bucket)
-    return bucket
 
 
 @pytest.fixture(params=["local", "memory", "s3"])

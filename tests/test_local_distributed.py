@@ -63,7 +63,7 @@ async def test_an_api_node_without_the_model_hands_sync_and_async_work_to_the_gp
     api_config = on(tmp_path, postgres_url, "api", nowhere(tmp_path))
     key = await create_key(api_config)
     async with node(api_config) as api, gpu_worker(on(tmp_path, postgres_url, "gpu", tiny_models)):
-        health = (await api.get("/healthz")).json()["channels"]["klein"]
+        health = (await api.get("/readyz")).json()["channels"]["klein"]
         assert health["state"] == "on the workers of queue 'gpu'"
         files = [
             ("image[]", ("a.png", make_image(96, 64), "image/png")),

@@ -288,7 +288,7 @@ async def test_health_reports_loading_ready_and_failed_models(tmp_path: Path, ti
     async with open_api(config) as api:
 
         async def settled() -> dict[str, Any]:
-            health: dict[str, Any] = (await api.client.get("/healthz")).json()["channels"]
+            health: dict[str, Any] = (await api.client.get("/readyz")).json()["channels"]
             return health
 
         health = await wait_for_task_async(
@@ -336,7 +336,7 @@ preload = true
             assert kinds == ["image_edit.partial_image"] * 2 + ["image_edit.completed"]
             made = client.images.generate(model="gpt-image-2", prompt="a lighthouse", size="1024x1024")
             assert made.data and made.data[0].b64_json
-            health = httpx.get(f"http://127.0.0.1:{port}/healthz").json()
+            health = httpx.get(f"http://127.0.0.1:{port}/readyz").json()
             assert health["channels"]["klein"]["state"] == "ready"
         finally:
             proc.terminate()

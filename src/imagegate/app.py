@@ -12,7 +12,6 @@ import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
-from sqlalchemy import text
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
@@ -28,6 +27,7 @@ from imagegate.metrics import Metrics
 from imagegate.registry import Registry
 from imagegate.responses import json_response
 from imagegate.runtime import Runtime, open_runtime, runtime_of
+from imagegate.service import readiness
 from imagegate.wire.fields import json_object
 
 log = logging.getLogger("imagegate")
@@ -138,17 +138,19 @@ def create_app(config: Config, engines: dict[str, Engine] | None = None, registr
     app.include_router(admin.router())
     app.include_router(console.router())
 
-    @app.get("/healthz", responses=openapi.responses(openapi.OPENAI_ERROR, (200, 500)))
-    async def healthz(request: Request) -> JSONResponse:
-        """Liveness and database reachability, and the state of each local model (`channels`)."""
+    @app.get("/healthz", responses={200: {"description": "The process answers"}})
+    async def healthz() -> JSONResponse:
+        """Liveness: the process answers (it touches nothing else; `/readyz` checks what it needs)."""
+        return JSONResponse({"status": "ok", "version": __version__})
+
+    @app.get("/readyz", responses={200: {"description": "Ready"}, 503: {"description": "A check failed"}})
+    async def readyz(request: Request) -> JSONResponse:
+        """Readiness: the database reachable and migrated, the file storage writable, each named with
+        its error (503 when one fails); each channel's circuit and, for local models, their state."""
         rt = runtime_of(request)
-        async with rt.db.session() as session:
-            await session.execute(text("SELECT 1"))
-        body: dict[str, object] = {"status": "ok", "version": __version__}
-        channels = rt.channel_health()
-        if channels:
-            body["channels"] = channels
-        return JSONResponse(body)
+        checks = [await readiness.database(rt.db), await readiness.storage(rt.blobs)]
+        ready, body = readiness.answer(checks, rt.channels)
+        return JSONResponse({**body, "version": __version__}, status_code=200 if ready else 503)
 
     @app.get("/metrics", responses={200: {"description": "Prometheus text format", "content": {"text/plain": {}}}})
     async def metrics_page() -> Response:

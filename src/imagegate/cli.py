@@ -17,17 +17,42 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from imagegate.cli_output import fail, note
 from imagegate.config import Config, ConfigError, load_config
 from imagegate.core.catalog import Catalog
 from imagegate.errors import ImagegateError
 from imagegate.owner_only import private_dir
+from imagegate.runtime import preflight
 from imagegate.service import accounts
 from imagegate.stores import keys, ledger
 from imagegate.stores.db import ApiKey, Database
 from imagegate.stores.db import migrate as migrate_database
+from imagegate.stores.faults import explain
 
 T = TypeVar("T")
-app = typer.Typer(no_args_is_help=True, add_completion=False, help="imagegate: a self-hosted image-editing API server.")
+
+
+class OperatorErrors(typer.core.TyperGroup):
+    """Every command's expected operator errors (database unreachable, missing or unmigrated, a bucket
+    that does not exist, an unwritable directory) as one line and exit status 2, not a traceback."""
+
+    def invoke(self, ctx: Any) -> Any:  # typer's vendored click.Context
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:
+            message = explain(exc)
+            if message is None:
+                raise
+            raise fail(message) from None
+
+
+app = typer.Typer(
+    cls=OperatorErrors,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="imagegate: a self-hosted image-editing API server.",
+)
 keys_app = typer.Typer(no_args_is_help=True, help="Create, list and revoke API keys.")
 credits_app = typer.Typer(no_args_is_help=True, help="Grant, deduct and audit a key's credits.")
 app.add_typer(keys_app, name="keys")
@@ -36,7 +61,6 @@ app.add_typer(credits_app, name="credits")
 app.add_typer(channels_app, name="channels")
 models_app = typer.Typer(no_args_is_help=True, help="Download, list and check the local engine's models.")
 app.add_typer(models_app, name="models")
-err = Console(stderr=True)
 
 DataDir = Annotated[
     Path | None,
@@ -51,8 +75,7 @@ def _config(data_dir: Path | None, config_file: Path | None) -> Config:
     try:
         return load_config(config_file, data_dir=data_dir)
     except ConfigError as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
+        raise fail(str(exc)) from exc
 
 
 def _catalog_with_channels(config: Config) -> Catalog:
@@ -64,8 +87,7 @@ def _catalog_with_channels(config: Config) -> Catalog:
         catalog = Catalog.from_config(config.models)
         check_channels(config, catalog, builtin_registry().engines)
     except (ConfigError, ValueError) as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
+        raise fail(str(exc)) from exc
     return catalog
 
 
@@ -85,8 +107,7 @@ def _with_session(config: Config, work: Callable[[AsyncSession], Awaitable[T]]) 
     try:
         return asyncio.run(main())
     except ImagegateError as exc:
-        err.print(f"[red]error:[/red] {exc.message}")
-        raise typer.Exit(1) from exc
+        raise fail(exc.message, 1) from exc
 
 
 def _decimal(text: str) -> Decimal:
@@ -109,6 +130,7 @@ def serve(
 
     config = _config(data_dir, config_file)
     _catalog_with_channels(config)
+    preflight(config)
 
     async def first_keys(session: AsyncSession) -> tuple[keys.NewKey, keys.NewKey] | None:
         if await keys.count_keys(session):
@@ -172,9 +194,9 @@ def worker(
 
     config = _config(data_dir, config_file)
     if not config.uses_procrastinate:
-        err.print("[red]error:[/red] workers need PostgreSQL: set IMAGEGATE_DATABASE_URL=postgresql://...")
-        raise typer.Exit(2)
+        raise fail("workers need PostgreSQL: set IMAGEGATE_DATABASE_URL=postgresql://...")
     _catalog_with_channels(config)
+    preflight(config)
     chosen = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
     asyncio.run(run_worker(config, concurrency=concurrency, queues=chosen))
 
@@ -215,10 +237,9 @@ def keys_create(
 
     new, view = _with_session(config, create)
     if not amount:
-        err.print(
+        note(
             f"note: key {new.id} has 0 credits, so its image requests will be refused (402) until you "
-            f"grant some: imagegate credits grant {new.id} 100 (or create it with --credits)",
-            soft_wrap=True,
+            f"grant some: imagegate credits grant {new.id} 100 (or create it with --credits)"
         )
     if as_json:
         _print_json({"id": new.id, "key": new.raw, "webhook_secret": new.webhook_secret, **view})
@@ -427,14 +448,14 @@ def _client_call(url: str, key: str, work: Callable[[Any], T]) -> T:
     """`work(server)`; a failure is one line on stderr and exit status 1."""
     from httpx import HTTPError
 
-    from imagegate.client_cli import Failed, Server, fail
+    from imagegate.client_cli import Failed, Server
 
     try:
         return work(Server(url, key))
     except Failed as exc:
-        raise fail(str(exc)) from None
+        raise fail(str(exc), 1) from None
     except HTTPError as exc:
-        raise fail(f"cannot reach {url}: {exc}") from None
+        raise fail(f"cannot reach {url}: {exc}", 1) from None
 
 
 def _make(

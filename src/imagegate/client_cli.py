@@ -18,12 +18,12 @@ from typing import Any
 import httpx
 import orjson
 import pybase64
-import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-err = Console(stderr=True)
+from imagegate import cli_output
+
 POLL_S = 0.5
 PARTIALS = 2
 TIMEOUT_S = 600.0
@@ -43,11 +43,6 @@ class Server:
 
 class Failed(Exception):
     """The request failed; the message is the one line to show."""
-
-
-def fail(message: str) -> typer.Exit:
-    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
-    return typer.Exit(1)
 
 
 def server_error(response: httpx.Response) -> Failed:
@@ -112,7 +107,7 @@ def run_streamed(server: Server, path: str, fields: dict[str, str], files: list[
     images: list[bytes] = []
     partials = 0
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[note]}"), TimeElapsedColumn())
-    with server.client() as client, Progress(*columns, console=err, transient=True) as progress:
+    with server.client() as client, Progress(*columns, console=cli_output.err, transient=True) as progress:
         bar = progress.add_task("working", total=PARTIALS + count, note="waiting for the server")
         with (
             client.stream("POST", path, data=data, files=files)
@@ -166,7 +161,7 @@ def run_async_task(
             "taskId"
         ]
         started = time.monotonic()
-        with err.status(f"task {task_id}: waiting") as status:
+        with cli_output.err.status(f"task {task_id}: waiting") as status:
             while True:
                 data = checked(client.get("/api/v1/jobs/recordInfo", params={"taskId": task_id}))["data"]
                 state = data["state"]

@@ -22,6 +22,7 @@
     ├── PayloadTooLarge                 413 request_too_large
     ├── RateLimited                     429 rate_limit_exceeded
     ├── Interrupted                     500 interrupted
+    ├── StorageUnavailable              503 storage_unavailable
     └── EngineError                     502 upstream_error
         └── EngineTimeout               504 upstream_timeout
 
@@ -199,6 +200,13 @@ class Interrupted(ImagegateError):
     """The server stopped while the task ran (too many times for an async one; at all for a sync one)."""
 
     code = "interrupted"
+
+
+class StorageUnavailable(ImagegateError):
+    """The server's file storage (its data dir or object-storage bucket) failed: nothing the client did."""
+
+    status = 503
+    code = "storage_unavailable"
 
 
 class EngineError(ImagegateError):

@@ -8,18 +8,16 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from imagegate.cli_output import fail, note
 from imagegate.config import Config, ConfigError
-
-err = Console(stderr=True)
 
 
 def _needs_local_extra() -> None:
     if importlib.util.find_spec("huggingface_hub") is None or importlib.util.find_spec("diffusers") is None:
-        err.print(
-            "[red]error:[/red] local models need the local extra: install torch first "
+        raise fail(
+            "local models need the local extra: install torch first "
             "(the CUDA build for a GPU), then `pip install 'imagegate[local]'`"
         )
-        raise typer.Exit(2)
 
 
 def _size(count: int) -> str:
@@ -39,8 +37,7 @@ def pull_model(repo_id: str, revision: str | None) -> None:
     try:
         path = pull(repo_id, revision)
     except PullFailed as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
+        raise fail(str(exc)) from None
     try:
         print(f"{repo_id}: {read(path).describe()}")
     except CheckpointError as exc:
@@ -84,6 +81,6 @@ def check_models(config: Config) -> None:
             print(f"{channel.name}: {open_channel(config, channel).check()}")
         except (ConfigError, Exception) as exc:
             failed = True
-            err.print(f"[red]{channel.name}: failed:[/red] {exc}")
+            note(f"{channel.name}: failed: {exc}")
     if failed:
         raise typer.Exit(1)

@@ -6,7 +6,6 @@ from collections.abc import Collection
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
 
 import anyio
 from fastapi import Request
@@ -34,7 +33,7 @@ from imagegate.service.tasks import TaskService
 from imagegate.service.webhooks import WebhookSender
 from imagegate.stores import keys, ratelimit, sql
 from imagegate.stores.blobs import BlobStore, open_blob_store
-from imagegate.stores.db import ApiKey, Database, migrate, now_ms
+from imagegate.stores.db import ApiKey, Database, migrate, now_ms, require_migrated
 from imagegate.stores.queue import ProcrastinateQueue, procrastinate_app
 
 LAST_USED_RESOLUTION_MS = 60_000
@@ -61,15 +60,6 @@ class Runtime:
     links: ResultLinks
     sweeper: ResultSweeper
     channels: list[Channel] = field(default_factory=list)
-
-    def channel_health(self) -> dict[str, dict[str, Any]]:
-        """The state of each channel whose engine reports one (local models: loading, ready, failed)."""
-        reports = {}
-        for channel in self.channels:
-            health = getattr(channel.engine, "health", None)
-            if health is not None:
-                reports[channel.settings.name] = health()
-        return reports
 
     def public_base(self, request: Request) -> str:
         """Base of result URLs: IMAGEGATE_PUBLIC_URL, else the request's Host if it is one of
@@ -126,6 +116,20 @@ def fetch_policy(config: Config) -> FetchPolicy:
         connect_timeout_s=limits.fetch_connect_timeout_s,
         max_redirects=limits.fetch_max_redirects,
     )
+
+
+def preflight(config: Config) -> None:
+    """What `serve` and `worker` check before they start, raising what the operator must fix (the CLI
+    prints it as one line): the database reachable and migrated — SQLite, one process's own, is
+    migrated here; PostgreSQL, shared by every node, only by `imagegate migrate` — and the file
+    storage writable (an S3 bucket that exists and takes the credentials' writes)."""
+    private_dir(config.data_dir)
+    url = config.resolved_database_url
+    if url.startswith("sqlite"):
+        migrate(url)
+    else:
+        require_migrated(url)
+    anyio.run(open_blob_store(config.storage.url, config.files_dir).probe)
 
 
 async def open_runtime(

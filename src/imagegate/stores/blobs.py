@@ -9,14 +9,17 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
+import logging
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Protocol, cast
+from typing import IO, TYPE_CHECKING, Protocol, TypeVar, cast
 from urllib.parse import urlsplit
 
 import anyio
 
+from imagegate.errors import StorageUnavailable
 from imagegate.owner_only import private_dir, private_writer
 
 if TYPE_CHECKING:
@@ -24,9 +27,27 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 
+log = logging.getLogger("imagegate.storage")
+T = TypeVar("T")
 SPOOL_IN_MEMORY = 1024 * 1024
 WRITE_SIZE = 1024 * 1024
 """The most a file write hands the kernel at once."""
+
+
+PROBE_NAME = "imagegate-ready-probe"
+"""What `probe` writes and deletes (a name no stored file can have: those are ids with an extension)."""
+CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+
+
+def content_type(name: str) -> str:
+    """The media type of a stored file by its extension (`application/octet-stream` for inputs)."""
+    return CONTENT_TYPES.get(name.rsplit(".", 1)[-1] if "." in name else "", "application/octet-stream")
+
+
+def unavailable(store: str, exc: BaseException) -> StorageUnavailable:
+    """The client's 503 for a storage fault (the detail goes to the log, not to the client)."""
+    log.error("file storage failed (%s): %s", store, exc)
+    return StorageUnavailable(f"The server's file storage failed ({type(exc).__name__}); please try again later.")
 
 
 def checked_name(name: str) -> str:
@@ -37,7 +58,8 @@ def checked_name(name: str) -> str:
 
 
 class BlobStore(Protocol):
-    """Where files live. `put` is durable when it returns; `get` answers None for unknown names."""
+    """Where files live. `put` is durable when it returns; `get` answers None for unknown names.
+    Every operation raises StorageUnavailable (503) when the store itself fails."""
 
     async def put(self, name: str, data: bytes) -> None: ...
 
@@ -64,6 +86,15 @@ class BlobStore(Protocol):
         (computed locally: no request to the store)."""
         ...
 
+    async def probe(self) -> None:
+        """Write and delete a small object; StorageUnavailable naming the fault (for the operator:
+        a missing bucket, refused credentials, an unwritable directory) when that fails."""
+        ...
+
+    def describe(self) -> str:
+        """Where the files are, for logs (no credentials)."""
+        ...
+
 
 class LocalBlobStore:
     """Files in one directory, sharded by the first two characters of the name."""
@@ -74,11 +105,17 @@ class LocalBlobStore:
     def _path(self, name: str) -> Path:
         return self.root / name[:2] / checked_name(name)
 
+    async def _guarded(self, work: Callable[[], T]) -> T:
+        try:
+            return await anyio.to_thread.run_sync(work)
+        except OSError as exc:
+            raise unavailable(self.describe(), exc) from exc
+
     async def put(self, name: str, data: bytes) -> None:
-        await anyio.to_thread.run_sync(self._write, self._path(name), data)
+        await self._guarded(functools.partial(self._write, self._path(name), data))
 
     async def put_file(self, name: str, fp: IO[bytes]) -> None:
-        await anyio.to_thread.run_sync(self._copy, self._path(name), fp)
+        await self._guarded(functools.partial(self._copy, self._path(name), fp))
 
     @staticmethod
     def _write(path: Path, data: bytes) -> None:
@@ -94,16 +131,16 @@ class LocalBlobStore:
 
     async def get(self, name: str) -> bytes | None:
         path = self.local_path(name)
-        return None if path is None else await anyio.Path(path).read_bytes()
+        return None if path is None else await self._guarded(path.read_bytes)
 
     async def open(self, name: str) -> IO[bytes] | None:
         path = self.local_path(name)
-        return None if path is None else path.open("rb")
+        return None if path is None else await self._guarded(lambda: path.open("rb"))
 
     async def delete(self, name: str) -> None:
         path = self.local_path(name)
         if path is not None:
-            await anyio.Path(path).unlink(missing_ok=True)
+            await self._guarded(functools.partial(path.unlink, missing_ok=True))
 
     def local_path(self, name: str) -> Path | None:
         try:
@@ -114,6 +151,17 @@ class LocalBlobStore:
 
     def presigned_url(self, name: str, ttl_s: int) -> str | None:
         return None
+
+    async def probe(self) -> None:
+        probe = self.root / PROBE_NAME
+        try:
+            await anyio.to_thread.run_sync(self._write, probe, b"ok")
+            await anyio.Path(probe).unlink(missing_ok=True)
+        except OSError as exc:
+            raise StorageUnavailable(f"cannot write files in {self.root}: {exc.strerror or exc}") from exc
+
+    def describe(self) -> str:
+        return f"directory {self.root}"
 
 
 class MemoryBlobStore:
@@ -144,38 +192,66 @@ class MemoryBlobStore:
     def presigned_url(self, name: str, ttl_s: int) -> str | None:
         return None
 
+    async def probe(self) -> None:
+        return None
+
+    def describe(self) -> str:
+        return "memory"
+
 
 class S3BlobStore:
-    """Objects under `prefix` in an S3-compatible bucket (boto3, run in worker threads)."""
+    """Objects under `prefix` in an S3-compatible bucket (boto3, run in worker threads). Stored files
+    carry their Content-Type and an inline Content-Disposition with their name, so a browser shows a
+    presigned URL's image rather than downloading `binary/octet-stream`."""
 
     def __init__(self, bucket: str, prefix: str = "", client: S3Client | None = None) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError  # only S3 deployments load boto
+
         self.bucket = bucket
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         if client is None:
-            import boto3  # only S3 deployments pay for loading it
+            import boto3
 
             client = boto3.client("s3")
         self.client: S3Client = client
+        self._faults: tuple[type[Exception], ...] = (BotoCoreError, ClientError)
 
     def _key(self, name: str) -> str:
         return self.prefix + checked_name(name)
 
+    @staticmethod
+    def _headers(name: str) -> dict[str, str]:
+        return {"ContentType": content_type(name), "ContentDisposition": f'inline; filename="{name}"'}
+
+    async def _guarded(self, work: Callable[[], T]) -> T:
+        try:
+            return await anyio.to_thread.run_sync(work)
+        except self._faults as exc:
+            raise unavailable(self.describe(), exc) from exc
+
     async def put(self, name: str, data: bytes) -> None:
-        await anyio.to_thread.run_sync(
-            functools.partial(self.client.put_object, Bucket=self.bucket, Key=self._key(name), Body=data)
+        key = self._key(name)
+        await self._guarded(
+            functools.partial(self.client.put_object, Bucket=self.bucket, Key=key, Body=data, **self._headers(name))  # type: ignore[arg-type]
         )
 
     async def put_file(self, name: str, fp: IO[bytes]) -> None:
-        await anyio.to_thread.run_sync(self.client.upload_fileobj, fp, self.bucket, self._key(name))
+        key, extra = self._key(name), self._headers(name)
+        await self._guarded(functools.partial(self.client.upload_fileobj, fp, self.bucket, key, ExtraArgs=extra))
 
     async def _body(self, name: str) -> StreamingBody | None:
         try:
             key = self._key(name)
+        except ValueError:
+            return None
+        try:
             answer = await anyio.to_thread.run_sync(
                 functools.partial(self.client.get_object, Bucket=self.bucket, Key=key)
             )
-        except (ValueError, self.client.exceptions.NoSuchKey):
-            return None
+        except self._faults as exc:
+            if _error_code(exc) in ("NoSuchKey", "404"):
+                return None
+            raise unavailable(self.describe(), exc) from exc
         return answer["Body"]
 
     async def get(self, name: str) -> bytes | None:
@@ -183,7 +259,7 @@ class S3BlobStore:
         if body is None:
             return None
         try:
-            return await anyio.to_thread.run_sync(body.read)
+            return await self._guarded(body.read)
         finally:
             body.close()
 
@@ -194,7 +270,7 @@ class S3BlobStore:
             return None
         spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)  # noqa: SIM115 - the caller closes it
         try:
-            await anyio.to_thread.run_sync(shutil.copyfileobj, body, spool, SPOOL_IN_MEMORY)
+            await self._guarded(functools.partial(shutil.copyfileobj, body, spool, SPOOL_IN_MEMORY))
         except BaseException:
             spool.close()
             raise
@@ -206,14 +282,51 @@ class S3BlobStore:
     async def delete(self, name: str) -> None:
         with contextlib.suppress(ValueError):
             key = self._key(name)
-            await anyio.to_thread.run_sync(functools.partial(self.client.delete_object, Bucket=self.bucket, Key=key))
+            await self._guarded(functools.partial(self.client.delete_object, Bucket=self.bucket, Key=key))
 
     def local_path(self, name: str) -> Path | None:
         return None
 
     def presigned_url(self, name: str, ttl_s: int) -> str | None:
-        params = {"Bucket": self.bucket, "Key": self._key(name)}
+        params = {
+            "Bucket": self.bucket,
+            "Key": self._key(name),
+            "ResponseContentType": content_type(name),
+            "ResponseContentDisposition": f'inline; filename="{name}"',
+        }
         return self.client.generate_presigned_url("get_object", Params=params, ExpiresIn=ttl_s)
+
+    async def probe(self) -> None:
+        key = self.prefix + PROBE_NAME
+        try:
+            await anyio.to_thread.run_sync(functools.partial(self.client.head_bucket, Bucket=self.bucket))
+            await anyio.to_thread.run_sync(
+                functools.partial(self.client.put_object, Bucket=self.bucket, Key=key, Body=b"ok")
+            )
+            await anyio.to_thread.run_sync(functools.partial(self.client.delete_object, Bucket=self.bucket, Key=key))
+        except self._faults as exc:
+            code = _error_code(exc)
+            if code in ("404", "NoSuchBucket"):
+                reason = "it does not exist (create it first)"
+            elif code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+                reason = f"access was refused ({code}): check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY"
+            else:
+                reason = " ".join(str(exc).split())
+            raise StorageUnavailable(f"cannot write to bucket {self.bucket!r} at {self._endpoint()}: {reason}") from exc
+
+    def _endpoint(self) -> str:
+        return str(self.client.meta.endpoint_url)
+
+    def describe(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix} at {self._endpoint()}"
+
+
+def _error_code(exc: BaseException | None) -> str:
+    """The S3 error code of a botocore ClientError (`NoSuchBucket`, `404`...), else ''."""
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        return str(response.get("Error", {}).get("Code", ""))
+    return ""
 
 
 def open_blob_store(storage_url: str | None, default_dir: Path) -> BlobStore:

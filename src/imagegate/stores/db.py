@@ -34,6 +34,7 @@ from sqlalchemy.types import TypeDecorator
 
 from imagegate.config import async_database_url
 from imagegate.owner_only import private_file
+from imagegate.stores.faults import NotMigrated, redacted
 
 MICROS = Decimal(1_000_000)
 SQLITE_TURN_S = 600.0
@@ -254,15 +255,25 @@ SCHEMA_HEAD = "0007"
 
 
 def schema_revision(url: str) -> str | None:
-    """The migration the database at (sync) `url` is at; None when it has none yet."""
+    """The migration the database at (sync) `url` is at; None when it has none yet. A database that
+    cannot be reached raises (sqlalchemy's OperationalError)."""
     engine = create_engine(url)
     try:
         with engine.connect() as connection:
-            return connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
-    except DBAPIError:
-        return None
+            try:
+                return connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+            except DBAPIError:
+                return None
     finally:
         engine.dispose()
+
+
+def require_migrated(url: str) -> None:
+    """NotMigrated unless the database at `url` is at SCHEMA_HEAD (raises if it cannot be reached)."""
+    url = async_database_url(url)
+    revision = schema_revision(sync_url(url))
+    if revision != SCHEMA_HEAD:
+        raise NotMigrated(redacted(url), revision, SCHEMA_HEAD)
 
 
 def migrate(url: str) -> None:

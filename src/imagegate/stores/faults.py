@@ -1,0 +1,69 @@
+"""Infrastructure failures in the operator's words: one line saying what failed and what to do.
+
+The CLI prints these instead of tracebacks (exit status 2) and `/readyz` names them per check. Only
+failures of the surroundings are explained — the database, the file storage, files on disk; anything
+else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from urllib.parse import urlsplit, urlunsplit
+
+from sqlalchemy.exc import DBAPIError, NoSuchModuleError
+
+from imagegate.errors import StorageUnavailable
+
+
+class NotMigrated(Exception):
+    """The database answers but is not at the schema this version needs; `imagegate migrate` fixes it."""
+
+    def __init__(self, where: str, revision: str | None, needed: str) -> None:
+        found = f"at migration {revision}" if revision else "not migrated"
+        super().__init__(f"the database {where} is {found} (this version needs {needed}): run `imagegate migrate`")
+
+
+def redacted(url: str) -> str:
+    """`url` without its password (`postgresql://user:***@host:5432/db`)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+
+
+def one_line(text: str) -> str:
+    """`text` with its line breaks and runs of spaces folded into single spaces."""
+    return " ".join(text.split())
+
+
+def _database_hint(detail: str) -> str:
+    if "database" in detail and "does not exist" in detail:
+        return "create it (docs/deploy.md, step 1) or fix IMAGEGATE_DATABASE_URL"
+    if ("role" in detail and "does not exist" in detail) or "password authentication failed" in detail:
+        return "check the user and password in IMAGEGATE_DATABASE_URL"
+    if "permission denied" in detail:
+        return "grant the user rights on the database (docs/deploy.md, step 1)"
+    if "unable to open database file" in detail:
+        return "check that the data dir exists and is writable"
+    return "is the database running there, and is IMAGEGATE_DATABASE_URL right?"
+
+
+def explain(exc: BaseException, database_url: str | None = None) -> str | None:
+    """One line for an expected infrastructure failure (`exc` or what it wraps), else None."""
+    if isinstance(exc, StorageUnavailable):
+        return exc.message
+    if isinstance(exc, NotMigrated):
+        return str(exc)
+    if isinstance(exc, NoSuchModuleError):
+        return f"unsupported database URL: {one_line(str(exc))}"
+    driver = exc.orig if isinstance(exc, DBAPIError) else exc
+    if isinstance(driver, sqlite3.Error) or type(driver).__module__.split(".")[0] == "psycopg":
+        detail = one_line(str(driver))
+        where = f" {redacted(database_url)}" if database_url else ""
+        return f"cannot use the database{where}: {detail} ({_database_hint(detail)})"
+    if type(exc).__module__.startswith(("botocore", "boto3")):
+        return f"file storage: {one_line(str(exc))}"
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+    return None

@@ -1,0 +1,149 @@
+"""Health that tells the truth (issue 17): liveness and readiness apart, each check named with its
+error; `serve` and `worker` refuse to start on a missing bucket or an unmigrated database; a storage
+failure during a request is a 503 naming storage; operator errors in the CLI are one line, exit 2."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from imagegate.config import load_config
+from imagegate.service import readiness
+from imagegate.stores.db import Database
+from tests.conftest import audit_ledgers, free_port, invoke_cli, make_image, open_api, run_cli
+
+
+def one_line_error(stderr: str) -> str:
+    """The CLI's error line, asserting it is the only line and no traceback came with it."""
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
+    assert "Traceback" not in stderr
+    return lines[0]
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on."""
+    port = free_port()
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", port)) != 0
+    return port
+
+
+async def test_healthz_is_liveness_and_readyz_names_each_check(tmp_path: Path) -> None:
+    async with open_api(load_config(data_dir=tmp_path / "d")) as api:
+        live = await api.client.get("/healthz")
+        assert live.status_code == 200 and live.json()["status"] == "ok"
+        ready = await api.client.get("/readyz")
+        assert ready.status_code == 200, ready.text
+        body = ready.json()
+        assert body["status"] == "ready"
+        assert body["checks"]["database"]["ok"] and "migration" in body["checks"]["database"]["detail"]
+        assert body["checks"]["storage"] == {"ok": True, "detail": f"directory {tmp_path / 'd' / 'files'}"}
+
+
+async def test_a_missing_bucket_is_not_ready_and_requests_get_a_503_naming_storage(
+    s3_bucket: str, tmp_path: Path
+) -> None:
+    config = load_config(data_dir=tmp_path / "d", storage={"url": "s3://no-such-bucket/x"})
+    async with open_api(config) as api:
+        ready = await api.client.get("/readyz")
+        assert ready.status_code == 503
+        storage = ready.json()["checks"]["storage"]
+        assert not storage["ok"] and "'no-such-bucket'" in storage["detail"] and "does not exist" in storage["detail"]
+        assert ready.json()["checks"]["database"]["ok"], "the checks are named apart"
+
+        files = [("image", ("a.png", make_image(64, 64), "image/png"))]
+        edit = await api.client.post("/v1/images/edits", headers=api.auth, data={"prompt": "sepia"}, files=files)
+        assert edit.status_code == 503, edit.text
+        error = edit.json()["error"]
+        assert error["code"] == "storage_unavailable" and "storage" in error["message"]
+        assert "Traceback" not in edit.text and "no-such-bucket" not in edit.text
+
+        usage = (await api.client.get("/v1/usage", headers=api.auth)).json()
+        assert (usage["balance"], usage["held"]) == ("1000", "0"), "nothing charged, nothing left held"
+        assert usage["tasks"][0]["state"] == "fail" and usage["tasks"][0]["error"]["code"] == "storage_unavailable"
+    audit_ledgers(tmp_path / "d" / "imagegate.db")
+
+
+async def test_a_database_that_is_not_migrated_is_not_ready(postgres_url: str) -> None:
+    db = Database(postgres_url)
+    try:
+        check = await readiness.database(db)
+    finally:
+        await db.aclose()
+    assert not check.ok and "not migrated" in check.detail and "imagegate migrate" in check.detail
+
+
+async def test_an_unreachable_database_is_named_with_its_error() -> None:
+    db = Database(f"postgresql://postgres@127.0.0.1:{closed_port()}/x")
+    try:
+        check = await readiness.database(db)
+    finally:
+        await db.aclose()
+    assert not check.ok and "Connection refused" in check.detail
+
+
+def test_serve_and_worker_refuse_an_unmigrated_database_in_one_line(postgres_url: str, tmp_path: Path) -> None:
+    env = {**os.environ, "IMAGEGATE_DATA_DIR": str(tmp_path), "IMAGEGATE_DATABASE_URL": postgres_url}
+    for command in ("serve", "worker"):
+        done = (
+            run_cli(command, "--port", str(free_port()), env=env) if command == "serve" else run_cli(command, env=env)
+        )
+        assert done.returncode == 2, done
+        assert "not migrated" in one_line_error(done.stderr) and "imagegate migrate" in done.stderr
+    with psycopg.connect(postgres_url) as db:
+        assert db.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").fetchone() == (0,)
+
+
+def test_serve_and_worker_refuse_a_missing_bucket_in_one_line(
+    s3_bucket: str, postgres_url: str, tmp_path: Path
+) -> None:
+    env = {**os.environ, "IMAGEGATE_DATA_DIR": str(tmp_path), "IMAGEGATE_STORAGE__URL": "s3://no-such-bucket/x"}
+    done = run_cli("serve", "--port", str(free_port()), env=env)
+    assert done.returncode == 2, done
+    line = one_line_error(done.stderr)
+    assert "'no-such-bucket'" in line and "does not exist" in line
+    assert invoke_cli("migrate", env={**env, "IMAGEGATE_DATABASE_URL": postgres_url}).returncode == 0
+    done = run_cli("worker", env={**env, "IMAGEGATE_DATABASE_URL": postgres_url})
+    assert done.returncode == 2 and "does not exist" in one_line_error(done.stderr)
+
+
+@pytest.mark.parametrize(
+    ("database", "expected"),
+    [
+        (
+            "postgresql://postgres@127.0.0.1:5432/imagegate_no_such_database",
+            'database "imagegate_no_such_database" does not exist',
+        ),
+        ("postgresql://no_such_role:pw@127.0.0.1:5432/test", 'role "no_such_role" does not exist'),
+        ("postgresql://postgres@127.0.0.1:{closed}/test", "Connection refused"),
+        ("postgresql://postgres@no-such-host.invalid:5432/test", "no-such-host.invalid"),
+    ],
+)
+def test_cli_commands_turn_database_faults_into_one_line_and_exit_2(
+    database: str, expected: str, tmp_path: Path
+) -> None:
+    url = database.format(closed=closed_port())
+    env = {"IMAGEGATE_DATA_DIR": str(tmp_path), "IMAGEGATE_DATABASE_URL": url}
+    for command in (["migrate"], ["keys", "list"], ["credits", "grant", "k", "1"]):
+        done = invoke_cli(*command, env=env)
+        assert done.returncode == 2, (command, done)
+        line = one_line_error(done.stderr)
+        assert expected in line and "cannot use the database" in line, line
+        assert ":pw@" not in line, "passwords are never printed"
+
+
+def test_cli_commands_name_a_missing_config_file_in_one_line(tmp_path: Path) -> None:
+    done = invoke_cli("keys", "list", "--config", str(tmp_path / "nope.toml"), env={})
+    assert done.returncode == 2 and "does not exist" in one_line_error(done.stderr)
+
+
+def test_an_unusable_data_dir_is_one_line(tmp_path: Path) -> None:
+    blocked = tmp_path / "a-file"
+    blocked.write_text("x")
+    done = invoke_cli("keys", "create", "--credits", "1", env={"IMAGEGATE_DATA_DIR": str(blocked / "d")})
+    assert done.returncode == 2 and str(blocked) in one_line_error(done.stderr)
