@@ -44,6 +44,7 @@ from tests.conftest import (
 )
 from tests.engines import OnePerCall
 from tests.receivers import Receiver, webhook_receiver
+from tests.test_operations import value
 from tests.test_postgres import bearer, node
 from tests.waiting import FINISHED, record_info, task_state, wait_for_task, wait_for_task_async
 
@@ -194,10 +195,15 @@ def test_two_nodes_two_workers_and_a_sigkilled_worker_lose_no_task(
             )
             doomed.send_signal(signal.SIGKILL)
             doomed.wait(10)
-        with (
-            processes([(worker_cmd, {**env, "IMAGEGATE_DATA_DIR": str(tmp_path / f"w{i}")}) for i in (1, 2)], logs),
-            httpx.Client(timeout=30) as client,
-        ):
+        metrics_ports = [free_port(), free_port()]
+        survivors = [
+            (
+                [*worker_cmd, "--metrics-port", str(metrics_ports[i])],
+                {**env, "IMAGEGATE_DATA_DIR": str(tmp_path / f"w{i + 1}")},
+            )
+            for i in (0, 1)
+        ]
+        with processes(survivors, logs), httpx.Client(timeout=30) as client:
 
             def all_states() -> dict[str, str]:
                 return {
@@ -217,6 +223,13 @@ def test_two_nodes_two_workers_and_a_sigkilled_worker_lose_no_task(
                 interval=0.5,
                 what="all 60 tasks finished",
             )
+            seen = [worker_endpoints(client, port) for port in metrics_ports]
+            live_workers = wait_for_task(
+                lambda: worker_rows(postgres_url),
+                done=lambda count: count == 2,
+                timeout_s=30,
+                what="the dead worker's row removed",
+            )
     finally:
         _stop(api_procs)
         api_logs.close()
@@ -225,6 +238,36 @@ def test_two_nodes_two_workers_and_a_sigkilled_worker_lose_no_task(
     with psycopg.connect(postgres_url) as db:
         (again,) = db.execute("SELECT COUNT(*) FROM tasks WHERE attempts > 1").fetchone() or (0,)
     assert again >= 1, "the tasks running at the kill were taken over"
+    assert live_workers == 2
+    assert all(ready["status"] == "ready" for ready, _ in seen), seen
+    assert {name for ready, _ in seen for name in ready["checks"]} == {"database", "storage", "queue"}
+    ran = [value(text, "imagegate_worker_jobs_total", task=RUN_TASK, outcome="succeeded") for _, text in seen]
+    assert sum(ran) >= 1 and all(value(text, "imagegate_worker_jobs_running") == 0 for _, text in seen)
+    assert sum(value(text, "imagegate_worker_stalled_jobs_total") for _, text in seen) >= 1, "the kill was seen"
+    worker_logs = [path.read_text() for path in logs.iterdir() if "worker started" in path.read_text()]
+    assert len(worker_logs) == 3, "every worker logs its start line"
+    for text in worker_logs:
+        assert "queues=images concurrency=4 database=postgresql" in text and "storage=directory " in text
+    logged = {
+        line.split("task=")[1].split()[0]
+        for text in worker_logs
+        for line in text.splitlines()
+        if "state=success" in line
+    }
+    assert logged == set(ids), "one INFO line per task run, across the workers"
+
+
+def worker_rows(url: str) -> int:
+    with psycopg.connect(url) as db:
+        (count,) = db.execute("SELECT COUNT(*) FROM procrastinate_workers").fetchone() or (0,)
+    return int(count)
+
+
+def worker_endpoints(client: httpx.Client, port: int) -> tuple[dict[str, Any], str]:
+    """A worker's /readyz answer (asserting /healthz answers) and its /metrics text."""
+    base = f"http://127.0.0.1:{port}"
+    assert client.get(f"{base}/healthz").json()["status"] == "ok"
+    return client.get(f"{base}/readyz").json(), client.get(f"{base}/metrics").text
 
 
 class RolledBack(Exception):

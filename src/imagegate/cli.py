@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import logging.config
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from decimal import Decimal, InvalidOperation
@@ -188,9 +189,15 @@ def worker(
     config_file: ConfigFile = None,
     concurrency: Annotated[int | None, typer.Option(min=1, help="Tasks run at once.")] = None,
     queues: Annotated[str | None, typer.Option(help="Comma-separated queues to take jobs from.")] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            min=0, max=65535, help="Serve /metrics, /healthz and /readyz on this port ([worker] metrics_host)."
+        ),
+    ] = None,
 ) -> None:
     """Run async tasks from the PostgreSQL queue (distributed mode); `serve` then answers HTTP only."""
-    from imagegate.worker import run_worker
+    from imagegate.worker import run_worker, worker_log_config
 
     config = _config(data_dir, config_file)
     if not config.uses_procrastinate:
@@ -198,7 +205,8 @@ def worker(
     _catalog_with_channels(config)
     preflight(config)
     chosen = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
-    asyncio.run(run_worker(config, concurrency=concurrency, queues=chosen))
+    logging.config.dictConfig(worker_log_config())
+    asyncio.run(run_worker(config, concurrency=concurrency, queues=chosen, metrics_port=metrics_port))
 
 
 @app.command()

@@ -118,7 +118,11 @@ class WorkerSettings(BaseModel):
     stalled_after_s: float = Field(default=30.0, gt=0)
     """A job whose worker sent no heartbeat for this long is retried by another worker."""
     stalled_check_s: float = Field(default=15.0, gt=0)
+    """How often a worker looks for jobs of dead workers (and removes those workers' rows)."""
     keep_finished_jobs_hours: int = Field(default=24, ge=1)
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    """The port of a worker's `/metrics`, `/healthz` and `/readyz` (none by default; 0 picks a free one)."""
+    metrics_host: str = "127.0.0.1"
 
 
 DEFAULT_WEBHOOK_RETRY_DELAYS = [5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0]

@@ -99,3 +99,44 @@ class Metrics:
     def exposition(self) -> bytes:
         """The registry in Prometheus' text format."""
         return generate_latest(self.registry)
+
+
+class WorkerMetrics:
+    """A worker's own series, on the registry of its runtime's Metrics (served on `--metrics-port`
+    beside the task and engine series): its jobs by outcome and duration, stalls, dead workers, and
+    the queue's jobs by state."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        registry = metrics.registry
+        self.exposition = metrics.exposition
+        self.content_type = metrics.content_type
+        self.jobs = Counter(
+            "imagegate_worker_jobs",
+            "Jobs this worker ran, by procrastinate task and outcome (succeeded, failed, retried).",
+            ["task", "outcome"],
+            registry=registry,
+        )
+        self.job_seconds = Histogram(
+            "imagegate_worker_job_duration_seconds",
+            "Time this worker spent on each job, by procrastinate task.",
+            ["task"],
+            buckets=_SECONDS,
+            registry=registry,
+        )
+        self.running = Gauge("imagegate_worker_jobs_running", "Jobs this worker runs now.", registry=registry)
+        self.stalled = Counter(
+            "imagegate_worker_stalled_jobs",
+            "Jobs of dead workers (no heartbeat) this worker handed back to the queue.",
+            registry=registry,
+        )
+        self.pruned = Counter(
+            "imagegate_worker_dead_workers_removed",
+            "Rows of dead workers this worker removed from the queue's table.",
+            registry=registry,
+        )
+        self.queue = Gauge(
+            "imagegate_queue_jobs",
+            "Jobs in the queue by queue and state (todo, doing, failed...), read at each maintenance round.",
+            ["queue", "state"],
+            registry=registry,
+        )
