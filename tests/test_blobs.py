@@ -98,6 +98,12 @@ async def test_the_server_keeps_results_and_inputs_in_s3(s3_bucket: str, tmp_pat
         assert url.startswith("http://testserver/files/")
         fetched = through_api
     assert fetched.status_code == 200 and decode(fetched.content).size == (1024, 1024)
+    name = url.split("?")[0].rsplit("/", 1)[-1]
+    assert fetched.headers["content-type"] == "image/png", "a browser shows the image, not a download"
+    if result_urls == "presigned":
+        assert fetched.headers["content-disposition"] == f'inline; filename="{name}"'
+        stored = boto3.client("s3").head_object(Bucket=s3_bucket, Key=f"results/{name}")
+        assert (stored["ContentType"], stored["ContentDisposition"]) == ("image/png", f'inline; filename="{name}"')
     assert later.status_code == 200 and delivery.json["success"] is True, delivery.json
     keys = list_keys(s3_bucket)
     assert len(keys) == after_async == 2 and all(key.startswith("results/") for key in keys), (
