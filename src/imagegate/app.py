@@ -157,7 +157,7 @@ def create_app(config: Config, engines: dict[str, Engine] | None = None, registr
         """Prometheus metrics in the text exposition format."""
         return Response(metrics.exposition(), media_type=metrics.content_type)
 
-    @app.get("/files/{name}", responses=openapi.responses(openapi.OPENAI_ERROR, (200, 307, 404, 410), images=True))
+    @app.get("/files/{name}", responses=openapi.responses(openapi.OPENAI_ERROR, (200, 307, 404, 410, 503), images=True))
     async def files(name: str, request: Request) -> Response:
         """A stored result under its unguessable id, cacheable forever."""
         found = _FILE_NAME.match(name)
@@ -170,7 +170,7 @@ def create_app(config: Config, engines: dict[str, Engine] | None = None, registr
         except NotFound:
             raise (await rt.sweeper.why_missing(found.group(1))) or NotFound("No such file.") from None
 
-    @app.get("/inputs/{token}", responses=openapi.responses(openapi.OPENAI_ERROR, (200, 307, 404), images=True))
+    @app.get("/inputs/{token}", responses=openapi.responses(openapi.OPENAI_ERROR, (200, 307, 404, 503), images=True))
     async def inputs(token: str, request: Request) -> Response:
         """An input published for a provider, under a signed URL until it expires or is withdrawn."""
         rt = runtime_of(request)

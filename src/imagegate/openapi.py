@@ -49,9 +49,10 @@ _REASONS = {
     429: "Requests per minute exceeded (`retry-after` says when to come back)",
     500: "Server error (no detail is given)",
     502: "Every upstream channel failed",
+    503: "The file storage failed (`storage_unavailable`)",
     504: "Every upstream channel timed out",
 }
-IMAGE_STATUSES = (200, 400, 401, 402, 403, 404, 408, 409, 413, 422, 429, 500, 502, 504)
+IMAGE_STATUSES = (200, 400, 401, 402, 403, 404, 408, 409, 413, 422, 429, 500, 502, 503, 504)
 JOBS_STATUSES = (200, 400, 401, 402, 404, 409, 422, 429, 500)
 READ_STATUSES = (200, 400, 401, 404, 500)
 ADMIN_STATUSES = (200, 400, 401, 403, 404, 408, 413, 500)
