@@ -22,11 +22,14 @@
 
 (h) local engine overhead: a tiny FLUX.2 klein edit through the HTTP API ÷ the same pipeline called
     directly in-process (same reference, prompt, steps and seed; target ≤ 1.05×).
+(i) distributed ÷ embedded: 200 async tasks and 100 sync edits against 2 API nodes + 2 workers on
+    PostgreSQL, and against 1 node on SQLite: async throughput, sync throughput, p50 and p99.
 
     python -m bench memory        (e) alone
     python -m bench relay-cost    (f) alone
     python -m bench slow          (g) alone
     python -m bench local         (h) alone
+    python -m bench distributed   (i) alone
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ import orjson
 import psutil
 from PIL import Image
 
+from bench.distributed import distributed_vs_embedded
 from bench.local_engine import local_engine_overhead
 from bench.memory import memory_under_attack
 from bench.relay import relay_overhead
@@ -170,7 +174,10 @@ def main() -> None:
     if sys.argv[1:] == ["slow"]:
         with tempfile.TemporaryDirectory() as tmp:
             print(slow_relay(Path(tmp)))
-        print(local_engine_overhead(Path(tmp)))
+        return
+    if sys.argv[1:] == ["distributed"]:
+        with tempfile.TemporaryDirectory() as tmp:
+            print(distributed_vs_embedded(Path(tmp)))
         return
     with tempfile.TemporaryDirectory() as tmp:
         port = 18000 + os.getpid() % 1000
@@ -233,6 +240,7 @@ def main() -> None:
         print(relay_cost(Path(tmp)))
         print(slow_relay(Path(tmp)))
         print(local_engine_overhead(Path(tmp)))
+        print(distributed_vs_embedded(Path(tmp)))
 
 
 if __name__ == "__main__":
