@@ -14,6 +14,7 @@ import pytest
 from imagegate.config import load_config
 from imagegate.service import readiness
 from imagegate.stores.db import Database
+from imagegate.stores.faults import explain, redacted
 from tests.conftest import audit_ledgers, free_port, invoke_cli, make_image, open_api, run_cli
 
 
@@ -147,3 +148,16 @@ def test_an_unusable_data_dir_is_one_line(tmp_path: Path) -> None:
     blocked.write_text("x")
     done = invoke_cli("keys", "create", "--credits", "1", env={"IMAGEGATE_DATA_DIR": str(blocked / "d")})
     assert done.returncode == 2 and str(blocked) in one_line_error(done.stderr)
+
+
+def test_a_refused_password_is_named_with_what_to_check() -> None:
+    # This machine's PostgreSQL trusts loopback, so no real login is refused; the driver's own
+    # exception with the message PostgreSQL sends for a wrong password stands in for one.
+    refused = psycopg.OperationalError(
+        'connection failed: connection to server at "10.0.0.5", port 5432 failed: '
+        'FATAL:  password authentication failed for user "imagegate"'
+    )
+    line = explain(refused)
+    assert line is not None and "password authentication failed" in line
+    assert "check the user and password in IMAGEGATE_DATABASE_URL" in line and "\n" not in line
+    assert redacted("postgresql://imagegate:s3cret@db:5432/x") == "postgresql://imagegate:***@db:5432/x"
