@@ -30,6 +30,8 @@
     python -m bench slow          (g) alone
     python -m bench local         (h) alone
     python -m bench distributed   (i) alone
+    python -m bench takeover      (j), not in the full run (about 2 minutes, mostly waiting): how long a
+                                  SIGKILLed worker's task waits, with the default and shorter timings
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ from bench.relay import relay_overhead
 from bench.relay_cost import relay_cost
 from bench.serving import PeakRss, serve
 from bench.slow_relay import slow_relay
+from bench.takeover import takeover
 from imagegate.config import ImagingSettings
 from imagegate.core.catalog import Catalog
 from imagegate.core.job import Job
@@ -174,6 +177,10 @@ def main() -> None:
     if sys.argv[1:] == ["slow"]:
         with tempfile.TemporaryDirectory() as tmp:
             print(slow_relay(Path(tmp)))
+        return
+    if sys.argv[1:] == ["takeover"]:
+        with tempfile.TemporaryDirectory() as tmp:
+            print(takeover(Path(tmp)))
         return
     if sys.argv[1:] == ["distributed"]:
         with tempfile.TemporaryDirectory() as tmp:

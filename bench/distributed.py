@@ -46,7 +46,7 @@ class Figures:
     failed: int
 
 
-def _free_port() -> int:
+def free_port() -> int:
     import socket
 
     with socket.socket() as sock:
@@ -55,14 +55,14 @@ def _free_port() -> int:
         return port
 
 
-def _cli(env: dict[str, str], *args: str) -> str:
+def cli(env: dict[str, str], *args: str) -> str:
     done = subprocess.run(
         [sys.executable, "-m", "imagegate", *args], env=env, capture_output=True, text=True, check=True
     )
     return done.stdout
 
 
-def _wait_ready(port: int) -> None:
+def wait_ready(port: int) -> None:
     for _ in range(300):
         try:
             if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
@@ -150,7 +150,7 @@ async def _run_load(bases: list[str], key: str) -> Figures:
     )
 
 
-def _base_env(data_dir: Path) -> dict[str, str]:
+def base_env(data_dir: Path) -> dict[str, str]:
     env = {name: value for name, value in os.environ.items() if not name.startswith("IMAGEGATE_")}
     env.update(
         IMAGEGATE_DATA_DIR=str(data_dir),
@@ -160,30 +160,30 @@ def _base_env(data_dir: Path) -> dict[str, str]:
     return env
 
 
-def _key(env: dict[str, str]) -> str:
-    return str(json.loads(_cli(env, "keys", "create", "--credits", "1000000", "--json"))["key"])
+def new_key(env: dict[str, str]) -> str:
+    return str(json.loads(cli(env, "keys", "create", "--credits", "1000000", "--json"))["key"])
 
 
 def embedded(tmp: Path) -> Figures:
-    env = _base_env(tmp / "embedded")
-    _cli(env, "migrate")
-    key = _key(env)
-    port = _free_port()
+    env = base_env(tmp / "embedded")
+    cli(env, "migrate")
+    key = new_key(env)
+    port = free_port()
     with started([[sys.executable, "-m", "imagegate", "serve", "--port", str(port)]], env):
-        _wait_ready(port)
+        wait_ready(port)
         return asyncio.run(_run_load([f"http://127.0.0.1:{port}"], key))
 
 
 def distributed(tmp: Path, database_url: str) -> Figures:
-    env = _base_env(tmp / "migrate")
+    env = base_env(tmp / "migrate")
     env.update(
         IMAGEGATE_DATABASE_URL=database_url,
         IMAGEGATE_STORAGE__URL=f"file://{tmp / 'shared-files'}",
         IMAGEGATE_RELAY__SIGNING_SECRET=secrets.token_urlsafe(32),
     )
-    _cli(env, "migrate")
-    key = _key(env)
-    ports = [_free_port(), _free_port()]
+    cli(env, "migrate")
+    key = new_key(env)
+    ports = [free_port(), free_port()]
     commands = [
         [sys.executable, "-m", "imagegate", "serve", "--port", str(port), "--data-dir", str(tmp / f"api{port}")]
         for port in ports
@@ -191,7 +191,7 @@ def distributed(tmp: Path, database_url: str) -> Figures:
     commands += [[sys.executable, "-m", "imagegate", "worker", "--data-dir", str(tmp / f"worker{i}")] for i in range(2)]
     with started(commands, env):
         for port in ports:
-            _wait_ready(port)
+            wait_ready(port)
         return asyncio.run(_run_load([f"http://127.0.0.1:{port}" for port in ports], key))
 
 

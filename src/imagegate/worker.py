@@ -43,6 +43,9 @@ from imagegate.stores.queue import RUN_TASK, procrastinate_app
 
 log = logging.getLogger("imagegate.worker")
 CLEANUP_EVERY_S = 3600
+JOB_POLL_S = 1.0
+"""How often a worker looks for jobs whose time has come without a notification (a retry of a task
+another process held): at most this is added to a dead worker's task's wait."""
 QUEUE_BY_STATE = "SELECT queue_name, status::text AS state, count(*) AS jobs FROM procrastinate_jobs GROUP BY 1, 2"
 
 
@@ -261,6 +264,7 @@ async def run_worker(
                 concurrency=workers,
                 wait=True,
                 delete_jobs="successful",
+                fetch_job_polling_interval=JOB_POLL_S,
                 update_heartbeat_interval=max(0.5, settings.stalled_after_s / 4),
                 stalled_worker_timeout=settings.stalled_after_s,
                 install_signal_handlers=install_signal_handlers,
