@@ -119,11 +119,7 @@ def test_the_deploy_guide_runs_as_written(site: dict[str, str], tmp_path: Path) 
     script += "".join(backgrounded(block, ports, metrics_ports, logs) for block in blocks[1:])
     script += 'printf %s "$KEY" > key.txt\n'
     (tmp_path / "guide.sh").write_text(script)
-    env = {
-        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-        "HOME": str(tmp_path),
-        "IMAGEGATE_DATA_DIR": str(tmp_path / "data"),
-    }
+    env = {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "HOME": str(tmp_path)}
     try:
         done = subprocess.run(
             ["bash", "-euo", "pipefail", str(tmp_path / "guide.sh")],

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import socket
+import sqlite3
+import time
 from pathlib import Path
 
 import psycopg
@@ -161,3 +163,53 @@ def test_a_refused_password_is_named_with_what_to_check() -> None:
     assert line is not None and "password authentication failed" in line
     assert "check the user and password in IMAGEGATE_DATABASE_URL" in line and "\n" not in line
     assert redacted("postgresql://imagegate:s3cret@db:5432/x") == "postgresql://imagegate:***@db:5432/x"
+
+
+def test_passwords_in_the_query_string_are_hidden_too() -> None:
+    hidden = redacted("postgresql://u@db:5432/x?sslmode=require&password=s3cret&application_name=a")
+    assert "s3cret" not in hidden and "password=***" in hidden and "sslmode=require" in hidden
+
+
+def test_a_database_a_newer_release_migrated_is_refused_in_one_line(tmp_path: Path) -> None:
+    env = {"IMAGEGATE_DATA_DIR": str(tmp_path)}
+    assert invoke_cli("migrate", env=env).returncode == 0
+    with sqlite3.connect(tmp_path / "imagegate.db") as db:
+        db.execute("UPDATE alembic_version SET version_num = '9999'")
+    for command in (["migrate"], ["keys", "list"]):
+        done = invoke_cli(*command, env=env)
+        assert done.returncode == 2, done
+        assert "newer than this version" in one_line_error(done.stderr)
+
+
+def test_key_commands_do_not_migrate_a_shared_database(postgres_url: str, tmp_path: Path) -> None:
+    env = {"IMAGEGATE_DATA_DIR": str(tmp_path), "IMAGEGATE_DATABASE_URL": postgres_url}
+    done = invoke_cli("keys", "list", env=env)
+    assert done.returncode == 2 and "run `imagegate migrate`" in one_line_error(done.stderr)
+    with psycopg.connect(postgres_url) as db:
+        assert db.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").fetchone() == (0,)
+    assert invoke_cli("migrate", env=env).returncode == 0
+    assert invoke_cli("keys", "list", env=env).returncode == 0
+
+
+async def test_a_storage_that_stops_answering_is_not_ready_within_the_checks_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)  # accepts connections into its backlog and never answers them
+    for name, value in {
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{silent.getsockname()[1]}",
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    try:
+        async with open_api(load_config(data_dir=tmp_path / "d", storage={"url": "s3://hung/x"})) as api:
+            started = time.monotonic()
+            ready = await api.client.get("/readyz")
+            took = time.monotonic() - started
+    finally:
+        silent.close()
+    assert ready.status_code == 503 and took < readiness.CHECK_TIMEOUT_S + 3, took
+    assert ready.json()["checks"]["storage"] == {"ok": False, "detail": "no answer within 5 s"}

@@ -28,7 +28,8 @@ from imagegate.service import accounts
 from imagegate.stores import keys, ledger
 from imagegate.stores.db import ApiKey, Database
 from imagegate.stores.db import migrate as migrate_database
-from imagegate.stores.faults import explain
+from imagegate.stores.db import prepare as prepare_database
+from imagegate.stores.faults import explain, redacted
 
 T = TypeVar("T")
 
@@ -97,7 +98,7 @@ def _with_session(config: Config, work: Callable[[AsyncSession], Awaitable[T]]) 
 
     async def main() -> T:
         private_dir(config.data_dir)
-        migrate_database(config.resolved_database_url)
+        prepare_database(config.resolved_database_url)
         db = Database(config.resolved_database_url)
         try:
             async with db.session() as session, session.begin():
@@ -215,7 +216,7 @@ def migrate(data_dir: DataDir = None, config_file: ConfigFile = None) -> None:
     config = _config(data_dir, config_file)
     private_dir(config.data_dir)
     migrate_database(config.resolved_database_url)
-    print(f"migrated {config.resolved_database_url.split('@')[-1]}")
+    print(f"migrated {redacted(config.resolved_database_url)}")
 
 
 @keys_app.command("create")

@@ -347,6 +347,13 @@ class Config(BaseSettings):
             return async_database_url(self.database_url)
         return f"sqlite+aiosqlite:///{(self.data_dir / 'imagegate.db').resolve()}"
 
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("postgresql", "postgres://", "sqlite")):
+            raise ValueError("use postgresql://user:password@host:5432/name (or sqlite:///path)")
+        return value
+
     @field_validator("queue")
     @classmethod
     def _queue_needs_postgresql(cls, value: str, info: ValidationInfo) -> str:

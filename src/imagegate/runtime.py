@@ -14,7 +14,7 @@ from imagegate.config import Config, ConfigError
 from imagegate.core.catalog import Catalog
 from imagegate.core.upstream import RelayHosts
 from imagegate.engines.base import Engine, EngineContext
-from imagegate.errors import PermissionDenied, RateLimited
+from imagegate.errors import PermissionDenied, RateLimited, StorageUnavailable
 from imagegate.metrics import Metrics
 from imagegate.net import hosts
 from imagegate.net.fetch import FetchPolicy, SafeFetcher
@@ -33,9 +33,11 @@ from imagegate.service.tasks import TaskService
 from imagegate.service.webhooks import WebhookSender
 from imagegate.stores import keys, ratelimit, sql
 from imagegate.stores.blobs import BlobStore, open_blob_store
-from imagegate.stores.db import ApiKey, Database, migrate, now_ms, require_migrated
+from imagegate.stores.db import ApiKey, Database, migrate, now_ms, prepare
 from imagegate.stores.queue import ProcrastinateQueue, procrastinate_app
 
+PREFLIGHT_STORAGE_S = 30.0
+"""How long `serve` and `worker` wait for the storage to take their probe before refusing to start."""
 LAST_USED_RESOLUTION_MS = 60_000
 """A key's `last_used_at` is rewritten at most this often, so authenticating stays a read."""
 
@@ -124,12 +126,16 @@ def preflight(config: Config) -> None:
     migrated here; PostgreSQL, shared by every node, only by `imagegate migrate` — and the file
     storage writable (an S3 bucket that exists and takes the credentials' writes)."""
     private_dir(config.data_dir)
-    url = config.resolved_database_url
-    if url.startswith("sqlite"):
-        migrate(url)
-    else:
-        require_migrated(url)
-    anyio.run(open_blob_store(config.storage.url, config.files_dir).probe)
+    prepare(config.resolved_database_url)
+    anyio.run(_probe_within, open_blob_store(config.storage.url, config.files_dir), PREFLIGHT_STORAGE_S)
+
+
+async def _probe_within(blobs: BlobStore, seconds: float) -> None:
+    try:
+        with anyio.fail_after(seconds):
+            await blobs.probe()
+    except TimeoutError:
+        raise StorageUnavailable(f"the file storage ({blobs.describe()}) did not answer within {seconds:g} s") from None
 
 
 async def open_runtime(

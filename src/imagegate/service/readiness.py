@@ -60,7 +60,8 @@ async def database(db: Database) -> Check:
 
 
 async def storage(blobs: BlobStore) -> Check:
-    """The file storage takes a write (the bucket exists, the credentials may write)."""
+    """The file storage takes a write (the bucket exists, the credentials may write), within
+    CHECK_TIMEOUT_S (a store that hangs is abandoned, not waited for)."""
 
     async def probe() -> str:
         await blobs.probe()

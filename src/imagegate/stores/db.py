@@ -268,6 +268,16 @@ def schema_revision(url: str) -> str | None:
         engine.dispose()
 
 
+def prepare(url: str) -> None:
+    """Make the database at `url` usable by this version, or raise why not: SQLite (one process's own)
+    is migrated here; PostgreSQL, which every node shares, must already be (`imagegate migrate`, once
+    per release: a node of a new release must not change the schema under the old ones)."""
+    if async_database_url(url).startswith("sqlite"):
+        migrate(url)
+    else:
+        require_migrated(url)
+
+
 def require_migrated(url: str) -> None:
     """NotMigrated unless the database at `url` is at SCHEMA_HEAD (raises if it cannot be reached)."""
     url = async_database_url(url)
@@ -283,8 +293,11 @@ def migrate(url: str) -> None:
     url = async_database_url(url)
     if url.startswith("sqlite") and ":memory:" not in url:
         private_file(Path(url.split(":///", 1)[1]))
-    if schema_revision(sync_url(url)) == SCHEMA_HEAD:
+    revision = schema_revision(sync_url(url))
+    if revision == SCHEMA_HEAD:
         return
+    if revision is not None and NotMigrated(redacted(url), revision, SCHEMA_HEAD).newer:
+        raise NotMigrated(redacted(url), revision, SCHEMA_HEAD)
     from alembic import command
     from alembic.config import Config as AlembicConfig
 

@@ -7,6 +7,7 @@ else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from urllib.parse import urlsplit, urlunsplit
 
@@ -16,20 +17,34 @@ from imagegate.errors import StorageUnavailable
 
 
 class NotMigrated(Exception):
-    """The database answers but is not at the schema this version needs; `imagegate migrate` fixes it."""
+    """The database answers but is not at the schema this version needs: `imagegate migrate` fixes an
+    older one; one a newer release migrated needs that release (or a restored backup)."""
 
     def __init__(self, where: str, revision: str | None, needed: str) -> None:
-        found = f"at migration {revision}" if revision else "not migrated"
-        super().__init__(f"the database {where} is {found} (this version needs {needed}): run `imagegate migrate`")
+        if revision is not None and revision.isdigit() and needed.isdigit() and int(revision) > int(needed):
+            message = (
+                f"the database {where} is at migration {revision}, newer than this version knows ({needed}): "
+                "run the release that migrated it, or restore a backup from before"
+            )
+        else:
+            found = f"at migration {revision}" if revision else "not migrated"
+            message = f"the database {where} is {found} (this version needs {needed}): run `imagegate migrate`"
+        super().__init__(message)
+        self.newer = message.endswith("from before")
 
 
 def redacted(url: str) -> str:
-    """`url` without its password (`postgresql://user:***@host:5432/db`)."""
+    """`url` without its password, in the user part or the query (`postgresql://user:***@host:5432/db`,
+    `...?password=***`)."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rsplit("@", 1)[1]
-    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+    if parts.password is not None:
+        host = parts.netloc.rsplit("@", 1)[1]
+        parts = parts._replace(netloc=f"{parts.username}:***@{host}")
+    query = _QUERY_PASSWORD.sub(r"\1***", parts.query)
+    return urlunsplit(parts._replace(query=query))
+
+
+_QUERY_PASSWORD = re.compile(r"((?:^|&)(?:password|sslpassword)=)[^&]*", re.I)
 
 
 def one_line(text: str) -> str:
@@ -39,11 +54,11 @@ def one_line(text: str) -> str:
 
 def _database_hint(detail: str) -> str:
     if "database" in detail and "does not exist" in detail:
-        return "create it (docs/deploy.md, step 1) or fix IMAGEGATE_DATABASE_URL"
+        return "create it (docs/deploy.md, step 2) or fix IMAGEGATE_DATABASE_URL"
     if ("role" in detail and "does not exist" in detail) or "password authentication failed" in detail:
         return "check the user and password in IMAGEGATE_DATABASE_URL"
     if "permission denied" in detail:
-        return "grant the user rights on the database (docs/deploy.md, step 1)"
+        return "make the user the database's owner (docs/deploy.md, step 2)"
     if "unable to open database file" in detail:
         return "check that the data dir exists and is writable"
     return "is the database running there, and is IMAGEGATE_DATABASE_URL right?"
