@@ -336,6 +336,9 @@ async def test_a_key_reads_its_own_ledger_and_only_its_own(api: Api) -> None:
     assert not {row["id"] for row in mine} & {row["id"] for row in theirs}
     older = (await api.client.get(f"/v1/ledger?before={mine[0]['id']}", headers=api.auth)).json()["data"]
     assert [row["id"] for row in older] == [row["id"] for row in mine[1:]]
+    huge = await api.client.get(f"/v1/ledger?before={10**30}", headers=api.auth)
+    assert huge.status_code == 200 and huge.json()["data"] == mine, "past any row id: every row, not a 500"
+    assert (await api.client.get(f"/v1/ledger?before=-{10**30}", headers=api.auth)).json()["data"] == []
 
 
 async def test_a_task_shows_its_request_files_times_and_callback_deliveries_to_its_key_only(

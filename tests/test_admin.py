@@ -56,6 +56,9 @@ async def test_admin_manages_keys_credits_and_reads_tasks_ledgers_and_usage(
     assert patched.json()["effective_limits"]["rpm"] == api.config.accounts.requests_per_minute
     bad = await api.client.patch(f"/admin/keys/{key_id}", headers=admin, json={"rpm": -1})
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "rpm"
+    for field, value in (("max_images", 10**30), ("expires_at", 10**30)):
+        huge = await api.client.patch(f"/admin/keys/{key_id}", headers=admin, json={field: value})
+        assert huge.status_code == 400 and huge.json()["error"]["param"] == field, "past a column: a 400, not a 500"
 
     granted = await api.client.post(
         f"/admin/keys/{key_id}/grant", headers=admin, json={"amount": "2.5", "note": "gift"}

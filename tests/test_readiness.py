@@ -17,7 +17,7 @@ from imagegate.config import load_config
 from imagegate.service import readiness
 from imagegate.stores.db import Database
 from imagegate.stores.faults import explain, redacted
-from tests.conftest import audit_ledgers, free_port, invoke_cli, make_image, open_api, run_cli
+from tests.conftest import POSTGRES_ADMIN_URL, audit_ledgers, free_port, invoke_cli, make_image, open_api, run_cli
 
 
 def one_line_error(stderr: str) -> str:
@@ -213,3 +213,38 @@ async def test_a_storage_that_stops_answering_is_not_ready_within_the_checks_tim
         silent.close()
     assert ready.status_code == 503 and took < readiness.CHECK_TIMEOUT_S + 3, took
     assert ready.json()["checks"]["storage"] == {"ok": False, "detail": "no answer within 5 s"}
+
+
+def test_serve_on_a_port_in_use_is_one_line_before_any_key_is_made(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        done = run_cli("serve", "--port", str(port), env={**os.environ, "IMAGEGATE_DATA_DIR": str(tmp_path)})
+    assert done.returncode == 2 and "Address already in use" in one_line_error(done.stderr)
+    assert "No API key existed" not in done.stdout
+
+
+async def test_a_database_outage_is_a_503_naming_the_database_and_readyz_says_so(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    name = postgres_url.rsplit("/", 1)[1]
+    config = load_config(data_dir=tmp_path / "d", database_url=postgres_url, queue="runner")
+    async with open_api(config) as api:
+        with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:
+            admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+        try:
+            files = [("image", ("a.png", make_image(64, 64), "image/png"))]
+            edit = await api.client.post("/v1/images/edits", headers=api.auth, data={"prompt": "x"}, files=files)
+            ready = await api.client.get("/readyz")
+        finally:
+            with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:
+                admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        assert edit.status_code == 503 and edit.json()["error"]["code"] == "database_unavailable", edit.text
+        assert "Traceback" not in edit.text
+        assert (
+            ready.status_code == 503
+            and "not currently accepting connections" in ready.json()["checks"]["database"]["detail"]
+        )
+        assert (await api.client.get("/readyz")).status_code == 200, "ready again once the database is back"

@@ -12,6 +12,7 @@ import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
+from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
@@ -21,13 +22,14 @@ from imagegate.builtins import builtin_registry
 from imagegate.config import Config
 from imagegate.edge import CLIENT_GONE, EdgeMiddleware
 from imagegate.engines.base import Engine
-from imagegate.errors import BadRequest, ImagegateError, NotFound, PayloadTooLarge
+from imagegate.errors import BadRequest, DatabaseUnavailable, ImagegateError, NotFound, PayloadTooLarge
 from imagegate.idempotency import IdempotencyMiddleware
 from imagegate.metrics import Metrics
 from imagegate.registry import Registry
 from imagegate.responses import json_response
 from imagegate.runtime import Runtime, open_runtime, runtime_of
 from imagegate.service import readiness
+from imagegate.stores.faults import explain
 from imagegate.wire.fields import json_object
 
 log = logging.getLogger("imagegate")
@@ -57,6 +59,19 @@ class ErrorRendering:
 
     async def on_validation_error(self, request: Request, exc: Exception) -> Response:
         return self.registry.error_response(BadRequest(f"Invalid request: {exc}"), request.scope)
+
+    async def on_database_fault(self, request: Request, exc: Exception) -> Response:
+        """A database that is down or refuses us: one log line and a 503 that says so; any other
+        driver error is a bug, answered as `on_unexpected` does."""
+        outage = explain(exc)
+        if outage is None:
+            return await self.on_unexpected(request, exc)
+        request_id = getattr(request.state, "request_id", "")
+        log.error("%s %s (%s): %s", request.method, request.url.path, request_id, outage)
+        error = DatabaseUnavailable(f"The server's database is unavailable ({request_id}); please try again later.")
+        response = self.registry.error_response(error, request.scope)
+        response.headers["x-request-id"] = request_id
+        return response
 
     async def on_unexpected(self, request: Request, exc: Exception) -> Response:
         request_id = getattr(request.state, "request_id", "")
@@ -131,6 +146,8 @@ def create_app(config: Config, engines: dict[str, Engine] | None = None, registr
     app.add_exception_handler(HTTPException, errors.on_http_error)
     app.add_exception_handler(RequestValidationError, errors.on_validation_error)
     app.add_exception_handler(ClientDisconnect, _on_disconnect)
+    app.add_exception_handler(OperationalError, errors.on_database_fault)
+    app.add_exception_handler(InterfaceError, errors.on_database_fault)
     app.add_exception_handler(Exception, errors.on_unexpected)
     for router in registry.routers():
         app.include_router(router)

@@ -133,6 +133,7 @@ def serve(
     config = _config(data_dir, config_file)
     _catalog_with_channels(config)
     preflight(config)
+    server.listening_socket(host, port).close()  # a port in use is told before any key is made
 
     async def first_keys(session: AsyncSession) -> tuple[keys.NewKey, keys.NewKey] | None:
         if await keys.count_keys(session):

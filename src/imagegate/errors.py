@@ -23,6 +23,7 @@
     ├── RateLimited                     429 rate_limit_exceeded
     ├── Interrupted                     500 interrupted
     ├── StorageUnavailable              503 storage_unavailable
+    ├── DatabaseUnavailable             503 database_unavailable
     └── EngineError                     502 upstream_error
         └── EngineTimeout               504 upstream_timeout
 
@@ -207,6 +208,13 @@ class StorageUnavailable(ImagegateError):
 
     status = 503
     code = "storage_unavailable"
+
+
+class DatabaseUnavailable(ImagegateError):
+    """The server's database could not be reached: nothing the client did."""
+
+    status = 503
+    code = "database_unavailable"
 
 
 class EngineError(ImagegateError):

@@ -49,7 +49,7 @@ _REASONS = {
     429: "Requests per minute exceeded (`retry-after` says when to come back)",
     500: "Server error (no detail is given)",
     502: "Every upstream channel failed",
-    503: "The file storage failed (`storage_unavailable`)",
+    503: "The file storage or the database failed (`storage_unavailable`, `database_unavailable`)",
     504: "Every upstream channel timed out",
 }
 IMAGE_STATUSES = (200, 400, 401, 402, 403, 404, 408, 409, 413, 422, 429, 500, 502, 503, 504)

@@ -15,6 +15,7 @@ import copy
 import logging
 import logging.config
 import resource
+import socket
 from collections import Counter
 from typing import Any
 
@@ -123,8 +124,25 @@ def raise_descriptor_limit(wanted: int = WANTED_DESCRIPTORS) -> int:
     return int(soft)
 
 
+def listening_socket(host: str, port: int, what: str = "the port") -> socket.socket:
+    """A socket bound to `host:port` and listening; OSError naming `what` and the address (one line,
+    e.g. the address in use) before anything else is opened."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        raise OSError(exc.errno, f"{what} {host}:{port}: {exc.strerror}") from exc
+    return sock
+
+
 def run(app: Any, *, host: str, port: int, limits: Limits) -> None:
-    """Serve `app` on `host:port` until stopped, with the guards above and the open-files limit raised."""
+    """Serve `app` on `host:port` until stopped, with the guards above and the open-files limit raised.
+    An address that cannot be listened on raises OSError (one line) before anything starts."""
+    listening_socket(host, port).close()
     logging.config.dictConfig(log_config())
     log.info("open-files limit: %d", raise_descriptor_limit())
     uvicorn.run(

@@ -13,7 +13,6 @@ runs under a timeout, and finished jobs are deleted.
 from __future__ import annotations
 
 import logging
-import socket
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
@@ -34,6 +33,7 @@ from imagegate.config import Config, WorkerSettings
 from imagegate.metrics import Metrics, WorkerMetrics
 from imagegate.registry import Registry
 from imagegate.runtime import Runtime, open_runtime
+from imagegate.server import listening_socket
 from imagegate.service import queued_channels, readiness
 from imagegate.service.queued_channels import RUN_CHANNEL_JOB
 from imagegate.service.runner import TaskBusy
@@ -200,21 +200,6 @@ class _EndpointServer(uvicorn.Server):
         yield
 
 
-def listening_socket(host: str, port: int) -> socket.socket:
-    """A socket bound to `host:port` and listening (OSError, e.g. the address in use, before the
-    worker opens anything else)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(128)
-    except OSError as exc:
-        sock.close()
-        raise OSError(exc.errno, f"the metrics port {host}:{port}: {exc.strerror}") from exc
-    return sock
-
-
 async def run_worker(
     config: Config,
     *,
@@ -231,7 +216,7 @@ async def run_worker(
     settings = config.worker
     port = metrics_port if metrics_port is not None else settings.metrics_port
     async with AsyncExitStack() as stack:
-        sock = listening_socket(settings.metrics_host, port) if port is not None else None
+        sock = listening_socket(settings.metrics_host, port, "the metrics port") if port is not None else None
         if sock is not None:
             stack.callback(sock.close)
         taken = queues or settings.queues

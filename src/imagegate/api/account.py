@@ -71,6 +71,8 @@ async def ledger_page(request: Request, key_id: str) -> Response:
     """`key_id`'s ledger rows, newest first, `limit` of them older than row `before` when given."""
     raw_before = request.query_params.get("before")
     before = None if raw_before is None else as_int(raw_before, "before")
+    if before is not None:  # past a 64-bit row id means every row (or none): the database takes no more
+        before = max(-(2**63), min(before, 2**63 - 1))
     async with runtime_of(request).db.session() as session:
         rows = await ledger.entries(session, key_id, limit=page_size(request, 100), before=before)
     return json_response({"object": "list", "data": [accounts.entry_view(row) for row in rows]})

@@ -94,14 +94,27 @@ async def create_key(
     return NewKey(key_id, raw, name, credits, admin, secret)
 
 
+MAX_LIMIT = 2**31 - 1
+"""The largest per-key limit a column holds (the database's 32-bit integer)."""
+MAX_MOMENT_MS = 2**63 - 1
+
+
 def _apply(row: ApiKey, settings: dict[str, Any]) -> None:
     unknown = set(settings) - set(EDITABLE)
     if unknown:
         raise BadRequest(f"Unknown key settings: {', '.join(sorted(unknown))}.")
     for name in ("rpm", "max_active", "max_images"):
         value = settings.get(name)
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
-            raise BadRequest(f"Invalid '{name}': {excerpt(value)}; use a whole number, 0 for unlimited.", param=name)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_LIMIT):
+            raise BadRequest(
+                f"Invalid '{name}': {excerpt(value)}; use a whole number up to {MAX_LIMIT}, 0 for unlimited.",
+                param=name,
+            )
+    expires = settings.get("expires_at")
+    if expires is not None and not 0 <= expires <= MAX_MOMENT_MS:
+        raise BadRequest(
+            f"Invalid 'expires_at': {excerpt(expires)} is not a time this server can store.", param="expires_at"
+        )
     models = settings.get("models")
     if models is not None and (not isinstance(models, list) or not all(isinstance(m, str) for m in models)):
         raise BadRequest("Invalid 'models': expected an array of model ids.", param="models")
