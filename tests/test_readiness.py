@@ -15,7 +15,7 @@ import pytest
 
 from imagegate.config import load_config
 from imagegate.service import readiness
-from imagegate.stores.db import Database
+from imagegate.stores.db import SCHEMA_HEAD, Database
 from imagegate.stores.faults import explain, redacted
 from tests.conftest import POSTGRES_ADMIN_URL, audit_ledgers, free_port, invoke_cli, make_image, open_api, run_cli
 
@@ -44,7 +44,11 @@ async def test_healthz_is_liveness_and_readyz_names_each_check(tmp_path: Path) -
         assert ready.status_code == 200, ready.text
         body = ready.json()
         assert body["status"] == "ready"
-        assert body["checks"]["database"]["ok"] and "migration" in body["checks"]["database"]["detail"]
+        database = body["checks"]["database"]
+        assert (
+            database["ok"]
+            and database["detail"] == f"sqlite+aiosqlite:///{tmp_path / 'd' / 'imagegate.db'}, migration {SCHEMA_HEAD}"
+        )
         assert body["checks"]["storage"] == {"ok": True, "detail": f"directory {tmp_path / 'd' / 'files'}"}
 
 
@@ -166,6 +170,9 @@ def test_a_refused_password_is_named_with_what_to_check() -> None:
 
 
 def test_passwords_in_the_query_string_are_hidden_too() -> None:
+    assert redacted("sqlite+aiosqlite:////var/lib/imagegate/imagegate.db").endswith(
+        ":////var/lib/imagegate/imagegate.db"
+    )
     hidden = redacted("postgresql://u@db:5432/x?sslmode=require&password=s3cret&application_name=a")
     assert "s3cret" not in hidden and "password=***" in hidden and "sslmode=require" in hidden
 

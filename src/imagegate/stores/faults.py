@@ -37,6 +37,8 @@ def redacted(url: str) -> str:
     """`url` without its password, in the user part or the query (`postgresql://user:***@host:5432/db`,
     `...?password=***`)."""
     parts = urlsplit(url)
+    if parts.password is None and not _QUERY_PASSWORD.search(parts.query):
+        return url  # untouched: a round trip through urlunsplit would drop sqlite:////path's empty host
     if parts.password is not None:
         host = parts.netloc.rsplit("@", 1)[1]
         parts = parts._replace(netloc=f"{parts.username}:***@{host}")
