@@ -158,16 +158,15 @@ def create_app(config: Config, engines: dict[str, Engine] | None = None, registr
     @app.get("/healthz", responses={200: {"description": "The process answers"}})
     async def healthz() -> JSONResponse:
         """Liveness: the process answers (it touches nothing else; `/readyz` checks what it needs)."""
-        return JSONResponse({"status": "ok", "version": __version__})
+        return JSONResponse(readiness.alive())
 
     @app.get("/readyz", responses={200: {"description": "Ready"}, 503: {"description": "A check failed"}})
     async def readyz(request: Request) -> JSONResponse:
         """Readiness: the database reachable and migrated, the file storage writable, each named with
         its error (503 when one fails); each channel's circuit and, for local models, their state."""
         rt = runtime_of(request)
-        checks = [await readiness.database(rt.db), await readiness.storage(rt.blobs)]
-        ready, body = readiness.answer(checks, rt.channels)
-        return JSONResponse({**body, "version": __version__}, status_code=200 if ready else 503)
+        status, body = readiness.answer(await readiness.essentials(rt.db, rt.blobs), rt.channels)
+        return JSONResponse(body, status_code=status)
 
     @app.get("/metrics", responses={200: {"description": "Prometheus text format", "content": {"text/plain": {}}}})
     async def metrics_page() -> Response:

@@ -27,7 +27,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from imagegate import __version__
 from imagegate.builtins import builtin_registry
 from imagegate.config import Config, WorkerSettings
 from imagegate.metrics import Metrics, WorkerMetrics
@@ -137,7 +136,7 @@ def worker_app(runtime: Runtime, metrics: WorkerMetrics | None = None) -> procra
     return app
 
 
-async def maintain(app: procrastinate.App, settings: WorkerSettings, metrics: WorkerMetrics | None = None) -> None:
+async def maintain(app: procrastinate.App, settings: WorkerSettings, metrics: WorkerMetrics) -> None:
     """Every `stalled_check_s`: retry the jobs of workers with no heartbeat for `stalled_after_s`,
     remove those workers' rows, and read the queue's jobs by state; hourly, delete finished jobs
     older than the kept hours."""
@@ -149,17 +148,14 @@ async def maintain(app: procrastinate.App, settings: WorkerSettings, metrics: Wo
                     "job %s of a dead worker (no heartbeat for %g s): retrying it", job.id, settings.stalled_after_s
                 )
                 await app.job_manager.retry_job(job)
-                if metrics is not None:
-                    metrics.stalled.inc()
+                metrics.stalled.inc()
             pruned = await app.job_manager.prune_stalled_workers(settings.stalled_after_s)
             if pruned:
                 log.warning("removed %d dead worker row(s): %s", len(pruned), ", ".join(map(str, pruned)))
-                if metrics is not None:
-                    metrics.pruned.inc(len(pruned))
-            if metrics is not None:
-                metrics.queue.clear()
-                for row in await app.connector.execute_query_all_async(QUEUE_BY_STATE):
-                    metrics.queue.labels(row["queue_name"], row["state"]).set(row["jobs"])
+                metrics.pruned.inc(len(pruned))
+            metrics.queue.clear()
+            for row in await app.connector.execute_query_all_async(QUEUE_BY_STATE):
+                metrics.queue.labels(row["queue_name"], row["state"]).set(row["jobs"])
             if time.monotonic() - cleaned > CLEANUP_EVERY_S:
                 await app.job_manager.delete_old_jobs(nb_hours=settings.keep_finished_jobs_hours, include_failed=True)
                 cleaned = time.monotonic()
@@ -176,16 +172,13 @@ def endpoints(runtime: Runtime, app: procrastinate.App, metrics: WorkerMetrics) 
         return Response(metrics.exposition(), media_type=metrics.content_type)
 
     async def healthz(request: Request) -> JSONResponse:
-        return JSONResponse({"status": "ok", "version": __version__})
+        return JSONResponse(readiness.alive())
 
     async def readyz(request: Request) -> JSONResponse:
-        checks = [
-            await readiness.database(runtime.db),
-            await readiness.storage(runtime.blobs),
-            await readiness.queue(lambda: app.connector.execute_query_one_async("SELECT 1 AS one")),
-        ]
-        ready, body = readiness.answer(checks, runtime.channels)
-        return JSONResponse({**body, "version": __version__}, status_code=200 if ready else 503)
+        checks = await readiness.essentials(runtime.db, runtime.blobs)
+        checks.append(await readiness.queue(lambda: app.connector.execute_query_one_async("SELECT 1 AS one")))
+        status, body = readiness.answer(checks, runtime.channels)
+        return JSONResponse(body, status_code=status)
 
     routes = [Route("/metrics", metrics_page), Route("/healthz", healthz), Route("/readyz", readyz)]
     return Starlette(routes=routes)

@@ -15,6 +15,7 @@ import anyio
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
+from imagegate import __version__
 from imagegate.service.router import Channel
 from imagegate.stores.blobs import BlobStore
 from imagegate.stores.db import SCHEMA_HEAD, Database
@@ -92,8 +93,18 @@ def channels(live: list[Channel]) -> dict[str, dict[str, Any]]:
     return reports
 
 
-def answer(checks: list[Check], live: list[Channel]) -> tuple[bool, dict[str, Any]]:
-    """(ready, the JSON body): ready when every check passed."""
+async def essentials(db: Database, blobs: BlobStore) -> list[Check]:
+    """The checks every process makes: `database` and `storage`."""
+    return [await database(db), await storage(blobs)]
+
+
+def alive() -> dict[str, Any]:
+    """The liveness answer (`/healthz`): the process answers, nothing else is checked."""
+    return {"status": "ok", "version": __version__}
+
+
+def answer(checks: list[Check], live: list[Channel]) -> tuple[int, dict[str, Any]]:
+    """(HTTP status, JSON body) of `/readyz`: 200 when every check passed, else 503."""
     ready = all(check.ok for check in checks)
     body: dict[str, Any] = {
         "status": "ready" if ready else "not ready",
@@ -101,4 +112,5 @@ def answer(checks: list[Check], live: list[Channel]) -> tuple[bool, dict[str, An
     }
     if live:
         body["channels"] = channels(live)
-    return ready, body
+    body["version"] = __version__
+    return 200 if ready else 503, body
