@@ -22,6 +22,7 @@ from imagegate.cli_output import fail, note
 from imagegate.config import Config, ConfigError, load_config
 from imagegate.core.catalog import Catalog
 from imagegate.errors import ImagegateError
+from imagegate.net.hosts import url_host
 from imagegate.owner_only import private_dir
 from imagegate.runtime import preflight
 from imagegate.service import accounts
@@ -151,7 +152,7 @@ def serve(
         print(admin_key.raw, flush=True)
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     print(
-        f"The web console: http://{shown if ':' not in shown else f'[{shown}]'}:{port}/ (sign in with an API key)",
+        f"The web console: http://{url_host(shown)}:{port}/ (sign in with an API key)",
         flush=True,
     )
     server.run(create_app(config), host=host, port=port, limits=config.limits)

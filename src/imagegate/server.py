@@ -140,9 +140,7 @@ def listening_socket(host: str, port: int, what: str = "the port") -> socket.soc
 
 
 def run(app: Any, *, host: str, port: int, limits: Limits) -> None:
-    """Serve `app` on `host:port` until stopped, with the guards above and the open-files limit raised.
-    An address that cannot be listened on raises OSError (one line) before anything starts."""
-    listening_socket(host, port).close()
+    """Serve `app` on `host:port` until stopped, with the guards above and the open-files limit raised."""
     logging.config.dictConfig(log_config())
     log.info("open-files limit: %d", raise_descriptor_limit())
     uvicorn.run(

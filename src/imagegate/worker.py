@@ -30,6 +30,7 @@ from starlette.routing import Route
 from imagegate.builtins import builtin_registry
 from imagegate.config import Config, WorkerSettings
 from imagegate.metrics import Metrics, WorkerMetrics
+from imagegate.net.hosts import url_host
 from imagegate.registry import Registry
 from imagegate.runtime import Runtime, open_runtime
 from imagegate.server import listening_socket
@@ -228,7 +229,7 @@ async def run_worker(
                 )
                 group.start_soon(_EndpointServer(app_config).serve, [sock])
                 host, bound = sock.getsockname()[:2]
-                where = f"http://{host if ':' not in host else f'[{host}]'}:{bound}/metrics"
+                where = f"http://{url_host(host)}:{bound}/metrics"
             log.info(
                 "worker started: queues=%s concurrency=%d database=%s storage=%s metrics=%s",
                 ",".join(taken),

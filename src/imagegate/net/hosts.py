@@ -31,13 +31,16 @@ def is_trusted(host: str, trusted: Iterable[str]) -> bool:
     return False
 
 
+def url_host(address: str) -> str:
+    """`address` as a URL's host: an IPv6 address in brackets, anything else as it is."""
+    return f"[{address}]" if ":" in address else address
+
+
 def listening_base(scope: Scope) -> str:
     """`scheme://address:port` of the socket the request came in on (the default port left out)."""
     scheme = str(scope.get("scheme", "http"))
     server = scope.get("server") or ("127.0.0.1", None)
-    address, port = str(server[0]), server[1]
-    if ":" in address:
-        address = f"[{address}]"
+    address, port = url_host(str(server[0])), server[1]
     if port is None or port == _DEFAULT_PORTS.get(scheme):
         return f"{scheme}://{address}"
     return f"{scheme}://{address}:{port}"
