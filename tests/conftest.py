@@ -151,16 +151,21 @@ def s3_bucket(s3_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
     return bucket
 
 
-@pytest.fixture
-def postgres_url() -> Iterator[str]:
-    """A new, empty PostgreSQL database for one test, dropped afterwards. Skipped when no server is
+def postgres_admin() -> psycopg.Connection[tuple[Any, ...]]:
+    """An autocommit connection to POSTGRES_ADMIN_URL. The test is skipped when no server is
     reachable, except in CI (`CI=true`), where PostgreSQL is required."""
     try:
-        admin = psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=3)
+        return psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=3)
     except psycopg.OperationalError as exc:
         if os.environ.get("CI") == "true":
             raise
         pytest.skip(f"PostgreSQL is not reachable at {POSTGRES_ADMIN_URL} (set IMAGEGATE_TEST_POSTGRES): {exc}")
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A new, empty PostgreSQL database for one test, dropped afterwards (skipped as `postgres_admin`)."""
+    admin = postgres_admin()
     name = "imagegate_test_" + secrets.token_hex(6)
     with admin:
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))

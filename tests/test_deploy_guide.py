@@ -25,7 +25,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from tests.conftest import POSTGRES_ADMIN_URL, decode, free_port, make_image
+from tests.conftest import POSTGRES_ADMIN_URL, decode, free_port, make_image, postgres_admin
 from tests.waiting import record_info, task_state, wait_for_task
 
 GUIDE = Path(__file__).resolve().parent.parent / "docs" / "deploy.md"
@@ -62,17 +62,11 @@ def backgrounded(block: str, ports: list[int], metrics_ports: list[int], logs: P
 def site(s3_server: str) -> Iterator[dict[str, str]]:
     """The site values of the guide's first block, for a database, role and bucket of this test's own;
     the role and database are dropped afterwards."""
-    try:
-        admin = psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as exc:
-        if os.environ.get("CI") == "true":
-            raise
-        pytest.skip(f"PostgreSQL is not reachable at {POSTGRES_ADMIN_URL}: {exc}")
+    postgres_admin().close()
     if shutil.which("psql") is None:
         if os.environ.get("CI") == "true":
             pytest.fail("the guide's step 2 needs psql (.ci/run installs postgresql-client)")
         pytest.skip("psql is not installed (the guide's step 2 uses it)")
-    admin.close()
     suffix = secrets.token_hex(4)
     server = httpx.URL(POSTGRES_ADMIN_URL.replace("postgresql://", "http://"))
     values = {

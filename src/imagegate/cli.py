@@ -453,6 +453,8 @@ Quality = Annotated[str | None, typer.Option(help="low, medium, high or auto.")]
 Count = Annotated[int, typer.Option("--n", min=1, max=10, help="How many images.")]
 Format = Annotated[str, typer.Option("--format", help="png, jpeg or webp.")]
 Out = Annotated[Path | None, typer.Option("--output", "-o", help="Where to write (numbered when n > 1).")]
+Model = Annotated[str, typer.Option(help="The model.")]
+RunAsync = Annotated[bool, typer.Option("--async", help="Submit a task and poll it.")]
 
 
 def _client_call(url: str, key: str, work: Callable[[Any], T]) -> T:
@@ -503,13 +505,13 @@ def edit(
     prompt: Prompt,
     key: ApiKeyOption,
     server: ServerUrl = "http://127.0.0.1:8000",
-    model: Annotated[str, typer.Option(help="The model.")] = "gpt-image-2",
+    model: Model = "gpt-image-2",
     size: Size = None,
     quality: Quality = None,
     n: Count = 1,
     fmt: Format = "png",
     output: Out = None,
-    run_async: Annotated[bool, typer.Option("--async", help="Submit a task and poll it.")] = False,
+    run_async: RunAsync = False,
 ) -> None:
     """Edit IMAGES with a prompt on a running server; writes IMAGE.edited.png (numbered for n > 1)."""
     _make(server, key, images, prompt, model, size, quality, n, fmt, output, run_async)
@@ -520,13 +522,13 @@ def generate(
     prompt: Prompt,
     key: ApiKeyOption,
     server: ServerUrl = "http://127.0.0.1:8000",
-    model: Annotated[str, typer.Option(help="The model.")] = "gpt-image-2",
+    model: Model = "gpt-image-2",
     size: Size = None,
     quality: Quality = None,
     n: Count = 1,
     fmt: Format = "png",
     output: Out = None,
-    run_async: Annotated[bool, typer.Option("--async", help="Submit a task and poll it.")] = False,
+    run_async: RunAsync = False,
 ) -> None:
     """Generate images from a prompt on a running server; writes generated.png (numbered for n > 1)."""
     _make(server, key, [], prompt, model, size, quality, n, fmt, output, run_async)

@@ -86,6 +86,7 @@ def query(*parameters: tuple[str, Schema, str]) -> list[Schema]:
 
 DRY_RUN = ("dry_run", {"type": "boolean"}, "Validate and price the request without running or charging it.")
 LIMIT = ("limit", {"type": "integer", "minimum": 1, "maximum": 100}, "How many rows, newest first.")
+LEDGER_BEFORE = ("before", {"type": "integer"}, "Only rows older than this ledger row id.")
 
 _IMAGE_REF = {"type": "string", "description": "An http(s) URL, a data URL or raw base64 of a png, jpeg or webp image."}
 _COMMON_FIELDS: Schema = {

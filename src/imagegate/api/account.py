@@ -92,12 +92,11 @@ def router() -> APIRouter:
         "/v1/usage", usage, methods=["GET"], responses=reads, openapi_extra={"parameters": openapi.query(openapi.LIMIT)}
     )
     api.add_api_route("/v1/tasks/{task_id}", own_task, methods=["GET"], responses=reads)
-    before = ("before", {"type": "integer"}, "Only rows older than this ledger row id.")
     api.add_api_route(
         "/v1/ledger",
         own_ledger,
         methods=["GET"],
         responses=reads,
-        openapi_extra={"parameters": openapi.query(openapi.LIMIT, before)},
+        openapi_extra={"parameters": openapi.query(openapi.LIMIT, openapi.LEDGER_BEFORE)},
     )
     return api

@@ -235,13 +235,12 @@ def router() -> APIRouter:
         responses=done,
         openapi_extra={"parameters": openapi.query(openapi.LIMIT, state)},
     )
-    before = ("before", {"type": "integer"}, "Only rows older than this ledger row id.")
     api.add_api_route(
         "/keys/{key_id}/ledger",
         key_ledger,
         methods=["GET"],
         responses=done,
-        openapi_extra={"parameters": openapi.query(openapi.LIMIT, before)},
+        openapi_extra={"parameters": openapi.query(openapi.LIMIT, openapi.LEDGER_BEFORE)},
     )
     days = ("days", {"type": "integer", "minimum": 1, "maximum": MAX_USAGE_DAYS}, "How many UTC days back.")
     key_id = ("key_id", {"type": "string"}, "Only this key's tasks.")
