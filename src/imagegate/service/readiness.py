@@ -18,7 +18,7 @@ from sqlalchemy.exc import DBAPIError
 from imagegate import __version__
 from imagegate.service.router import Channel
 from imagegate.stores.blobs import BlobStore
-from imagegate.stores.db import SCHEMA_HEAD, Database
+from imagegate.stores.db import SCHEMA_HEAD, SCHEMA_REVISION_SQL, Database
 from imagegate.stores.faults import NotMigrated, explain, one_line, redacted
 
 CHECK_TIMEOUT_S = 5.0
@@ -50,7 +50,7 @@ async def database(db: Database) -> Check:
         async with db.engine.connect() as connection:
             await connection.execute(text("SELECT 1"))
             try:
-                revision = (await connection.execute(text("SELECT version_num FROM alembic_version"))).scalar()
+                revision = (await connection.execute(text(SCHEMA_REVISION_SQL))).scalar()
             except DBAPIError:
                 revision = None
         if revision != SCHEMA_HEAD:

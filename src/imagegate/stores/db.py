@@ -250,6 +250,7 @@ def sync_url(url: str) -> str:
     return url.replace("sqlite+aiosqlite", "sqlite")
 
 
+SCHEMA_REVISION_SQL = "SELECT version_num FROM alembic_version"
 SCHEMA_HEAD = "0007"
 """The newest migration's revision (a test holds it to the migrations directory)."""
 
@@ -261,7 +262,7 @@ def schema_revision(url: str) -> str | None:
     try:
         with engine.connect() as connection:
             try:
-                return connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+                return connection.execute(text(SCHEMA_REVISION_SQL)).scalar()
             except DBAPIError:
                 return None
     finally:
@@ -296,8 +297,9 @@ def migrate(url: str) -> None:
     revision = schema_revision(sync_url(url))
     if revision == SCHEMA_HEAD:
         return
-    if revision is not None and NotMigrated(redacted(url), revision, SCHEMA_HEAD).newer:
-        raise NotMigrated(redacted(url), revision, SCHEMA_HEAD)
+    unknown = NotMigrated(redacted(url), revision, SCHEMA_HEAD)
+    if unknown.newer:
+        raise unknown
     from alembic import command
     from alembic.config import Config as AlembicConfig
 

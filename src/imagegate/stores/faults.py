@@ -21,7 +21,9 @@ class NotMigrated(Exception):
     older one; one a newer release migrated needs that release (or a restored backup)."""
 
     def __init__(self, where: str, revision: str | None, needed: str) -> None:
-        if revision is not None and revision.isdigit() and needed.isdigit() and int(revision) > int(needed):
+        self.newer = revision is not None and revision.isdigit() and needed.isdigit() and int(revision) > int(needed)
+        """Whether a newer release migrated it (which `imagegate migrate` of this one cannot undo)."""
+        if self.newer:
             message = (
                 f"the database {where} is at migration {revision}, newer than this version knows ({needed}): "
                 "run the release that migrated it, or restore a backup from before"
@@ -30,7 +32,6 @@ class NotMigrated(Exception):
             found = f"at migration {revision}" if revision else "not migrated"
             message = f"the database {where} is {found} (this version needs {needed}): run `imagegate migrate`"
         super().__init__(message)
-        self.newer = message.endswith("from before")
 
 
 def redacted(url: str) -> str:
@@ -66,7 +67,7 @@ def _database_hint(detail: str) -> str:
     return "is the database running there, and is IMAGEGATE_DATABASE_URL right?"
 
 
-def explain(exc: BaseException, database_url: str | None = None) -> str | None:
+def explain(exc: BaseException) -> str | None:
     """One line for an expected infrastructure failure (`exc` or what it wraps), else None."""
     if isinstance(exc, StorageUnavailable):
         return exc.message
@@ -77,8 +78,7 @@ def explain(exc: BaseException, database_url: str | None = None) -> str | None:
     driver = exc.orig if isinstance(exc, DBAPIError) else exc
     if isinstance(driver, sqlite3.Error) or type(driver).__module__.split(".")[0] == "psycopg":
         detail = one_line(str(driver))
-        where = f" {redacted(database_url)}" if database_url else ""
-        return f"cannot use the database{where}: {detail} ({_database_hint(detail)})"
+        return f"cannot use the database: {detail} ({_database_hint(detail)})"
     if type(exc).__module__.startswith(("botocore", "boto3")):
         return f"file storage: {one_line(str(exc))}"
     if isinstance(exc, OSError) and exc.strerror:
