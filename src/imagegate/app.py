@@ -29,6 +29,7 @@ from imagegate.registry import Registry
 from imagegate.responses import json_response
 from imagegate.runtime import Runtime, open_runtime, runtime_of
 from imagegate.service import readiness
+from imagegate.stores.blobs import content_type
 from imagegate.stores.faults import explain
 from imagegate.wire.fields import json_object
 
@@ -92,7 +93,7 @@ async def _on_disconnect(request: Request, exc: Exception) -> Response:
 async def blob_response(rt: Runtime, name: str, headers: dict[str, str], missing: str) -> Response:
     """Blob `name`: sent from its file, redirected to a presigned object-store URL (`[storage]
     result_urls = "presigned"`), or streamed from the store; NotFound(`missing`) when there is none."""
-    media_type = f"image/{name.rsplit('.', 1)[-1]}"
+    media_type = content_type(name)
     path = rt.blobs.local_path(name)
     if path is not None:
         return FileResponse(path, media_type=media_type, headers=headers)

@@ -299,16 +299,12 @@ class S3BlobStore:
         return None
 
     def presigned_url(self, name: str, ttl_s: int) -> str | None:
-        params = {
-            "Bucket": self.bucket,
-            "Key": self._key(name),
-            "ResponseContentType": content_type(name),
-            "ResponseContentDisposition": f'inline; filename="{name}"',
-        }
+        overrides = {f"Response{header}": value for header, value in self._headers(name).items()}
+        params = {"Bucket": self.bucket, "Key": self._key(name), **overrides}
         return self.client.generate_presigned_url("get_object", Params=params, ExpiresIn=ttl_s)
 
     async def probe(self) -> None:
-        key = self.prefix + PROBE_NAME
+        key = self._key(PROBE_NAME)
         try:
             for call in (
                 functools.partial(self.client.head_bucket, Bucket=self.bucket),
