@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
 import os
 import secrets
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -29,6 +27,8 @@ import httpx
 import psycopg
 from PIL import Image
 from psycopg import sql
+
+from bench.serving import base_env, cli, free_port, new_key, started, wait_ready
 
 ADMIN_URL = os.environ.get("IMAGEGATE_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 ASYNC_TASKS = 200
@@ -44,47 +44,6 @@ class Figures:
     p50_s: float
     p99_s: float
     failed: int
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def cli(env: dict[str, str], *args: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "imagegate", *args], env=env, capture_output=True, text=True, check=True
-    )
-    return done.stdout
-
-
-def wait_ready(port: int) -> None:
-    for _ in range(300):
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"the node on port {port} did not become ready")
-
-
-@contextmanager
-def started(commands: list[list[str]], env: dict[str, str]) -> Iterator[None]:
-    procs = [
-        subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for command in commands
-    ]
-    try:
-        yield
-    finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            proc.wait(30)
 
 
 def _png() -> bytes:
@@ -148,20 +107,6 @@ async def _run_load(bases: list[str], key: str) -> Figures:
         times[min(len(times) - 1, int(len(times) * 0.99))],
         failed,
     )
-
-
-def base_env(data_dir: Path) -> dict[str, str]:
-    env = {name: value for name, value in os.environ.items() if not name.startswith("IMAGEGATE_")}
-    env.update(
-        IMAGEGATE_DATA_DIR=str(data_dir),
-        IMAGEGATE_ACCOUNTS__REQUESTS_PER_MINUTE="0",
-        IMAGEGATE_ACCOUNTS__MAX_ACTIVE_TASKS="0",
-    )
-    return env
-
-
-def new_key(env: dict[str, str]) -> str:
-    return str(json.loads(cli(env, "keys", "create", "--credits", "1000000", "--json"))["key"])
 
 
 def embedded(tmp: Path) -> Figures:

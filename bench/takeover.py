@@ -20,8 +20,9 @@ from pathlib import Path
 import httpx
 import psycopg
 
-from bench.distributed import base_env, cli, database, free_port, new_key, started, wait_ready
+from bench.distributed import database
 from bench.relay_cost import answer_body, start_provider
+from bench.serving import base_env, cli, free_port, new_key, started, wait_ready
 from imagegate.worker import JOB_POLL_S
 
 DELAY_S = 10.0
