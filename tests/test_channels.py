@@ -395,6 +395,22 @@ async def test_results_are_converted_to_the_requested_format_and_size_when_the_p
     assert r.json()["usage"] == {"total_tokens": 14}, "two provider calls (it ignores n), their usage summed"
 
 
+async def test_an_answer_that_already_fits_reaches_the_client_as_the_providers_own_base64(tmp_path: Path) -> None:
+    image = make_image(1024, 1024)
+    with faulty_provider(0.0, image=image) as provider:
+        config = relay_config(tmp_path, {"name": "p", "base_url": provider.base_url})
+        async with open_api(config) as api:
+            r = await upload_edit(api, {"prompt": "x", "size": "1024x1024"})
+            url = await upload_edit(api, {"prompt": "x", "size": "1024x1024", "response_format": "url"})
+            stored = await api.client.get(url.json()["data"][0]["url"])
+    assert r.status_code == 200, r.text
+    assert r.json()["data"][0]["b64_json"] == base64.b64encode(image).decode(), "passed through untouched"
+    assert r.headers["content-length"] == str(len(r.content))
+    files = list((config.data_dir / "files").rglob("*.png"))
+    assert len(files) == 2 and all(path.read_bytes() == image for path in files), "stored as the provider's bytes"
+    assert stored.status_code == 200 and stored.content == image
+
+
 async def test_a_listed_size_off_the_16_grid_is_asked_of_the_provider_on_it_and_cropped(tmp_path: Path) -> None:
     with faulty_provider(0.0, follow_size=True) as provider:
         config = relay_config(tmp_path, {"name": "p", "base_url": provider.base_url})

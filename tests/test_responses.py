@@ -61,3 +61,14 @@ async def test_a_body_without_base64_values_is_one_message() -> None:
 async def test_an_empty_image_is_an_empty_string() -> None:
     _, pieces = await sent({"b64_json": Base64Bytes(b"")})
     assert b"".join(pieces) == b'{"b64_json":""}'
+
+
+async def test_a_providers_base64_is_sent_as_it_came_and_counted_in_the_length() -> None:
+    data = os.urandom(3 * B64_PIECE)
+    encoded = memoryview(pybase64.b64encode(data))
+    headers, pieces = await sent({"data": [{"b64_json": Base64Bytes(data, "", encoded)}]})
+    whole = b"".join(pieces)
+    assert whole == orjson.dumps({"data": [{"b64_json": bytes(encoded).decode()}]})
+    assert headers["content-length"] == str(len(whole))
+    assert any(isinstance(piece, memoryview) and piece.obj is encoded.obj for piece in pieces), "not encoded again"
+    assert Base64Bytes(data, "p,", encoded).text() == "p," + bytes(encoded).decode()

@@ -53,10 +53,17 @@ class FaultyProvider:
 
 @contextmanager
 def faulty_provider(
-    fault_rate: float, *, stall_s: float = 2.0, size: int = 256, seed: int = 7, follow_size: bool = False
+    fault_rate: float,
+    *,
+    stall_s: float = 2.0,
+    size: int = 256,
+    seed: int = 7,
+    follow_size: bool = False,
+    image: bytes | None = None,
 ) -> Iterator[FaultyProvider]:
-    """A provider whose answers fail at `fault_rate` (0–1), cycling through FAULTS."""
-    provider = FaultyProvider("", fault_rate, stall_s, png(size, size), follow_size=follow_size)
+    """A provider whose answers fail at `fault_rate` (0–1), cycling through FAULTS; it answers `image`
+    when given, else a plain PNG of `size`²."""
+    provider = FaultyProvider("", fault_rate, stall_s, image or png(size, size), follow_size=follow_size)
     rng = random.Random(seed)
     faults = itertools.cycle(FAULTS)
 

@@ -19,17 +19,37 @@ class Base64Bytes:
 
     `json_response` encodes them piece by piece as the answer is sent, so an image is never held as its
     bytes, its whole base64 string and that string again inside the serialised body. (Not a dataclass:
-    orjson would serialise one as an object.)"""
+    orjson would serialise one as an object.)
 
-    __slots__ = ("data", "prefix")
+    `encoded`, when given, is `data`'s base64 already (a provider's, passed through): it is sent as it
+    is, never encoded again."""
 
-    def __init__(self, data: bytes, prefix: str = "") -> None:
+    __slots__ = ("data", "encoded", "prefix")
+
+    def __init__(self, data: bytes, prefix: str = "", encoded: memoryview | None = None) -> None:
         self.data = data
         self.prefix = prefix
+        self.encoded = encoded
 
     def text(self) -> str:
         """The whole string, for a body that is stored or signed rather than sent."""
-        return self.prefix + pybase64.b64encode(self.data).decode("ascii")
+        encoded = self.encoded if self.encoded is not None else pybase64.b64encode(self.data)
+        return self.prefix + str(encoded, "ascii")
+
+    def __len__(self) -> int:
+        """The length of the base64 (without the prefix)."""
+        return len(self.encoded) if self.encoded is not None else 4 * -(-len(self.data) // 3)
+
+    def pieces(self) -> Iterator[bytes | memoryview]:
+        """The base64, in pieces of about 1 MB: views of `encoded`, or `data` encoded piece by piece."""
+        if self.encoded is not None:
+            step = 4 * B64_PIECE // 3
+            for offset in range(0, len(self.encoded), step):
+                yield self.encoded[offset : offset + step]
+            return
+        data = memoryview(self.data)
+        for offset in range(0, len(data), B64_PIECE):
+            yield pybase64.b64encode(data[offset : offset + B64_PIECE])
 
 
 def json_response(body: object, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
@@ -60,16 +80,15 @@ class _PiecedJson(Response):
     ) -> None:
         self._texts = texts
         self._blobs = blobs
-        length = sum(map(len, texts)) + sum(4 * -(-len(blob.data) // 3) for blob in blobs)
+        length = sum(map(len, texts)) + sum(map(len, blobs))
         super().__init__(None, status, {**(headers or {}), "content-length": str(length)})
 
-    def _pieces(self) -> Iterator[bytes]:
-        """All but the last text."""
+    def _pieces(self) -> Iterator[bytes | memoryview]:
+        """All but the last text. (Views are sent as they are: the servers we run under, uvicorn's
+        httptools and h11 protocols, write any bytes-like body.)"""
         for text, blob in zip(self._texts, self._blobs, strict=False):
             yield text
-            data = memoryview(blob.data)
-            for offset in range(0, len(data), B64_PIECE):
-                yield pybase64.b64encode(data[offset : offset + B64_PIECE])
+            yield from blob.pieces()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})

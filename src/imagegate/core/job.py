@@ -46,6 +46,8 @@ class ImageOut:
     revised_prompt: str
     resampled_from: Size | None = None
     """The engine's native size when the server resampled to the requested one."""
+    b64: memoryview | None = None
+    """`data` as base64, when a provider answered it so and the server passed its bytes through."""
 
 
 CallReport = dict[str, Any]

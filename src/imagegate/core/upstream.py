@@ -20,6 +20,8 @@ class UpstreamImage:
     data: bytes | None = None
     url: str | None = None
     revised_prompt: str = ""
+    b64: memoryview | None = None
+    """The provider's own base64 of `data`, when it is exactly what encoding `data` gives in length."""
 
 
 @dataclass

@@ -13,6 +13,7 @@ import io
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 
 import anyio
 import httpx
@@ -105,8 +106,11 @@ class UpstreamEngine:
             raise
 
     async def _normalise(self, job: Job, image: UpstreamImage, index: int) -> ImageOut:
-        data = image.data if image.data is not None else await self._download(image.url or "", index)
-        return await anyio.to_thread.run_sync(self._convert, job, data, scrub(image.revised_prompt, self.secret))
+        if image.data is None:
+            data = await self._download(image.url or "", index)
+            return await anyio.to_thread.run_sync(self._convert, job, data, scrub(image.revised_prompt, self.secret))
+        out = await anyio.to_thread.run_sync(self._convert, job, image.data, scrub(image.revised_prompt, self.secret))
+        return replace(out, b64=image.b64) if out.data is image.data else out
 
     async def _download(self, url: str, index: int) -> bytes:
         try:

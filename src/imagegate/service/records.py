@@ -58,6 +58,8 @@ class Delivered:
     file_id: str
     data: bytes | None
     revised_prompt: str
+    b64: memoryview | None = None
+    """`data` as base64 already (a provider's own, passed through), when there is one to send as it is."""
 
 
 @dataclass

@@ -447,5 +447,5 @@ class TaskService:
                     height=out.size.height,
                 )
             )
-            delivered.append(Delivered(file_id, out.data, out.revised_prompt))
+            delivered.append(Delivered(file_id, out.data, out.revised_prompt, out.b64))
         return delivered, rows

@@ -133,9 +133,9 @@ def data_url(source: Source) -> str:
     return f"data:{source.format.content_type};base64,{pybase64.b64encode(read_source(source)).decode('ascii')}"
 
 
-def decode_b64(text: str) -> bytes:
+def decode_b64(text: str | memoryview) -> bytes:
     """A b64 image value, with or without a `data:` prefix; EngineError when it is not base64."""
-    payload = text.split(",", 1)[1] if text.startswith("data:") else text
+    payload = text.split(",", 1)[1] if isinstance(text, str) and text.startswith("data:") else text
     try:
         return pybase64.b64decode(payload, validate=True)
     except ValueError as exc:

@@ -61,7 +61,7 @@ def _image_item(
         item["url"] = url_for(image.file_id, outcome.output_format)
     else:
         prefix = f"data:{outcome.output_format.content_type};base64," if spec.url_b64_as_data_url else ""
-        encoded = Base64Bytes(image.data or b"", prefix)
+        encoded = Base64Bytes(image.data or b"", prefix, image.b64)
         item["b64_json"] = encoded if sent else encoded.text()
     return item
 

@@ -18,6 +18,7 @@ from imagegate.core.request import Background, OutputFormat, Quality
 from imagegate.core.sizing import native_size
 from imagegate.core.upstream import CallbackInbox, InputHost, RelayHosts, UpstreamAnswer, UpstreamImage
 from imagegate.errors import EngineError
+from imagegate.wire.b64_answer import loads_lifting_b64
 from imagegate.wire.outbound import (
     Endpoint,
     HttpUpstream,
@@ -66,8 +67,11 @@ def upload_parts(job: Job) -> list[tuple[str, str, Source]]:
     return parts
 
 
-def parse_images(body: Any) -> UpstreamAnswer:
-    """An ImagesResponse (`{"data": [{"b64_json"|"url", "revised_prompt"}], "usage"}`) as an answer."""
+def parse_images(body: Any, lifted: dict[str, memoryview] | None = None) -> UpstreamAnswer:
+    """An ImagesResponse (`{"data": [{"b64_json"|"url", "revised_prompt"}], "usage"}`) as an answer.
+
+    `lifted` maps the tokens that `loads_lifting_b64` left in place of `b64_json` values to those values'
+    bytes; an image read from one keeps them as its `b64`, to be sent on as they came."""
     items = body.get("data") if isinstance(body, dict) else None
     if not isinstance(items, list):
         raise EngineError("The upstream's answer has no 'data' list of images.")
@@ -76,8 +80,11 @@ def parse_images(body: Any) -> UpstreamAnswer:
         if not isinstance(item, dict):
             continue
         prompt = item.get("revised_prompt") or ""
-        if isinstance(item.get("b64_json"), str):
-            images.append(UpstreamImage(data=decode_b64(item["b64_json"]), revised_prompt=prompt))
+        encoded = item.get("b64_json")
+        if lifted and isinstance(encoded, str) and encoded in lifted:
+            images.append(_passed_through(lifted[encoded], prompt))
+        elif isinstance(encoded, str):
+            images.append(UpstreamImage(data=decode_b64(encoded), revised_prompt=prompt))
         elif isinstance(item.get("url"), str):
             url = item["url"]
             if url.startswith("data:"):
@@ -86,6 +93,14 @@ def parse_images(body: Any) -> UpstreamAnswer:
                 images.append(UpstreamImage(url=url, revised_prompt=prompt))
     usage = body.get("usage")
     return UpstreamAnswer(images, usage if isinstance(usage, dict) else None)
+
+
+def _passed_through(encoded: memoryview, prompt: str) -> UpstreamImage:
+    """An image decoded from the provider's base64, which it keeps when that is the canonical
+    (padded, unbroken) encoding of the bytes, so that sending it on is sending what encoding gives."""
+    data = decode_b64(encoded)
+    canonical = len(encoded) == 4 * -(-len(data) // 3)
+    return UpstreamImage(data=data, revised_prompt=prompt, b64=encoded if canonical else None)
 
 
 def parse_callback(body: Any) -> UpstreamAnswer:
@@ -173,7 +188,7 @@ class OpenAIUpstream(HttpUpstream):
         finally:
             await response.aclose()
         try:
-            return parse_images(orjson.loads(body))
+            return parse_images(*loads_lifting_b64(body))
         except orjson.JSONDecodeError as exc:
             raise EngineError(f"The upstream channel '{self.channel}' answered something that is not JSON.") from exc
 
