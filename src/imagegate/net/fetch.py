@@ -21,6 +21,7 @@ import httpx
 import pybase64
 
 from imagegate.errors import ImageTooLarge, InvalidImage, InvalidImageUrl, excerpt
+from imagegate.net.acyclic_client import AcyclicClient
 
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -119,7 +120,7 @@ class SafeFetcher:
 
     def __init__(self, policy: FetchPolicy, client: httpx.AsyncClient | None = None) -> None:
         self.policy = policy
-        self._client = client or httpx.AsyncClient(
+        self._client = client or AcyclicClient(
             follow_redirects=False,
             trust_env=False,
             timeout=httpx.Timeout(policy.timeout_s, connect=policy.connect_timeout_s),

@@ -21,6 +21,7 @@ from imagegate.config import ChannelSettings
 from imagegate.core.job import Source
 from imagegate.core.upstream import InputHost
 from imagegate.errors import BadRequest, EngineError, ImagegateError
+from imagegate.net.acyclic_client import AcyclicClient
 from imagegate.net.aiohttp_transport import AiohttpTransport
 
 CLIENT_FAULTS = {400, 413, 415, 422}
@@ -220,7 +221,7 @@ class Endpoint:
         """The channel's pooled client: bearer auth, its timeout, no proxies from the environment, at
         most `max_connections` connections, over aiohttp unless `transport` replaces the network."""
         headers = {"authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-        return httpx.AsyncClient(
+        return AcyclicClient(
             base_url=self.base_url.rstrip("/"),
             headers=headers,
             timeout=httpx.Timeout(self.timeout_s, connect=min(10.0, self.timeout_s)),
