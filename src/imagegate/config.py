@@ -69,6 +69,9 @@ class Limits(BaseModel):
     machine's memory, at least 512 MiB."""
     max_connections_per_client: int = Field(default=128, ge=0)
     """Open connections one client address may hold (0: unlimited); more are closed at once."""
+    release_memory_every_s: float = Field(default=0.5, ge=0)
+    """How often the server looks at its resident memory and, when it has grown, hands what it has
+    freed back to the operating system (glibc's malloc_trim; 0: never)."""
 
     @property
     def body_bytes(self) -> int:

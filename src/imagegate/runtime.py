@@ -22,6 +22,7 @@ from imagegate.owner_only import private_dir
 from imagegate.registry import Registry
 from imagegate.service.callbacks_in import CallbackInbox
 from imagegate.service.channels import Elsewhere, open_channels, relay_hosts, routes
+from imagegate.service.freed_memory import keep_returning_freed_memory
 from imagegate.service.leases import Leases
 from imagegate.service.published import PublishedInputs
 from imagegate.service.queued_channels import QueuedEngine
@@ -197,6 +198,7 @@ async def open_runtime(
     storage = config.storage
     sweeper = ResultSweeper(db, blobs, storage.results_ttl, storage.sweep_interval_s)
     background.start_soon(sweeper.run)
+    background.start_soon(keep_returning_freed_memory, config.limits.release_memory_every_s)
     for channel in channels:
         start = getattr(channel.engine, "start", None)
         if start is not None:

@@ -8,17 +8,15 @@ never add up past it. After a large job the freed memory is handed back to the o
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from functools import cache
 
 import anyio
 
 from imagegate.core.request import Size
+from imagegate.service.freed_memory import release_memory
 
 BYTES_PER_PIXEL = 4
 """Pillow keeps RGB and RGBA alike in four bytes a pixel."""
@@ -90,20 +88,3 @@ class DecodeBudget:
             admitted, ready = self._waiting.popleft()
             self.used += admitted
             ready.set()
-
-
-@cache
-def _malloc_trim() -> Callable[[int], int] | None:
-    name = ctypes.util.find_library("c")
-    try:
-        return getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
-    except OSError:
-        return None
-
-
-def release_memory() -> None:
-    """Return the C heap's free pages to the operating system (glibc's malloc_trim; elsewhere nothing),
-    so resident memory falls back after a large decode."""
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
