@@ -14,6 +14,7 @@
     API divided by its `?dry_run=true` (the same auth, rate limit, parsing and validation, but no task
     row, credit hold, engine run, stored file or settlement); and the engine's own run of that edit
     in-process, so what is left is the bookkeeping.
+(c') the bookkeeping alone, called in-process on SQLite, divided by one read of the key (bench/bookkeeping.py).
 (d) relay overhead: throughput and p50/p99 latency of 32 concurrent clients sending 1 MB images through
     imagegate A (its one channel: imagegate B) divided by the same load sent to B directly.
 (e) memory under hostile images: peak RSS under 8 concurrent clients each sending the worst accepted
@@ -28,7 +29,8 @@
 (i) distributed ÷ embedded: 200 async tasks and 100 sync edits against 2 API nodes + 2 workers on
     PostgreSQL, and against 1 node on SQLite: async throughput, sync throughput, p50 and p99.
 
-    python -m bench classic       (a), (c) and (b) alone
+    python -m bench classic       (a), (c), (c') and (b) alone
+    python -m bench bookkeeping   (c') alone
     python -m bench memory        (e) alone
     python -m bench relay-cost    (f) alone
     python -m bench slow          (g) alone
@@ -55,6 +57,7 @@ import orjson
 import psutil
 from PIL import Image
 
+from bench.bookkeeping import bookkeeping
 from bench.distributed import distributed_vs_embedded
 from bench.local_engine import local_engine_overhead
 from bench.memory import memory_under_attack
@@ -195,6 +198,10 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             print(memory_under_attack(Path(tmp)))
         return
+    if sys.argv[1:] == ["bookkeeping"]:
+        with tempfile.TemporaryDirectory() as tmp:
+            print(bookkeeping(Path(tmp)))
+        return
     if sys.argv[1:] == ["relay-cost"]:
         with tempfile.TemporaryDirectory() as tmp:
             print(relay_cost(Path(tmp)))
@@ -249,6 +256,8 @@ def main() -> None:
                 f"{(paid - dry - engine) * 1000:.1f} ms, is the task's records, hold, file and settlement: "
                 f"(paid - engine) / dry = {(paid - engine) / dry:.3f}x"
             )
+
+            print(bookkeeping(Path(tmp)))
 
             big = picture(1825, 1825, level=0)
             upload = [("image[]", (f"{i}.png", big, "image/png")) for i in range(16)]

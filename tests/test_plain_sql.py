@@ -1,15 +1,23 @@
 """stores/sql.py: rows written as plain SQL read back the same through the ORM and back, on SQLite and
-PostgreSQL; a transaction commits when its block ends and leaves nothing when it raises."""
+PostgreSQL; a transaction commits when its block ends and leaves nothing when it raises, even when what
+fails is a statement that waited to go with the next (on SQLite, writes go to the database's thread in
+as few trips as the reads between them allow)."""
 
 from __future__ import annotations
 
+import sqlite3
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
+from pathlib import Path
+from typing import Any
 
+import aiosqlite
 import anyio
 import pytest
+from sqlalchemy.exc import IntegrityError
 
 from imagegate.stores import keys, sql
-from imagegate.stores.db import Database, Task, to_micros
+from imagegate.stores.db import Database, Task, migrate, to_micros
 
 
 class Undo(Exception):
@@ -87,3 +95,65 @@ async def test_a_transaction_cancelled_midway_leaves_nothing_and_no_lock(databas
     async with sql.read(database) as statements:
         kept = await statements.rows("SELECT id FROM tasks ORDER BY id")
     assert [row[0] for row in kept] == ["task_after"]
+
+
+async def test_statements_whose_rows_nobody_needs_are_done_before_the_next_read_and_by_the_commit(
+    database: Database,
+) -> None:
+    async with database.session() as session, session.begin():
+        key_id = (await keys.create_key(session, credits=Decimal(1))).id
+    async with sql.transaction(database) as statements:
+        await statements.run(sql.insert_sql(Task), sql.row_values(a_task("task_first", key_id)))
+        seen = await statements.rows("SELECT id FROM tasks")
+        await statements.run(sql.insert_sql(Task), sql.row_values(a_task("task_second", key_id)))
+    assert [row[0] for row in seen] == ["task_first"]
+    async with sql.read(database) as statements:
+        kept = await statements.rows("SELECT id FROM tasks ORDER BY id")
+    assert [row[0] for row in kept] == ["task_first", "task_second"]
+
+
+async def test_a_failing_statement_whose_rows_nobody_needs_still_undoes_its_whole_transaction(
+    database: Database,
+) -> None:
+    async with database.session() as session, session.begin():
+        key_id = (await keys.create_key(session, credits=Decimal(1))).id
+    with pytest.raises((sqlite3.IntegrityError, IntegrityError)):
+        async with sql.transaction(database) as statements:
+            await statements.run(sql.insert_sql(Task), sql.row_values(a_task("task_once", key_id)))
+            await statements.run(sql.insert_sql(Task), sql.row_values(a_task("task_once", key_id)))
+    with anyio.fail_after(5):
+        async with sql.transaction(database) as statements:
+            await statements.run(sql.insert_sql(Task), sql.row_values(a_task("task_later", key_id)))
+    async with sql.read(database) as statements:
+        kept = await statements.rows("SELECT id FROM tasks ORDER BY id")
+    assert [row[0] for row in kept] == ["task_later"]
+
+
+async def test_on_sqlite_a_transaction_of_writes_and_one_read_is_two_trips_to_the_database_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"sqlite:///{tmp_path / 'trips.db'}"
+    migrate(url)
+    database = Database(url)
+    try:
+        async with database.session() as session, session.begin():
+            key_id = (await keys.create_key(session, credits=Decimal(1))).id
+        trips: list[str] = []
+        real: Callable[..., Awaitable[Any]] = aiosqlite.Connection._execute
+
+        async def counted(self: aiosqlite.Connection, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+            trips.append(getattr(fn, "__name__", "?"))
+            return await real(self, fn, *args, **kwargs)
+
+        monkeypatch.setattr(aiosqlite.Connection, "_execute", counted)
+        async with sql.transaction(database) as statements:
+            await statements.run(sql.insert_sql(Task), sql.row_values(a_task("task_a", key_id)))
+            await statements.run("UPDATE api_keys SET held = held WHERE id = :id", {"id": key_id})
+            assert await statements.row("SELECT count(*) FROM tasks") == (1,)
+            await statements.run(sql.insert_sql(Task), sql.row_values(a_task("task_b", key_id)))
+        assert len(trips) == 2, trips
+        async with sql.read(database) as statements:
+            assert await statements.row("SELECT count(*) FROM tasks") == (2,)
+        assert len(trips) == 3, f"a read without a transaction is one trip, with no rollback after it: {trips}"
+    finally:
+        await database.aclose()

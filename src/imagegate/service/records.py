@@ -258,7 +258,7 @@ class TaskRecords:
                     return False
                 task = from_row(Task, found)
                 for file in files:
-                    await sql.rows(_INSERT_FILE, row_values(file))
+                    await sql.run(_INSERT_FILE, row_values(file))
                 await ledger.close_task(sql, task)
                 queued = await self._queue_callback(sql, task, outcome)
             if queued:
@@ -302,5 +302,5 @@ class TaskRecords:
             attempts=0,
             next_at=self.clock(),
         )
-        await sql.rows(_INSERT_DELIVERY, row_values(delivery))
+        await sql.run(_INSERT_DELIVERY, row_values(delivery))
         return True

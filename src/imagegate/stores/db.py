@@ -30,6 +30,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.pool import ConnectionPoolEntry, PoolResetState
 from sqlalchemy.types import TypeDecorator
 
 from imagegate.config import async_database_url
@@ -320,7 +321,10 @@ class Database:
             # lose to whoever asks next): with a pool of connections some requests waited 6x the
             # median, and past busy_timeout failed. One connection, taken in turn (FIFO), makes every
             # statement wait its turn in this process instead (BENCHMARKS.md, issue 14).
-            self.engine: AsyncEngine = create_async_engine(url, pool_size=1, max_overflow=0, pool_timeout=SQLITE_TURN_S)
+            self.engine: AsyncEngine = create_async_engine(
+                url, pool_size=1, max_overflow=0, pool_timeout=SQLITE_TURN_S, pool_reset_on_return=None
+            )
+            event.listen(self.engine.sync_engine, "reset", _end_open_transaction)
         else:
             self.engine = create_async_engine(url, pool_size=10, max_overflow=40, pool_pre_ping=True)
         if url.startswith("sqlite"):
@@ -329,6 +333,13 @@ class Database:
 
     async def aclose(self) -> None:
         await self.engine.dispose()
+
+
+def _end_open_transaction(dbapi_connection: Any, record: ConnectionPoolEntry, state: PoolResetState) -> None:
+    """A SQLite connection coming back to the pool is rolled back only if a transaction is open:
+    SQLAlchemy's reset would roll back every time, one more hop to aiosqlite's thread for every use."""
+    if state.asyncio_safe and record.driver_connection is not None and record.driver_connection.in_transaction:
+        dbapi_connection.rollback()
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -154,7 +154,7 @@ async def authenticate(sql: Sql, raw: str | None) -> ApiKey:
 
 async def touch(sql: Sql, key_id: str) -> None:
     """Record that the key was used now."""
-    await sql.rows("UPDATE api_keys SET last_used_at = :now WHERE id = :id", {"now": now_ms(), "id": key_id})
+    await sql.run("UPDATE api_keys SET last_used_at = :now WHERE id = :id", {"now": now_ms(), "id": key_id})
 
 
 async def list_keys(session: AsyncSession) -> list[ApiKey]:

@@ -98,7 +98,7 @@ async def open_task(sql: Sql, task: Task, price: Decimal, max_active: int) -> No
                 f"The key already has {active} unfinished tasks, its limit; wait for one to finish.",
             )
     task.held = price
-    await sql.rows(_INSERT_TASK, row_values(task))
+    await sql.run(_INSERT_TASK, row_values(task))
     if price:
         await _entry(sql, task, Kind.HOLD, amount=Decimal(0), held=price)
 
@@ -116,7 +116,7 @@ async def close_task(sql: Sql, task: Task) -> None:
     cost = task.cost or Decimal(0)
     release = task.held - cost
     if task.held:
-        await sql.rows(_SETTLE, {"cost": to_micros(cost), "held": to_micros(task.held), "key": task.key_id})
+        await sql.run(_SETTLE, {"cost": to_micros(cost), "held": to_micros(task.held), "key": task.key_id})
     if cost:
         await _entry(sql, task, Kind.SETTLE, amount=-cost, held=-cost)
     if release:
@@ -125,7 +125,7 @@ async def close_task(sql: Sql, task: Task) -> None:
 
 async def _entry(sql: Sql, task: Task, kind: Kind, *, amount: Decimal, held: Decimal) -> None:
     entry = LedgerEntry(key_id=task.key_id, task_id=task.id, kind=kind, amount=amount, held=held, note="")
-    await sql.rows(_INSERT_ENTRY, row_values(entry))
+    await sql.run(_INSERT_ENTRY, row_values(entry))
 
 
 async def grant(
