@@ -6,6 +6,7 @@ from __future__ import annotations
 import anyio
 import pytest
 
+from imagegate.service import freed_memory
 from imagegate.service.freed_memory import _malloc_trim, keep_returning_freed_memory, release_memory, resident_bytes
 from tests.waiting import wait_for_task_async
 
@@ -16,12 +17,15 @@ MIB = 1024 * 1024
 BURST = 64 * MIB
 
 
+def held() -> list[bytes]:
+    """64 MiB of 48 KB blocks, all in use (glibc takes blocks that small from its heap, not from mmap)."""
+    return [b"\x01" * 48_000 for _ in range(BURST // 48_000)]
+
+
 def burst() -> list[bytes]:
-    """What a burst of requests leaves: 64 MiB of 48 KB blocks (request bodies; glibc takes blocks that
-    small from its heap, not from mmap) of which every 16th is still in use, so the free ones lie
-    between live ones, where freeing them does not shrink the heap."""
-    blocks = [b"\x01" * 48_000 for _ in range(BURST // 48_000)]
-    return blocks[::16]
+    """What a burst of requests leaves: `held` blocks (request bodies) of which every 16th is still in
+    use, so the free ones lie between live ones, where freeing them does not shrink the heap."""
+    return held()[::16]
 
 
 def resident() -> int:
@@ -46,6 +50,25 @@ async def test_the_server_gives_back_what_a_burst_left_free() -> None:
         await anyio.sleep(0.1)
         kept = burst()
         high = resident()
+
+        async def now() -> int:
+            return resident()
+
+        await wait_for_task_async(now, done=lambda rss: rss < high - BURST // 2, timeout_s=5, what="RSS to fall")
+        group.cancel_scope.cancel()
+    assert len(kept) > 0
+
+
+async def test_what_a_load_leaves_free_is_returned_once_the_size_holds_still(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(freed_memory, "CALM_S", 0.3)
+    async with anyio.create_task_group() as group:
+        group.start_soon(keep_returning_freed_memory, 0.05)
+        await anyio.sleep(0.1)
+        load = held()  # grown by holding more: a release then gives nothing back
+        high = resident()
+        await anyio.sleep(0.2)
+        kept = load[::16]
+        del load  # the load ends: freed inside the heap, the size does not move
 
         async def now() -> int:
             return resident()

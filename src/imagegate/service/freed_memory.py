@@ -23,8 +23,10 @@ import anyio
 log = logging.getLogger(__name__)
 GROWTH_BYTES = 16 * 1024 * 1024
 """Resident growth that makes the server look for freed memory to give back."""
-MOST_WAIT_S = 60.0
-"""The longest the server goes without a look while it holds more than it started with."""
+MOST_STEP_BYTES = 256 * 1024 * 1024
+"""The most the resident size must grow before a look, however little the last releases gave back."""
+CALM_S = 10.0
+"""How long the resident size must hold still, after a load, before what it left is released."""
 
 
 @cache
@@ -55,24 +57,28 @@ def resident_bytes() -> int | None:
 
 async def keep_returning_freed_memory(every_s: float, growth: int = GROWTH_BYTES) -> None:
     """Until cancelled, look every `every_s` seconds at the resident size and release freed memory
-    when it grew by `growth` since the last release, and otherwise, while the process holds `growth`
-    more than when this began, after a wait that doubles (up to MOST_WAIT_S) each time a release gave
-    back less than `growth`. Returns at once where there is nothing to call or `every_s` is 0."""
+    when it has grown by a step (first `growth`) since the last release; a release that gives back
+    less than half a step doubles the step (up to MOST_STEP_BYTES: a process that grows by holding
+    more, not by leaving memory free, is left alone), one that gives back more resets it. Once the
+    size has held still for CALM_S while above where it began, one more release returns what the load
+    left behind. Returns at once where there is nothing to call or `every_s` is 0."""
     start = resident_bytes()
     if _malloc_trim() is None or start is None or every_s <= 0:
         return
-    settled, wait_s, last = start, every_s, time.monotonic()
+    settled = last = start
+    step, still_since, calm_done = growth, time.monotonic(), True
     while True:
         await anyio.sleep(every_s)
         now = resident_bytes() or 0
-        settled = min(settled, now)
-        if now - start < growth:
-            wait_s = every_s
-            continue
-        if now - settled < growth and time.monotonic() - last < wait_s:
+        if abs(now - last) >= growth // 4:
+            still_since, calm_done = time.monotonic(), False
+        last, settled = now, min(settled, now)
+        calm = not calm_done and now - start >= growth and time.monotonic() - still_since >= CALM_S
+        if now - settled < step and not calm:
             continue
         await anyio.to_thread.run_sync(release_memory)
-        settled, last = resident_bytes() or 0, time.monotonic()
+        settled = last = resident_bytes() or 0
         given_back = now - settled
-        wait_s = every_s if given_back >= growth else min(wait_s * 2, MOST_WAIT_S)
+        step = growth if given_back >= step // 2 else min(step * 2, MOST_STEP_BYTES)
+        calm_done = calm_done or calm
         log.debug("returned %d MiB of freed memory", given_back // 2**20)
