@@ -40,9 +40,20 @@ def a_task(task_id: str, key_id: str) -> Task:
     )
 
 
-async def test_a_row_written_as_plain_sql_reads_back_the_same_through_the_orm(database: Database) -> None:
+async def new_key(database: Database) -> str:
+    """The id of a new key holding one credit."""
     async with database.session() as session, session.begin():
-        key_id = (await keys.create_key(session, credits=Decimal(1))).id
+        return (await keys.create_key(session, credits=Decimal(1))).id
+
+
+async def task_ids(database: Database) -> list[str]:
+    """The ids of the tasks the database holds, in order."""
+    async with sql.read(database) as statements:
+        return [row[0] for row in await statements.rows("SELECT id FROM tasks ORDER BY id")]
+
+
+async def test_a_row_written_as_plain_sql_reads_back_the_same_through_the_orm(database: Database) -> None:
+    key_id = await new_key(database)
     written = a_task("task_plain", key_id)
     async with sql.transaction(database) as statements:
         await statements.rows(sql.insert_sql(Task), sql.row_values(written))
@@ -66,8 +77,7 @@ async def test_a_row_written_as_plain_sql_reads_back_the_same_through_the_orm(da
 
 
 async def test_a_transaction_that_raises_leaves_nothing(database: Database) -> None:
-    async with database.session() as session, session.begin():
-        key_id = (await keys.create_key(session, credits=Decimal(1))).id
+    key_id = await new_key(database)
     with pytest.raises(Undo):
         async with sql.transaction(database) as statements:
             await statements.rows(sql.insert_sql(Task), sql.row_values(a_task("task_undone", key_id)))
@@ -83,8 +93,7 @@ def test_credits_with_more_than_six_decimals_are_refused() -> None:
 
 
 async def test_a_transaction_cancelled_midway_leaves_nothing_and_no_lock(database: Database) -> None:
-    async with database.session() as session, session.begin():
-        key_id = (await keys.create_key(session, credits=Decimal(1))).id
+    key_id = await new_key(database)
     with anyio.move_on_after(0.2):
         async with sql.transaction(database) as statements:
             await statements.rows(sql.insert_sql(Task), sql.row_values(a_task("task_cancelled", key_id)))
@@ -92,31 +101,25 @@ async def test_a_transaction_cancelled_midway_leaves_nothing_and_no_lock(databas
     with anyio.fail_after(5):
         async with sql.transaction(database) as statements:
             await statements.rows(sql.insert_sql(Task), sql.row_values(a_task("task_after", key_id)))
-    async with sql.read(database) as statements:
-        kept = await statements.rows("SELECT id FROM tasks ORDER BY id")
-    assert [row[0] for row in kept] == ["task_after"]
+    assert await task_ids(database) == ["task_after"]
 
 
 async def test_statements_whose_rows_nobody_needs_are_done_before_the_next_read_and_by_the_commit(
     database: Database,
 ) -> None:
-    async with database.session() as session, session.begin():
-        key_id = (await keys.create_key(session, credits=Decimal(1))).id
+    key_id = await new_key(database)
     async with sql.transaction(database) as statements:
         await statements.run(sql.insert_sql(Task), sql.row_values(a_task("task_first", key_id)))
         seen = await statements.rows("SELECT id FROM tasks")
         await statements.run(sql.insert_sql(Task), sql.row_values(a_task("task_second", key_id)))
     assert [row[0] for row in seen] == ["task_first"]
-    async with sql.read(database) as statements:
-        kept = await statements.rows("SELECT id FROM tasks ORDER BY id")
-    assert [row[0] for row in kept] == ["task_first", "task_second"]
+    assert await task_ids(database) == ["task_first", "task_second"]
 
 
 async def test_a_failing_statement_whose_rows_nobody_needs_still_undoes_its_whole_transaction(
     database: Database,
 ) -> None:
-    async with database.session() as session, session.begin():
-        key_id = (await keys.create_key(session, credits=Decimal(1))).id
+    key_id = await new_key(database)
     with pytest.raises((sqlite3.IntegrityError, IntegrityError)):
         async with sql.transaction(database) as statements:
             await statements.run(sql.insert_sql(Task), sql.row_values(a_task("task_once", key_id)))
@@ -124,9 +127,7 @@ async def test_a_failing_statement_whose_rows_nobody_needs_still_undoes_its_whol
     with anyio.fail_after(5):
         async with sql.transaction(database) as statements:
             await statements.run(sql.insert_sql(Task), sql.row_values(a_task("task_later", key_id)))
-    async with sql.read(database) as statements:
-        kept = await statements.rows("SELECT id FROM tasks ORDER BY id")
-    assert [row[0] for row in kept] == ["task_later"]
+    assert await task_ids(database) == ["task_later"]
 
 
 async def test_on_sqlite_a_transaction_of_writes_and_one_read_is_two_trips_to_the_database_thread(
