@@ -228,6 +228,8 @@ def test_sigkill_during_40_tasks_loses_none(crashable: Server, file_server: File
             what="two of the 40 tasks succeeding",
         )
         with sync_edit_in_flight(crashable, account["key"], image):
+            # tasks run in pairs that finish together: kill while a pair runs, not between two pairs
+            wait_for_task(lambda: async_running(crashable), interval=0.02, what="an async task running")
             crashable.kill()
         crashable.start()
         now, _ = wait_for_task(
@@ -260,6 +262,11 @@ def unfinished(server: Server) -> int:
     with sqlite3.connect(server.data_dir / "imagegate.db") as db:
         (count,) = db.execute("SELECT COUNT(*) FROM tasks WHERE state IN ('waiting', 'running')").fetchone()
     return int(count)
+
+
+def async_running(server: Server) -> bool:
+    with sqlite3.connect(server.data_dir / "imagegate.db") as db:
+        return db.execute("SELECT 1 FROM tasks WHERE mode = 'async' AND state = 'running'").fetchone() is not None
 
 
 @contextmanager
