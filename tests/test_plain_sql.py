@@ -6,6 +6,7 @@ as few trips as the reads between them allow)."""
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from pathlib import Path
@@ -14,10 +15,11 @@ from typing import Any
 import aiosqlite
 import anyio
 import pytest
+from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 
 from imagegate.stores import keys, sql
-from imagegate.stores.db import Database, Task, migrate, to_micros
+from imagegate.stores.db import ApiKey, Database, Task, migrate, to_micros
 
 
 class Undo(Exception):
@@ -156,5 +158,33 @@ async def test_on_sqlite_a_transaction_of_writes_and_one_read_is_two_trips_to_th
         async with sql.read(database) as statements:
             assert await statements.row("SELECT count(*) FROM tasks") == (2,)
         assert len(trips) == 3, f"a read without a transaction is one trip, with no rollback after it: {trips}"
+    finally:
+        await database.aclose()
+
+
+async def test_a_transaction_cancelled_while_it_waits_for_the_lock_leaves_nothing_for_the_next_user(
+    tmp_path: Path,
+) -> None:
+    """On SQLite a cancelled call still runs later in aiosqlite's thread: what it began must be rolled
+    back there, not left open for the next use of the connection to commit."""
+    path = tmp_path / "locked.db"
+    migrate(f"sqlite:///{path}")
+    database = Database(f"sqlite:///{path}")
+    try:
+        key_id = await new_key(database)
+        other = sqlite3.connect(path, check_same_thread=False)  # another process holding the write lock
+        other.execute("BEGIN IMMEDIATE")
+        release = threading.Timer(0.6, other.rollback)
+        release.start()
+        with anyio.move_on_after(0.3):
+            async with sql.transaction(database) as statements:
+                await statements.rows("UPDATE api_keys SET held = held + 7 WHERE id = :id RETURNING id", {"id": key_id})
+        release.join()
+        other.close()
+        async with database.session() as session, session.begin():
+            await session.execute(update(ApiKey).where(ApiKey.id == key_id).values(name="renamed"))
+        async with sql.transaction(database) as statements:
+            found = await statements.row("SELECT held, name FROM api_keys WHERE id = :id", {"id": key_id})
+        assert found == (0, "renamed")
     finally:
         await database.aclose()

@@ -324,7 +324,7 @@ class Database:
             self.engine: AsyncEngine = create_async_engine(
                 url, pool_size=1, max_overflow=0, pool_timeout=SQLITE_TURN_S, pool_reset_on_return=None
             )
-            event.listen(self.engine.sync_engine, "reset", _end_open_transaction)
+            event.listen(self.engine.sync_engine, "reset", _reset_unless_left_clean)
         else:
             self.engine = create_async_engine(url, pool_size=10, max_overflow=40, pool_pre_ping=True)
         if url.startswith("sqlite"):
@@ -335,10 +335,16 @@ class Database:
         await self.engine.dispose()
 
 
-def _end_open_transaction(dbapi_connection: Any, record: ConnectionPoolEntry, state: PoolResetState) -> None:
-    """A SQLite connection coming back to the pool is rolled back only if a transaction is open:
-    SQLAlchemy's reset would roll back every time, one more hop to aiosqlite's thread for every use."""
-    if state.asyncio_safe and record.driver_connection is not None and record.driver_connection.in_transaction:
+LEFT_CLEAN = "imagegate_left_clean"
+"""Set in a SQLite connection's pool record by stores/sql.py when its use ended with no transaction
+open and nothing queued in aiosqlite's thread."""
+
+
+def _reset_unless_left_clean(dbapi_connection: Any, record: ConnectionPoolEntry, state: PoolResetState) -> None:
+    """SQLAlchemy's rollback of a connection coming back to the pool, skipped when stores/sql.py says
+    its use left it clean: otherwise one more hop to aiosqlite's thread after every use."""
+    left_clean = record.info.pop(LEFT_CLEAN, False)
+    if state.asyncio_safe and not state.transaction_was_reset and not left_clean:
         dbapi_connection.rollback()
 
 
