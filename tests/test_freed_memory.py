@@ -3,6 +3,8 @@ its heap resident, and the server hands them back (malloc_trim) once its residen
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import anyio
 import pytest
 
@@ -81,3 +83,50 @@ async def test_what_a_load_leaves_free_is_returned_once_the_size_holds_still(mon
 async def test_a_server_told_never_does_not_look() -> None:
     with anyio.fail_after(1):
         await keep_returning_freed_memory(0)
+
+
+class Done(Exception):
+    """The scripted sizes ran out."""
+
+
+async def releases_over(monkeypatch: pytest.MonkeyPatch, sizes_mib: list[float], every_s: float = 0.5) -> list[int]:
+    """The looks (indices into `sizes_mib`, the resident size at each look) after which the policy
+    released memory, on a fake clock; releasing gives nothing back here, as when memory is in use."""
+    clock, looked, released = [0.0], [-1], []
+
+    async def look(seconds: float) -> None:
+        clock[0] += seconds
+        looked[0] += 1
+        if looked[0] == len(sizes_mib):
+            raise Done
+
+    monkeypatch.setattr(
+        freed_memory,
+        "anyio",
+        SimpleNamespace(sleep=look, to_thread=anyio.to_thread, CapacityLimiter=anyio.CapacityLimiter),
+    )
+    monkeypatch.setattr(freed_memory, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    monkeypatch.setattr(freed_memory, "resident_bytes", lambda: int(sizes_mib[max(looked[0], 0)] * MIB))
+    monkeypatch.setattr(freed_memory, "_malloc_trim", lambda: lambda pad: 0)
+    monkeypatch.setattr(freed_memory, "release_memory", lambda: released.append(looked[0]))
+    with pytest.raises(Done):
+        await keep_returning_freed_memory(every_s)
+    return released
+
+
+async def test_an_idle_server_never_releases(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert await releases_over(monkeypatch, [200.0] * 400) == []
+
+
+async def test_a_steady_load_is_not_released_on_a_timer(monkeypatch: pytest.MonkeyPatch) -> None:
+    load = [200.0] + [300.0 + 2 * (i % 2) for i in range(400)]  # 200 s holding 100 MiB more, moving
+    released = await releases_over(monkeypatch, load)
+    assert released and max(released) < 10, f"once as it grew, never after: {released}"
+
+
+async def test_a_slow_climb_is_released_once_it_holds_still(monkeypatch: pytest.MonkeyPatch) -> None:
+    climb = [200.0 + 0.5 * i for i in range(81)] + [240.0] * 60  # 40 s at 1 MiB/s, then 30 s still
+    released = await releases_over(monkeypatch, climb)
+    after = [look for look in released if look > 80]
+    assert len(after) == 1 and after[0] >= 80 + freed_memory.CALM_S / 0.5, released
+    assert len(released) <= 3, f"the climb itself is looked at rarely: {released}"

@@ -25,6 +25,8 @@ GROWTH_BYTES = 16 * 1024 * 1024
 """Resident growth that makes the server look for freed memory to give back."""
 MOST_STEP_BYTES = 256 * 1024 * 1024
 """The most the resident size must grow before a look, however little the last releases gave back."""
+STILL_BYTES = 1024 * 1024
+"""Moving less than this from where the size last moved is holding still."""
 CALM_S = 10.0
 """How long the resident size must hold still, after a load, before what it left is released."""
 
@@ -60,24 +62,28 @@ async def keep_returning_freed_memory(every_s: float, growth: int = GROWTH_BYTES
     when it has grown by a step (first `growth`) since the last release; a release that gives back
     less than half a step doubles the step (up to MOST_STEP_BYTES: a process that grows by holding
     more, not by leaving memory free, is left alone), one that gives back more resets it. Once the
-    size has held still for CALM_S while above where it began, one more release returns what the load
-    left behind. Returns at once where there is nothing to call or `every_s` is 0."""
+    size has moved and then held still (within STILL_BYTES) for CALM_S, one more release
+    returns what the load left behind. Returns at once where there is nothing to call or `every_s`
+    is 0."""
     start = resident_bytes()
     if _malloc_trim() is None or start is None or every_s <= 0:
         return
-    settled = last = start
+    settled = anchor = start
     step, still_since, calm_done = growth, time.monotonic(), True
+    own_thread = anyio.CapacityLimiter(1)  # not behind request work in anyio's default 40 threads
     while True:
         await anyio.sleep(every_s)
-        now = resident_bytes() or 0
-        if abs(now - last) >= growth // 4:
-            still_since, calm_done = time.monotonic(), False
-        last, settled = now, min(settled, now)
+        now = resident_bytes()
+        if now is None:  # /proc unreadable for a moment (no descriptor to spare): look again later
+            continue
+        if abs(now - anchor) >= STILL_BYTES:
+            anchor, still_since, calm_done = now, time.monotonic(), False
+        settled = min(settled, now)
         calm = not calm_done and now - start >= growth and time.monotonic() - still_since >= CALM_S
         if now - settled < step and not calm:
             continue
-        await anyio.to_thread.run_sync(release_memory)
-        settled = last = resident_bytes() or 0
+        await anyio.to_thread.run_sync(release_memory, limiter=own_thread)
+        settled = anchor = resident_bytes() or now
         given_back = now - settled
         step = growth if given_back >= step // 2 else min(step * 2, MOST_STEP_BYTES)
         calm_done = calm_done or calm
