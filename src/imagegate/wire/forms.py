@@ -11,10 +11,11 @@ and goes to a temporary file past it.
 
 from __future__ import annotations
 
+import io
 import threading
 from collections.abc import AsyncGenerator
 from tempfile import SpooledTemporaryFile
-from typing import Any, BinaryIO, cast
+from typing import IO, Any, BinaryIO, cast
 
 from fastapi import Request
 from starlette.datastructures import FormData, Headers
@@ -51,12 +52,47 @@ class SpoolBudget:
 UPLOADS = SpoolBudget(UPLOADS_IN_MEMORY)
 
 
+class _Pieces:
+    """The in-memory file of a spool: the pieces written, kept as they came until something else than
+    `write` or `tell` is asked of it, then joined once into a BytesIO that does the rest. A BytesIO
+    written in 64 KiB pieces grows by reallocation and copies what it holds each time: 1.2 ms for a
+    3 MB upload, where keeping the pieces and joining them once costs a single copy."""
+
+    def __init__(self) -> None:
+        self._pieces: list[bytes] = []
+        self._size = 0
+        self._whole: io.BytesIO | None = None
+        self.closed = False
+
+    def write(self, data: Any) -> int:
+        if self._whole is not None:
+            return self._whole.write(data)
+        piece = data if type(data) is bytes else bytes(data)
+        self._pieces.append(piece)
+        self._size += len(piece)
+        return len(piece)
+
+    def tell(self) -> int:
+        return self._size if self._whole is None else self._whole.tell()
+
+    def close(self) -> None:
+        self._pieces, self._whole, self.closed = [], None, True
+
+    def __getattr__(self, name: str) -> Any:
+        if self._whole is None:
+            self._whole = io.BytesIO(b"".join(self._pieces))
+            self._whole.seek(self._size)
+            self._pieces = []
+        return getattr(self._whole, name)
+
+
 class BudgetedSpool(SpooledTemporaryFile[bytes]):
     """A SpooledTemporaryFile that stays in memory only while `budget` has room for what it holds; it
     returns its bytes to the budget when it moves to disk or is closed."""
 
     def __init__(self, budget: SpoolBudget, max_size: int) -> None:
         super().__init__(max_size=max_size)
+        self._file = cast(IO[bytes], _Pieces())
         self._budget = budget
         self._reserved = 0
         self._on_disk = False
