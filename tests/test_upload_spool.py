@@ -6,6 +6,8 @@ from __future__ import annotations
 import io
 import os
 
+import pytest
+
 from imagegate.wire.forms import BudgetedSpool, SpoolBudget
 
 PIECES = [os.urandom(size) for size in (65_536, 1, 0, 40_000, 65_536, 7)]
@@ -54,3 +56,13 @@ def test_a_spool_past_its_size_moves_to_disk_with_its_bytes_and_position() -> No
     ours.seek(0)
     assert ours.read() == WHOLE
     ours.close()
+
+
+def test_a_closed_spool_refuses_what_a_closed_bytesio_refuses() -> None:
+    ours = spool()
+    ours.write(b"gone")
+    ours.close()
+    assert ours.closed
+    for ask in (ours.read, lambda: ours.write(b"x"), lambda: ours.seek(0)):
+        with pytest.raises(ValueError):
+            ask()

@@ -62,7 +62,6 @@ class _Pieces:
         self._pieces: list[bytes] = []
         self._size = 0
         self._whole: io.BytesIO | None = None
-        self.closed = False
 
     def write(self, data: Any) -> int:
         if self._whole is not None:
@@ -75,8 +74,14 @@ class _Pieces:
     def tell(self) -> int:
         return self._size if self._whole is None else self._whole.tell()
 
+    @property
+    def closed(self) -> bool:
+        return self._whole is not None and self._whole.closed
+
     def close(self) -> None:
-        self._pieces, self._whole, self.closed = [], None, True
+        """Closed as a BytesIO is: whatever is asked of it afterwards raises ValueError."""
+        self._pieces, self._whole = [], self._whole or io.BytesIO()
+        self._whole.close()
 
     def __getattr__(self, name: str) -> Any:
         if self._whole is None:
