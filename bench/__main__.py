@@ -76,6 +76,8 @@ from imagegate.imaging import encode, open_image
 ROUNDS = 15
 TARGET_FLOOR = 1.2
 TARGET_BOOKKEEPING = 1.5
+CLASSIC_FORM = {"prompt": "sepia", "size": "1024x1024"}
+"""The fields of the 1024² classic edit of (a)."""
 
 
 def picture(width: int, height: int, level: int = 1) -> bytes:
@@ -113,7 +115,7 @@ def transport_alone(base: str, key: str, png: bytes, data_dir: Path) -> float:
     with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=60) as client:
         answer = client.post(
             "/v1/images/edits",
-            data={"prompt": "sepia", "size": "1024x1024"},
+            data=CLASSIC_FORM,
             files=[("image", ("a.png", png, "image/png"))],
         )
     answer.raise_for_status()
@@ -153,7 +155,7 @@ def lean_http_edit(base: str, key: str, png: bytes) -> float:
         times = []
         async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {key}"}) as session:
             for _ in range(ROUNDS):
-                form = aiohttp.FormData({"prompt": "sepia", "size": "1024x1024"})
+                form = aiohttp.FormData(CLASSIC_FORM)
                 form.add_field("image", png, filename="a.png", content_type="image/png")
                 start = time.perf_counter()
                 async with session.post(f"{base}/v1/images/edits", data=form) as r:
@@ -172,7 +174,7 @@ def http_edit(base: str, key: str, png: bytes) -> float:
             start = time.perf_counter()
             r = client.post(
                 "/v1/images/edits",
-                data={"prompt": "sepia", "size": "1024x1024"},
+                data=CLASSIC_FORM,
                 files=[("image", ("a.png", png, "image/png"))],
             )
             r.raise_for_status()

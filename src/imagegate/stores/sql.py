@@ -5,8 +5,9 @@ ORM sessions on aiosqlite, at about 1.5 ms of CPU per statement: 13-15 ms per pa
 what the gateway spent (BENCHMARKS.md, issue 14). Here the same statements are written once as SQL
 with `:name` parameters and handed straight to the driver: on SQLite in as few hops to aiosqlite's
 thread as the statements allow (the pool's one connection, taken in turn like every other use of it),
-on PostgreSQL psycopg through SQLAlchemy's `exec_driver_sql`. Rows are converted with the models' own column types
-(`row_values` and `from_row`), so a row written here reads back the same through the ORM and back.
+on PostgreSQL psycopg through SQLAlchemy's `exec_driver_sql`. Rows are converted with the models' own
+column types (`row_values` and `from_row`), so a row written here reads back the same through the ORM
+and back.
 """
 
 from __future__ import annotations
