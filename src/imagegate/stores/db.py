@@ -36,6 +36,7 @@ from sqlalchemy.types import TypeDecorator
 from imagegate.config import async_database_url
 from imagegate.owner_only import private_file
 from imagegate.stores.faults import NotMigrated, redacted
+from imagegate.stores.pool_in_turn import InTurnPool
 
 MICROS = Decimal(1_000_000)
 SQLITE_TURN_S = 600.0
@@ -322,11 +323,18 @@ class Database:
             # median, and past busy_timeout failed. One connection, taken in turn (FIFO), makes every
             # statement wait its turn in this process instead (BENCHMARKS.md, issue 14).
             self.engine: AsyncEngine = create_async_engine(
-                url, pool_size=1, max_overflow=0, pool_timeout=SQLITE_TURN_S, pool_reset_on_return=None
+                url,
+                poolclass=InTurnPool,
+                pool_size=1,
+                max_overflow=0,
+                pool_timeout=SQLITE_TURN_S,
+                pool_reset_on_return=None,
             )
             event.listen(self.engine.sync_engine, "reset", _reset_unless_left_clean)
         else:
-            self.engine = create_async_engine(url, pool_size=10, max_overflow=40, pool_pre_ping=True)
+            self.engine = create_async_engine(
+                url, poolclass=InTurnPool, pool_size=10, max_overflow=40, pool_pre_ping=True
+            )
         if url.startswith("sqlite"):
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         self.session: async_sessionmaker[AsyncSession] = async_sessionmaker(self.engine, expire_on_commit=False)
