@@ -8,14 +8,15 @@ from decimal import Decimal
 from functools import partial
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select, update
 
-from imagegate.config import RunnerSettings
+from imagegate.config import RunnerSettings, WebhookSettings
 from imagegate.service.leases import Leases
 from imagegate.service.records import TaskRecords
 from imagegate.service.runner import TaskRunner
+from imagegate.service.webhooks import WebhookSender
 from imagegate.stores import ledger, sql
-from imagegate.stores.db import ApiKey, Clock, Database, Task, now_ms
+from imagegate.stores.db import ApiKey, Clock, Database, Task, WebhookDelivery, now_ms
 from tests.conftest import Api
 from tests.receivers import webhook_receiver
 from tests.waiting import FINISHED, wait_for_task_async
@@ -85,6 +86,47 @@ async def test_a_dead_lease_is_reclaimed_and_a_live_one_is_not(db: Database) -> 
     assert task is not None and task.id == "task_dead" and task.attempts == 2
     assert task.lease_owner == r.leases.owner
     assert await r.claim() is None
+
+
+def statements_seen(db: Database) -> list[str]:
+    """The SQL the engine sends from now on (SQLAlchemy's own statements; on PostgreSQL stores/sql.py's too)."""
+    seen: list[str] = []
+
+    def note(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        seen.append(statement)
+
+    event.listen(db.engine.sync_engine, "before_cursor_execute", note)
+    return seen
+
+
+async def test_a_poll_that_finds_nothing_to_claim_opens_no_write_transaction(db: Database) -> None:
+    await add(db, "task_live", state="running", lease_owner="proc_alive", lease_until=now_ms() + 60_000, attempts=1)
+    await add(db, "task_sync", mode="sync")
+    seen = statements_seen(db)
+    r = runner(db)
+    assert await r.claim() is None
+    assert [s for s in seen if not s.startswith("SELECT 1 FROM tasks")] == []
+    await add(db, "task_new")
+    claimed = await r.claim()
+    assert claimed is not None and claimed.id == "task_new"
+    assert any(s.startswith("UPDATE tasks") for s in seen), "the claim itself is seen"
+
+
+async def test_a_webhook_poll_that_finds_nothing_due_opens_no_write_transaction(db: Database) -> None:
+    await add(db, "task_1")
+    later = WebhookDelivery(
+        id="wh_1", task_id="task_1", key_id="key_1", url="http://127.0.0.1:9/", body=b"{}", next_at=now_ms() + 60_000
+    )
+    async with db.session() as session, session.begin():
+        session.add(later)
+    sender = WebhookSender(db, None, WebhookSettings(), [])  # type: ignore[arg-type]  # claims only: sends nothing
+    seen = statements_seen(db)
+    assert await sender.claim_due() == []
+    assert [s for s in seen if not s.startswith("SELECT 1 FROM webhook_deliveries")] == []
+    async with db.session() as session, session.begin():
+        await session.execute(update(WebhookDelivery).values(next_at=now_ms() - 1))
+    assert await sender.claim_due() == ["wh_1"]
+    assert any(s.startswith("UPDATE webhook_deliveries") for s in seen), "the claim itself is seen"
 
 
 async def test_sync_tasks_of_a_dead_process_fail_as_interrupted_and_release_their_hold(db: Database) -> None:

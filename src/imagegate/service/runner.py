@@ -18,9 +18,17 @@ from imagegate.config import RunnerSettings
 from imagegate.errors import Interrupted
 from imagegate.service.leases import Leases
 from imagegate.service.tasks import TaskService
+from imagegate.stores import sql
 from imagegate.stores.db import Database, Task
 
 log = logging.getLogger("imagegate.runner")
+
+_ANY_CLAIMABLE = (
+    "SELECT 1 FROM tasks WHERE mode = 'async' AND (state = 'waiting' OR (state = 'running' AND lease_until < :now)) "
+    "LIMIT 1"
+)
+"""Whether `Runner._claimable` holds for any task: a poll that finds none takes no write lock (on SQLite
+the claim's ORM transaction held the one connection over several hops while every request waited)."""
 
 
 class TaskBusy(Exception):
@@ -146,6 +154,10 @@ class TaskRunner:
         """The oldest claimable async task (or `task_id`, if claimable), now `running` under this
         process's lease, or None."""
         now = self.leases.clock()
+        if task_id is None:
+            async with sql.read(self.db) as statements:
+                if await statements.row(_ANY_CLAIMABLE, {"now": now}) is None:
+                    return None
         async with self.db.session() as session, session.begin():
             query = select(Task.id).where(self._claimable(now))
             if task_id is not None:

@@ -17,10 +17,15 @@ from imagegate import __version__
 from imagegate.config import WebhookSettings
 from imagegate.errors import ImagegateError
 from imagegate.net.fetch import SafeFetcher
+from imagegate.stores import sql
 from imagegate.stores.db import ApiKey, Database, WebhookDelivery, now_ms
 from imagegate.webhooks import headers_for
 
 log = logging.getLogger("imagegate.webhooks")
+
+_ANY_DUE = "SELECT 1 FROM webhook_deliveries WHERE state = 'pending' AND next_at <= :now LIMIT 1"
+"""Whether any delivery is due: a poll that finds none takes no write lock."""
+
 _CLAIM_MARGIN_MS = 30_000
 
 
@@ -62,6 +67,9 @@ class WebhookSender:
             return []
         now = now_ms()
         hold_until = now + int(self.settings.timeout_s * 1000) + _CLAIM_MARGIN_MS
+        async with sql.read(self.db) as statements:
+            if await statements.row(_ANY_DUE, {"now": now}) is None:
+                return []
         claimed = []
         async with self.db.session() as session, session.begin():
             due = await session.scalars(
