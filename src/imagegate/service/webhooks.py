@@ -66,10 +66,10 @@ class WebhookSender:
         if room <= 0:
             return []
         now = now_ms()
-        hold_until = now + int(self.settings.timeout_s * 1000) + _CLAIM_MARGIN_MS
         async with sql.read(self.db) as statements:
             if await statements.row(_ANY_DUE, {"now": now}) is None:
                 return []
+        hold_until = now + int(self.settings.timeout_s * 1000) + _CLAIM_MARGIN_MS
         claimed = []
         async with self.db.session() as session, session.begin():
             due = await session.scalars(
