@@ -5,9 +5,10 @@
 (a) gateway overhead: wall time of one 1024² classic edit through the HTTP API of a live server
     (loopback, b64_json, sent with aiohttp) divided by the codec floor (decoding the same PNG and
     encoding the edit's result in-process, as the engine does; target ≤ 1.2×), and by the whole edit
-    called in-process; the same upload and answer moved to and from a minimal server (bench/provider.py
-    answering the gateway's own answer), which with the in-process edit is the least (a) can read; and
-    the same edit sent with httpx, whose reading of the 4 MB answer is part of it.
+    called in-process, the three taken in turn in each round so that noise slows them alike; the same
+    upload and answer moved to and from a minimal server (bench/provider.py answering the gateway's own
+    answer), which with the in-process edit is the least (a) can read; and the same edit sent with
+    httpx, whose reading of the 4 MB answer is part of it.
 (b) upload memory: the server's peak RSS growth while it accepts and edits 16 × 10 MB images in one
     multipart request, divided by the upload size.
 (c) bookkeeping: wall time of a tiny paid edit (64² PNG to a 256² PNG URL, dall-e-2) through the HTTP
@@ -92,21 +93,31 @@ def in_process_edit(
 ) -> tuple[float, bytes]:
     """The median time of a classic edit of `png` (`model`, `prompt`, a `size`² PNG out) called
     in-process, and the PNG it makes."""
-    engine = ClassicEngine(ImagingSettings())
-    spec = Catalog.from_config({}).get(model)
-    made: list[bytes] = []
-
-    async def once() -> float:
-        start = time.perf_counter()
-        source = open_image(io.BytesIO(png), max_pixels=10**8, param="image")
-        job = Job(EditRequest(prompt=prompt, model=model, size=f"{size}x{size}"), spec, Size(size, size), [source])
-        made[:] = [(await engine.run(job)).images[0].data]
-        return time.perf_counter() - start
+    edit = InProcessEdit(model, prompt, size)
 
     async def rounds() -> list[float]:
-        return [await once() for _ in range(ROUNDS)]
+        return [(await edit.once(png))[0] for _ in range(ROUNDS)]
 
-    return statistics.median(asyncio.run(rounds())), made[0]
+    times = asyncio.run(rounds())
+    return statistics.median(times), edit.made
+
+
+class InProcessEdit:
+    """A classic edit (`model`, `prompt`, a `size`² PNG out) called in-process; `made` is its last PNG."""
+
+    def __init__(self, model: str = "gpt-image-2", prompt: str = "sepia", size: int = 1024) -> None:
+        self.engine = ClassicEngine(ImagingSettings())
+        self.spec = Catalog.from_config({}).get(model)
+        self.request = EditRequest(prompt=prompt, model=model, size=f"{size}x{size}")
+        self.size = Size(size, size)
+        self.made = b""
+
+    async def once(self, png: bytes) -> tuple[float, bytes]:
+        """How long one edit of `png` took, opening it included, and the PNG it made."""
+        start = time.perf_counter()
+        source = open_image(io.BytesIO(png), max_pixels=10**8, param="image")
+        self.made = (await self.engine.run(Job(self.request, self.spec, self.size, [source]))).images[0].data
+        return time.perf_counter() - start, self.made
 
 
 def transport_alone(base: str, key: str, png: bytes, data_dir: Path) -> float:
@@ -131,20 +142,48 @@ def transport_alone(base: str, key: str, png: bytes, data_dir: Path) -> float:
         provider.wait(10)
 
 
-def codec_floor(png: bytes, result: bytes) -> float:
-    """Decoding `png` (1024²) and encoding the edit's `result` pixels as a PNG as the engine does: what
-    this edit costs without the edit's own operation or any serving. (The result, not the input, is
-    encoded: sepia pixels deflate faster than the noise they were made from.)"""
+def classic_rounds(base: str, key: str, png: bytes) -> tuple[float, float, float]:
+    """Medians of the codec floor, the in-process edit and the edit over HTTP (`lean_http_edit`'s
+    way) of `png`, taken in turn within each round so that a noisy machine slows all three alike.
+
+    The floor decodes `png` (1024²) and encodes the edit's result pixels as a PNG as the engine does:
+    what this edit costs without the edit's own operation or any serving. (The result, not the input,
+    is encoded: sepia pixels deflate faster than the noise they were made from.)"""
     settings = ImagingSettings()
-    pixels = open_image(io.BytesIO(result), max_pixels=10**8, param="image").decode()
+    edit = InProcessEdit()
+    floors: list[float] = []
+    locals_: list[float] = []
+    remotes: list[float] = []
 
-    def once() -> float:
-        start = time.perf_counter()
-        open_image(io.BytesIO(png), max_pixels=10**8, param="image").decode()
-        encode(pixels, OutputFormat.PNG, settings)
-        return time.perf_counter() - start
+    async def rounds() -> None:
+        pixels = None
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {key}"}) as session:
+            for n in range(ROUNDS * 2 + 2):
+                local, made = await edit.once(png)
+                if pixels is None:
+                    pixels = open_image(io.BytesIO(made), max_pixels=10**8, param="image").decode()
+                start = time.perf_counter()
+                open_image(io.BytesIO(png), max_pixels=10**8, param="image").decode()
+                encode(pixels, OutputFormat.PNG, settings)
+                floor = time.perf_counter() - start
+                remote = await _lean_edit_once(session, base, png)
+                if n >= 2:  # the first rounds warm the server, the codecs and the connection
+                    floors.append(floor)
+                    locals_.append(local)
+                    remotes.append(remote)
 
-    return statistics.median(once() for _ in range(ROUNDS))
+    asyncio.run(rounds())
+    return statistics.median(floors), statistics.median(locals_), statistics.median(remotes)
+
+
+async def _lean_edit_once(session: aiohttp.ClientSession, base: str, png: bytes) -> float:
+    form = aiohttp.FormData(CLASSIC_FORM)
+    form.add_field("image", png, filename="a.png", content_type="image/png")
+    start = time.perf_counter()
+    async with session.post(f"{base}/v1/images/edits", data=form) as r:
+        r.raise_for_status()
+        orjson.loads(await r.read())
+    return time.perf_counter() - start
 
 
 def lean_http_edit(base: str, key: str, png: bytes) -> float:
@@ -152,17 +191,8 @@ def lean_http_edit(base: str, key: str, png: bytes) -> float:
     takes tens: what the gateway adds, less what the client itself costs."""
 
     async def rounds() -> list[float]:
-        times = []
         async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {key}"}) as session:
-            for _ in range(ROUNDS):
-                form = aiohttp.FormData(CLASSIC_FORM)
-                form.add_field("image", png, filename="a.png", content_type="image/png")
-                start = time.perf_counter()
-                async with session.post(f"{base}/v1/images/edits", data=form) as r:
-                    r.raise_for_status()
-                    orjson.loads(await r.read())
-                times.append(time.perf_counter() - start)
-        return times
+            return [await _lean_edit_once(session, base, png) for _ in range(ROUNDS)]
 
     return statistics.median(asyncio.run(rounds()))
 
@@ -231,10 +261,7 @@ def main() -> None:
         try:
             png = picture(1024, 1024)
             http_edit(base, key, png)
-            lean_http_edit(base, key, png)
-            local, result = in_process_edit(png)
-            floor = codec_floor(png, result)
-            lean = lean_http_edit(base, key, png)
+            floor, local, lean = classic_rounds(base, key, png)
             remote = http_edit(base, key, png)
             moving = transport_alone(base, key, png, Path(tmp))
             print(
