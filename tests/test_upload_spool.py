@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import io
 import os
+from typing import cast
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from imagegate.wire.forms import BudgetedSpool, SpoolBudget
 
@@ -66,3 +69,39 @@ def test_a_closed_spool_refuses_what_a_closed_bytesio_refuses() -> None:
     for ask in (ours.read, lambda: ours.write(b"x"), lambda: ours.seek(0)):
         with pytest.raises(ValueError):
             ask()
+
+
+OPERATIONS = st.lists(
+    st.one_of(
+        st.tuples(st.just("write"), st.binary(max_size=300)),
+        st.tuples(st.just("read"), st.integers(min_value=-1, max_value=700)),
+        st.tuples(st.just("seek"), st.tuples(st.integers(min_value=-50, max_value=900), st.sampled_from([0, 1, 2]))),
+        st.tuples(st.just("tell"), st.none()),
+    ),
+    max_size=40,
+)
+
+
+@given(OPERATIONS)
+def test_any_writes_reads_and_seeks_behave_as_on_a_bytesio(operations: list[tuple[str, object]]) -> None:
+    ours, theirs = spool(), io.BytesIO()
+    for name, argument in operations:
+        outcomes: list[object] = []
+        for target in (ours, theirs):
+            try:
+                if name == "write":
+                    outcomes.append(target.write(argument))  # type: ignore[arg-type]
+                elif name == "read":
+                    outcomes.append(target.read(argument))  # type: ignore[arg-type]
+                elif name == "seek":
+                    offset, whence = cast(tuple[int, int], argument)
+                    outcomes.append(target.seek(offset, whence))
+                else:
+                    outcomes.append(target.tell())
+            except ValueError as exc:
+                outcomes.append(type(exc))
+        assert outcomes[0] == outcomes[1], (name, argument)
+    ours.seek(0)
+    theirs.seek(0)
+    assert ours.read() == theirs.read()
+    ours.close()
