@@ -7,8 +7,9 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from sqlalchemy.exc import MissingGreenlet
 from sqlalchemy.util import greenlet_spawn
-from sqlalchemy.util.queue import Empty
+from sqlalchemy.util.queue import Empty, Full
 
 from imagegate.stores import sql
 from imagegate.stores.db import Database, migrate
@@ -90,3 +91,39 @@ async def test_a_waiter_past_its_timeout_gets_empty_and_the_next_item_waits_in_t
     queue.put_nowait("a")
     assert not queue.empty()
     assert await greenlet_spawn(get, queue) == "a"
+
+
+async def test_a_waiter_woken_as_the_queue_fills_gives_up_without_losing_an_item() -> None:
+    """The pool returns connections into a queue bounded at its size and closes one that finds it full.
+    A waiter cancelled after it was woken, when more connections came back meanwhile, must leave every
+    connection accounted for: in the queue, or refused (Full) for the pool to close."""
+    queue: InTurnQueue[str] = InTurnQueue(maxsize=1)
+    waiter = asyncio.create_task(greenlet_spawn(get, queue))
+    await asyncio.sleep(0)
+    accepted = []
+    for item in ("a", "b"):  # both come back in one step of the loop, before the waiter runs again
+        try:
+            queue.put_nowait(item)
+            accepted.append(item)
+        except Full:
+            pass  # the pool closes it
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    drained = []
+    while True:
+        try:
+            drained.append(queue.get(False))
+        except Empty:
+            break
+    assert drained == accepted
+
+
+async def test_a_get_refused_for_want_of_a_greenlet_leaves_no_waiter_behind() -> None:
+    """Asked from plain async code (a programming error elsewhere), `get` raises; the next item put
+    must still go to whoever asks for it, not to a waiter that will never take it."""
+    queue: InTurnQueue[str] = InTurnQueue()
+    with pytest.raises(MissingGreenlet):
+        queue.get(True, 1.0)
+    queue.put_nowait("a")
+    assert queue.get(False) == "a"

@@ -22,49 +22,61 @@ T = TypeVar("T")
 
 class InTurnQueue(AsyncAdaptedQueue[T]):
     """An AsyncAdaptedQueue whose blocking `get`s are served first come, first served: an item put
-    while some wait is handed to the first of them, and no later caller takes an item while anyone
-    waits. A waiter that gives up (its timeout, a cancellation) just as it is handed an item passes
-    the item on to the next."""
+    while some wait is promised to the first of them, and no later caller takes an item while anyone
+    waits. Promised items stay in the queue until their waiter takes them, so the queue's bound holds
+    and nothing is lost: a waiter that gives up (its timeout, a cancellation) just as it is woken
+    passes its turn to the next, or leaves the item to whoever comes."""
 
     def __init__(self, maxsize: int = 0, use_lifo: bool = False) -> None:
         super().__init__(maxsize, use_lifo)
-        self._waiters: deque[asyncio.Future[T]] = deque()
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._promised = 0
+        """Items in the queue promised to waiters that were woken and have not yet taken them."""
 
     def _someone_waits(self) -> bool:
         while self._waiters and self._waiters[0].done():
             self._waiters.popleft()
         return bool(self._waiters)
 
-    def put_nowait(self, item: T) -> None:
+    def _wake_next(self) -> None:
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
-                waiter.set_result(item)
+                waiter.set_result(None)
+                self._promised += 1
                 return
-        super().put_nowait(item)
+
+    def put_nowait(self, item: T) -> None:
+        super().put_nowait(item)  # Full when the queue is full, as before: the pool closes the item
+        self._wake_next()
 
     def get(self, block: bool = True, timeout: float | None = None) -> T:
-        if not self._someone_waits() and not self.empty():
+        if not self._someone_waits() and self._queue.qsize() > self._promised:
             return self.get_nowait()
         if not block:
             raise Empty()
-        waiter: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
         try:
-            return await_(self._turn(waiter, within_s=timeout))
+            return await_(self._turn(within_s=timeout))
         except TimeoutError as exc:
             raise Empty() from exc
 
-    async def _turn(self, waiter: asyncio.Future[T], within_s: float | None) -> T:
+    async def _turn(self, within_s: float | None) -> T:
+        # Registered here, not in `get`: if `await_` refuses to run this (no greenlet), no waiter is
+        # left behind to be promised an item nobody takes.
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
         try:
             async with asyncio.timeout(within_s):
-                return await waiter
+                await waiter
         except BaseException:
             if waiter.done() and not waiter.cancelled():
-                self.put_nowait(waiter.result())
+                self._promised -= 1
+                self._wake_next()
             else:
                 waiter.cancel()
             raise
+        self._promised -= 1
+        return self.get_nowait()
 
 
 class InTurnPool(AsyncAdaptedQueuePool):

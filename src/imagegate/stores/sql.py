@@ -143,7 +143,9 @@ async def _connection(db: Database) -> AsyncIterator[AsyncConnection]:
     """A connection from `db`'s pool, back in the pool when the block ends, even if cancelled. Unlike
     `async with db.engine.connect()`, which closes the connection in a task of its own, this holds
     the connection no longer than the block: with SQLite's one connection taken in turn, each such
-    task kept every waiting request waiting one more pass of a busy event loop."""
+    task kept every waiting request waiting one more pass of a busy event loop. The close is shielded
+    from anyio's cancellation; a bare asyncio `task.cancel()` landing during it (a forced shutdown)
+    makes SQLAlchemy discard the connection instead of reusing it, which loses nothing."""
     connection = await db.engine.connect().start()
     try:
         yield connection
