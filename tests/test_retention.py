@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from imagegate.config import load_config
+import pytest
+
+from imagegate.config import ConfigError, load_config
+from imagegate.errors import StorageUnavailable
+from imagegate.service import retention
 from imagegate.service.retention import ResultSweeper
 from imagegate.stores.db import now_ms
 from tests.conftest import open_api
@@ -53,3 +57,65 @@ async def test_a_zero_ttl_keeps_results_forever(tmp_path: Path) -> None:
         assert await sweeper.sweep() == 0
         url = made.json()["data"][0]["url"].removeprefix("http://testserver")
         assert (await api.client.get(url)).status_code == 200
+
+
+def test_results_ttl_refuses_what_no_clock_can_reach() -> None:
+    for value in ("inf", 1e17, -1):
+        with pytest.raises(ConfigError):
+            load_config(storage={"results_ttl": value})
+
+
+async def test_a_file_the_store_refuses_to_delete_holds_up_no_other(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One undeletable file (a permission error, a refusing bucket) must not stop the sweep: the rest
+    expire and answer 410, and the refused one is tried again at the next sweep. More refusals than
+    a batch holds do not make the sweep take the same ones over and over."""
+    monkeypatch.setattr(retention, "BATCH", 2)
+    config = settings(tmp_path)
+    form = {"prompt": "invert", "image": DATA_URL, "size": "1024x1024", "response_format": "url"}
+    async with open_api(config) as api:
+        urls = []
+        for _ in range(6):
+            made = await api.client.post("/v1/images/edits", headers=api.auth, json=form)
+            assert made.status_code == 200, made.text
+            urls.append(made.json()["data"][0]["url"].removeprefix("http://testserver"))
+        runtime = api.client._transport.app.state.runtime  # type: ignore[attr-defined]
+        names = [url.rsplit("/", 1)[1] for url in urls]
+        refused = {names[0], names[1], names[3]}
+        real_delete = type(runtime.blobs).delete
+
+        async def delete(store: object, name: str) -> None:
+            if name in refused:
+                raise StorageUnavailable("the store refused")
+            await real_delete(store, name)
+
+        monkeypatch.setattr(type(runtime.blobs), "delete", delete)
+        sweeper = ResultSweeper(runtime.db, runtime.blobs, 3600, 60, clock=lambda: now_ms() + 3600 * 1000 + 10)
+        assert await sweeper.sweep() == 3
+        statuses = [(await api.client.get(url)).status_code for url in urls]
+        refused.clear()
+        assert await sweeper.sweep() == 3, "the refused ones are tried again"
+        after = [(await api.client.get(url)).status_code for url in urls]
+    assert statuses == [200, 200, 410, 200, 410, 410], "the refused ones are still there; the rest expired"
+    assert after == [410] * 6
+
+
+async def test_a_result_past_its_time_answers_410_before_a_sweep_marks_it(tmp_path: Path) -> None:
+    config = settings(tmp_path)
+    async with open_api(config) as api:
+        made = await api.client.post(
+            "/v1/images/edits", headers=api.auth, json={"prompt": "invert", "image": DATA_URL, "response_format": "url"}
+        )
+        url = made.json()["data"][0]["url"].removeprefix("http://testserver")
+        runtime = api.client._transport.app.state.runtime  # type: ignore[attr-defined]
+        later = ResultSweeper(runtime.db, runtime.blobs, 3600, 60, clock=lambda: now_ms() + 3600 * 1000 + 10)
+        await runtime.blobs.delete(url.rsplit("/", 1)[1])  # its bytes gone (another node's sweep), not yet marked
+        runtime.sweeper = later
+        gone = await api.client.get(url)
+        runtime.sweeper = ResultSweeper(runtime.db, runtime.blobs, 0, 60, clock=later.clock)  # now kept forever
+        await later.sweep()
+        still_gone = await api.client.get(url)
+    assert gone.status_code == 410 and "results are kept 1 hour." in gone.json()["error"]["message"]
+    assert still_gone.status_code == 410
+    assert "kept" not in still_gone.json()["error"]["message"], "no word of a retention that no longer applies"

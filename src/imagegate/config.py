@@ -167,7 +167,7 @@ class StorageSettings(BaseModel):
     result_urls: Literal["api", "presigned"] = "api"
     """`/files/...` URLs are streamed by the API (`api`) or redirect to presigned object-store URLs."""
     presigned_url_ttl_s: int = Field(default=3600, ge=1)
-    results_ttl: float = Field(default=7 * 86400, ge=0)
+    results_ttl: float = Field(default=7 * 86400, ge=0, le=100 * 365 * 86400)
     """Seconds a result file is kept (`7d`, `12h`, `30m` and `45s` are read too; 0 keeps them forever).
     Past it the sweeper deletes its bytes, the task keeps its record, and its URL answers 410."""
     sweep_interval_s: float = Field(default=3600.0, gt=0)

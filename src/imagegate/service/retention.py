@@ -2,7 +2,9 @@
 record, and each file its row, marked expired, so its URL can say so (410) rather than not found.
 
 Safe with several processes sweeping one database: a file is marked by a conditional update after
-its bytes are gone, and deleting bytes already gone is no error.
+its bytes are gone, and deleting bytes already gone is no error. A file whose bytes the store refuses
+to delete is left for the next sweep without stopping this one; until a file is marked, its URL
+already answers 410 once its time has run out.
 """
 
 from __future__ import annotations
@@ -11,9 +13,9 @@ import logging
 from datetime import UTC, datetime
 
 import anyio
-from sqlalchemy import select, update
+from sqlalchemy import and_, or_, select, update
 
-from imagegate.errors import Gone
+from imagegate.errors import Gone, StorageUnavailable
 from imagegate.stores.blobs import BlobStore
 from imagegate.stores.db import Clock, Database, StoredFile, now_ms
 
@@ -32,32 +34,58 @@ class ResultSweeper:
         self.clock = clock
 
     async def sweep(self) -> int:
-        """Expire every file past its time now; returns how many."""
+        """Expire every file past its time now; returns how many. A file whose bytes cannot be deleted
+        (the store refuses) stays as it is for the next sweep, and the others go on."""
         if self.ttl_ms <= 0:
             return 0
-        expired = 0
+        now = self.clock()
+        expired = refused = 0
+        first_refusal = ""
+        after = (-1, "")
         while True:
-            now = self.clock()
+            created, last_id = after
             async with self.db.session() as session:
                 rows = (
                     await session.execute(
-                        select(StoredFile.id, StoredFile.ext)
-                        .where(StoredFile.expired_at.is_(None), StoredFile.created_at < now - self.ttl_ms)
+                        select(StoredFile.id, StoredFile.ext, StoredFile.created_at)
+                        .where(
+                            StoredFile.expired_at.is_(None),
+                            StoredFile.created_at < now - self.ttl_ms,
+                            or_(
+                                StoredFile.created_at > created,
+                                and_(StoredFile.created_at == created, StoredFile.id > last_id),
+                            ),
+                        )
+                        .order_by(StoredFile.created_at, StoredFile.id)
                         .limit(BATCH)
                     )
                 ).all()
-            for file_id, ext in rows:
-                await self.blobs.delete(f"{file_id}.{ext}")
-            if rows:
+            gone = []
+            for file_id, ext, _ in rows:
+                try:
+                    await self.blobs.delete(f"{file_id}.{ext}")
+                except StorageUnavailable as exc:
+                    refused += 1
+                    first_refusal = first_refusal or f"{file_id}.{ext}: {exc}"
+                    continue
+                gone.append(file_id)
+            if gone:
                 async with self.db.session() as session, session.begin():
                     await session.execute(
                         update(StoredFile)
-                        .where(StoredFile.id.in_([file_id for file_id, _ in rows]), StoredFile.expired_at.is_(None))
+                        .where(StoredFile.id.in_(gone), StoredFile.expired_at.is_(None))
                         .values(expired_at=now)
                     )
-            expired += len(rows)
+            expired += len(gone)
             if len(rows) < BATCH:
+                if refused:
+                    log.warning(
+                        "%d expired result files could not be deleted (%s); tried again next sweep",
+                        refused,
+                        first_refusal,
+                    )
                 return expired
+            after = (rows[-1].created_at, rows[-1].id)
 
     async def run(self) -> None:
         """Sweep at start and every `interval_s` until cancelled."""
@@ -70,13 +98,30 @@ class ResultSweeper:
             await anyio.sleep(self.interval_s)
 
     async def why_missing(self, file_id: str) -> Gone | None:
-        """Gone (410) when `file_id` was a result whose time ran out, else None."""
+        """Gone (410) when `file_id` was a result whose time ran out (marked by a sweep, or past its
+        time and not yet marked), else None."""
         async with self.db.session() as session:
-            expired_at = await session.scalar(select(StoredFile.expired_at).where(StoredFile.id == file_id))
-        if expired_at is None:
+            row = (
+                await session.execute(
+                    select(StoredFile.expired_at, StoredFile.created_at).where(StoredFile.id == file_id)
+                )
+            ).first()
+        if row is None:
             return None
+        expired_at, created_at = row
+        if expired_at is None:
+            if self.ttl_ms <= 0 or created_at >= self.clock() - self.ttl_ms:
+                return None
+            expired_at = created_at + self.ttl_ms
         when = datetime.fromtimestamp(expired_at / 1000, UTC).strftime("%Y-%m-%d %H:%M UTC")
-        days = self.ttl_ms / 86_400_000
-        return Gone(
-            f"This result expired on {when}: results are kept {days:g} days. Make the request again for a new one."
-        )
+        kept = f": results are kept {_duration(self.ttl_ms // 1000)}" if self.ttl_ms > 0 else ""
+        return Gone(f"This result expired on {when}{kept}. Make the request again for a new one.")
+
+
+def _duration(seconds: int) -> str:
+    """`seconds` in the largest whole unit: "7 days", "12 hours", "90 minutes", "45 seconds"."""
+    for unit, size in (("day", 86_400), ("hour", 3_600), ("minute", 60)):
+        if seconds >= size and seconds % size == 0:
+            count = seconds // size
+            return f"{count} {unit}{'' if count == 1 else 's'}"
+    return f"{seconds} second{'' if seconds == 1 else 's'}"
