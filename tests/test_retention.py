@@ -119,3 +119,21 @@ async def test_a_result_past_its_time_answers_410_before_a_sweep_marks_it(tmp_pa
     assert gone.status_code == 410 and "results are kept 1 hour." in gone.json()["error"]["message"]
     assert still_gone.status_code == 410
     assert "kept" not in still_gone.json()["error"]["message"], "no word of a retention that no longer applies"
+
+
+async def test_a_task_whose_inline_result_expired_answers_410_not_an_empty_image(tmp_path: Path) -> None:
+    config = settings(tmp_path)
+    form = {"prompt": "invert", "image": DATA_URL, "size": "1024x1024", "response_format": "b64_json"}
+    async with open_api(config) as api:
+        made = await api.client.post("/v1/images/edits", headers=api.auth, json=form)
+        assert made.status_code == 200, made.text
+        poll = f"/v1/images/tasks/{made.headers['x-imagegate-task']}"
+        before = await api.client.get(poll, headers=api.auth)
+        runtime = api.client._transport.app.state.runtime  # type: ignore[attr-defined]
+        runtime.sweeper.clock = lambda: now_ms() + 8 * 86400 * 1000
+        assert await runtime.sweeper.sweep() == 1
+        after = await api.client.get(poll, headers=api.auth)
+    assert before.status_code == 200 and before.json()["data"]["data"][0]["b64_json"]
+    assert after.status_code == 410, after.text
+    assert after.json()["error"]["code"] == "expired"
+    assert "results are kept 7 days" in after.json()["error"]["message"]

@@ -197,6 +197,7 @@ async def open_runtime(
     background.start_soon(sender.run)
     storage = config.storage
     sweeper = ResultSweeper(db, blobs, storage.results_ttl, storage.sweep_interval_s)
+    tasks.why_missing = sweeper.why_missing
     background.start_soon(sweeper.run)
     background.start_soon(keep_returning_freed_memory, config.limits.release_memory_every_s)
     for channel in channels:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -25,12 +25,13 @@ from imagegate.config import AccountDefaults, Limits
 from imagegate.core.catalog import Catalog, ModelSpec
 from imagegate.core.job import ImageOut, Job, PartialSink
 from imagegate.core.pricing import credits_text, price, price_before_inputs
-from imagegate.core.request import Background, EditRequest, ImageRef, Size
+from imagegate.core.request import Background, Delivery, EditRequest, ImageRef, Size
 from imagegate.core.sizing import tier_of
 from imagegate.core.validation import resolve_size, resolved_quality, validate
 from imagegate.engines.base import Engine, refusal
 from imagegate.errors import (
     BadRequest,
+    Gone,
     ImagegateError,
     ImageTooLarge,
     InvalidCallbackUrl,
@@ -105,6 +106,10 @@ def new_task_id() -> str:
     return "task_" + secrets.token_hex(12)
 
 
+async def _nothing_known(file_id: str) -> Gone | None:
+    return None
+
+
 class TaskService:
     """Runs image requests for authenticated keys."""
 
@@ -135,6 +140,8 @@ class TaskService:
         self.model_queues: dict[str, str] = {}
         """Models whose async tasks go to a queue of their own (a local model's channel `queue`)."""
         self.on_submitted: Callable[[], None] = lambda: None
+        self.why_missing: Callable[[str], Awaitable[Gone | None]] = _nothing_known
+        """Why a result file `file_id` is gone (the result sweeper's 410), or None when nobody knows."""
 
     def engine_for(self, spec: ModelSpec) -> Engine:
         """The engine that serves `spec` (its channels' router, or the default engine); ModelNotSupported
@@ -153,8 +160,18 @@ class TaskService:
         return TaskView.of(task)
 
     async def outcome(self, task: TaskView) -> Outcome | None:
-        """The Outcome of a successful task (image bytes read back where delivered inline), else None."""
-        return await outcome_of(task, self.blobs) if task.state == "success" else None
+        """The Outcome of a successful task (image bytes read back where delivered inline), else None.
+        Raises Gone when an image delivered inline is no longer stored (its retention ran out)."""
+        if task.state != "success":
+            return None
+        outcome = await outcome_of(task, self.blobs)
+        if outcome.delivery is not Delivery.URL:
+            for image in outcome.images:
+                if image.data is None:
+                    raise (await self.why_missing(image.file_id)) or Gone(
+                        "This task's result is no longer stored. Make the request again for a new one."
+                    )
+        return outcome
 
     def key_limits(self, key: ApiKey) -> KeyLimits:
         """The limits that apply to `key` (its own, else the configured defaults)."""
