@@ -18,6 +18,8 @@ import pytest
 
 from imagegate.config import Config, load_config
 from imagegate.core.pricing import credits_text
+from imagegate.service.records import TaskRecords
+from imagegate.stores.db import now_ms
 from imagegate.stores.keys import hash_key
 from tests.conftest import LOOPBACK_ALLOW, Api, FileServer, audit_ledgers, create_key, make_image, open_api
 from tests.engines import OnePerCall
@@ -141,6 +143,69 @@ async def test_engine_errors_and_client_errors_release_the_hold(tmp_path: Path) 
     assert [t["state"] for t in usage["tasks"]] == ["fail", "fail"] and {t["cost"] for t in usage["tasks"]} == {"0"}
     assert usage["holds"] == [] and usage["balance"] == "1000"
     audit_ledgers(db_file(config))
+
+
+async def test_a_result_ready_after_its_task_was_ended_elsewhere_is_not_delivered_free(tmp_path: Path) -> None:
+    """A sync task whose lease ran out while its engine still worked (a stalled process) is failed by
+    another process, its hold released. When the result then arrives, the client must not get it for
+    nothing: it gets the dialect's error, and the stored file (which no row records) is deleted."""
+    gate = asyncio.Event()
+    engine = OnePerCall(gate=gate)
+    config = settings(tmp_path)
+    async with open_api(config, {"one-per-call": engine}) as api:
+        call = asyncio.create_task(
+            api.client.post("/v1/images/generations", headers=api.auth, json={"prompt": "x", "response_format": "url"})
+        )
+        await engine.started.wait()
+        runtime = api.client._transport.app.state.runtime  # type: ignore[attr-defined]
+        later = TaskRecords(runtime.db, "proc_elsewhere", lambda: now_ms() + 10**9)
+        assert await later.fail_orphans() == 1, "another process finds its lease run out"
+        gate.set()
+        answer = await call
+        stored = list((config.data_dir / "files").rglob("*.png"))
+    assert answer.status_code == 500 and answer.json()["error"]["code"] == "interrupted", answer.text
+    assert "nothing was charged" in answer.json()["error"]["message"]
+    assert balance(config, api.key) == ("1000", "0")
+    assert stored == [], "no file is left that no row records"
+    audit_ledgers(db_file(config))
+
+
+async def test_an_async_task_taken_over_keeps_its_inputs_for_the_process_that_has_it(tmp_path: Path) -> None:
+    """An async task whose lease ran out mid-run is claimed again by another runner. This run's result
+    is dropped (not recorded, not charged, its file deleted) and the inputs stay for the new run."""
+    gate = asyncio.Event()
+    engine = OnePerCall(gate=gate)
+    config = settings(tmp_path)
+    async with open_api(config, {"one-per-call": engine}) as api:
+        submitted = await api.client.post(
+            "/v1/images/edits",
+            headers=api.auth,
+            json={
+                "prompt": "x",
+                "image": DATA_URL,
+                "callback_url": "http://127.0.0.1:9/hook",
+                "response_format": "url",
+            },
+        )
+        assert submitted.status_code == 200, submitted.text
+        task_id = submitted.json()["task_id"]
+        await engine.started.wait()
+        with sqlite3.connect(db_file(config)) as db:  # another runner claimed it once its lease ran out
+            db.execute("UPDATE tasks SET lease_owner = 'proc_elsewhere' WHERE id = ?", (task_id,))
+        gate.set()
+        for _ in range(200):
+            if engine.in_flight == 0:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)
+        inputs = [p.name for p in (config.data_dir / "files").rglob(f"in_{task_id}_*")]
+        results = [p.name for p in (config.data_dir / "files").rglob("*.png") if not p.name.startswith("in_")]
+        with sqlite3.connect(db_file(config)) as db:
+            state, owner = db.execute("SELECT state, lease_owner FROM tasks WHERE id = ?", (task_id,)).fetchone()
+    assert (state, owner) == ("running", "proc_elsewhere"), "the task is the other runner's"
+    assert inputs, "its inputs are kept for the run that has it"
+    assert results == [], "this run's result file is deleted"
+    assert balance(config, api.key) == ("1000", "6"), "still held for the other run; nothing charged"
 
 
 async def test_partial_success_charges_only_the_images_delivered(tmp_path: Path) -> None:

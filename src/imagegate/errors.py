@@ -203,6 +203,11 @@ class Interrupted(ImagegateError):
     code = "interrupted"
 
 
+class TakenOver(Interrupted):
+    """The task's lease ran out while this process ran it, and it was ended or taken over elsewhere:
+    this run's result is not the task's, and nothing was charged for it."""
+
+
 class StorageUnavailable(ImagegateError):
     """The server's file storage (its data dir or object-storage bucket) failed: nothing the client did."""
 

@@ -18,7 +18,7 @@ from typing import TypeVar
 
 import anyio
 
-from imagegate.errors import ImagegateError
+from imagegate.errors import ImagegateError, TakenOver
 from imagegate.metrics import Metrics
 from imagegate.service.records import Outcome, TaskRecords, failure_of
 from imagegate.stores.db import StoredFile
@@ -50,9 +50,17 @@ class Execution:
             raise
 
     async def succeed(self, outcome: Outcome, files: Sequence[StoredFile]) -> None:
-        """Settle the task with `outcome` and its stored `files` (and queue its callback)."""
-        await self.records.finish(self.task_id, outcome=outcome, files=files)
+        """Settle the task with `outcome` and its stored `files` (and queue its callback). Raises
+        TakenOver when the task is no longer this execution's to settle (its lease ran out and it was
+        ended or taken over elsewhere, charged nothing): its result must not be delivered."""
+        settled = await self.records.finish(self.task_id, outcome=outcome, files=files)
         self.ended = True
+        if not settled:
+            self._count(error=TakenOver.code)
+            raise TakenOver(
+                "This request was ended before its result could be recorded (the server held it past its "
+                "lease); nothing was charged. Make the request again."
+            )
         self._count(images=len(outcome.images))
 
     async def fail(self, exc: BaseException) -> None:

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from functools import partial
 
+import anyio
+
 from imagegate.config import AccountDefaults, Limits
 from imagegate.core.catalog import Catalog, ModelSpec
 from imagegate.core.job import ImageOut, Job, PartialSink
@@ -38,6 +40,8 @@ from imagegate.errors import (
     ModelNotSupported,
     NotFound,
     PermissionDenied,
+    StorageUnavailable,
+    TakenOver,
 )
 from imagegate.imaging import SourceImage, open_image
 from imagegate.metrics import Metrics
@@ -284,8 +288,20 @@ class TaskService:
         execution = prepared.execution
         async with self.leases.hold(prepared.task_id):
             outcome, files = await execution.step(partial(self._make, prepared, on_partial))
-            await execution.succeed(outcome, files)
+            try:
+                await execution.succeed(outcome, files)
+            except TakenOver:  # not settled by this run: its files have no rows and are nobody's
+                with anyio.CancelScope(shield=True):
+                    await self._discard(files)
+                raise
         return outcome
+
+    async def _discard(self, files: list[StoredFile]) -> None:
+        for file in files:
+            try:
+                await self.blobs.delete(f"{file.id}.{file.ext}")
+            except StorageUnavailable:
+                log.warning("could not delete the unrecorded result file %s.%s", file.id, file.ext)
 
     async def _make(self, prepared: Prepared, on_partial: PartialSink | None) -> tuple[Outcome, list[StoredFile]]:
         """The images of `prepared` (fanned out within the decode budget), stored as files."""
@@ -415,6 +431,9 @@ class TaskService:
         try:
             prepared = await execution.step(partial(self._reopen, execution, task))
             await self.execute(prepared)
+        except TakenOver:  # another runner has it now, and needs its inputs
+            log.warning("task %s was taken over while this process ran it; its result is dropped", task.id)
+            return
         except Exception:
             if not execution.ended:  # its end could not be written: keep the inputs for its next run
                 log.exception("task %s: its final state could not be recorded", task.id)
