@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from starlette.types import Message
 
+from imagegate.app import blob_response
 from imagegate.config import ConfigError, load_config
 from imagegate.errors import StorageUnavailable
 from imagegate.service import retention
@@ -137,3 +139,30 @@ async def test_a_task_whose_inline_result_expired_answers_410_not_an_empty_image
     assert after.status_code == 410, after.text
     assert after.json()["error"]["code"] == "expired"
     assert "results are kept 7 days" in after.json()["error"]["message"]
+
+
+async def test_a_result_expired_as_its_download_starts_is_still_sent_whole(tmp_path: Path) -> None:
+    """The sweep may delete a file between the route finding it and the response being sent: the
+    file opened by the route is sent whole, not a 500 after the headers."""
+    config = settings(tmp_path)
+    async with open_api(config) as api:
+        made = await api.client.post(
+            "/v1/images/edits", headers=api.auth, json={"prompt": "invert", "image": DATA_URL, "response_format": "url"}
+        )
+        name = made.json()["data"][0]["url"].rsplit("/", 1)[1]
+        runtime = api.client._transport.app.state.runtime  # type: ignore[attr-defined]
+        original = runtime.blobs.local_path(name).read_bytes()
+        response = await blob_response(runtime, name, {}, "No such file.")
+        await runtime.blobs.delete(name)
+        sent: list[Message] = []
+
+        async def receive() -> Message:
+            return {"type": "http.disconnect"}
+
+        async def send(message: Message) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "method": "GET", "headers": [], "asgi": {"spec_version": "2.4"}}
+        await response(scope, receive, send)
+    assert sent[0]["status"] == 200
+    assert b"".join(message.get("body", b"") for message in sent[1:]) == original

@@ -11,7 +11,7 @@ from typing import IO
 import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
@@ -26,7 +26,7 @@ from imagegate.errors import BadRequest, DatabaseUnavailable, ImagegateError, No
 from imagegate.idempotency import IdempotencyMiddleware
 from imagegate.metrics import Metrics
 from imagegate.registry import Registry
-from imagegate.responses import json_response
+from imagegate.responses import OpenedFileResponse, json_response
 from imagegate.runtime import Runtime, open_runtime, runtime_of
 from imagegate.service import readiness
 from imagegate.stores.blobs import content_type
@@ -96,7 +96,11 @@ async def blob_response(rt: Runtime, name: str, headers: dict[str, str], missing
     media_type = content_type(name)
     path = rt.blobs.local_path(name)
     if path is not None:
-        return FileResponse(path, media_type=media_type, headers=headers)
+        try:
+            file = await anyio.to_thread.run_sync(path.open, "rb")
+        except FileNotFoundError:  # gone since it was looked up (the result sweeper)
+            raise NotFound(missing) from None
+        return OpenedFileResponse(file, path, media_type, headers)
     if rt.config.storage.result_urls == "presigned":
         url = rt.blobs.presigned_url(name, rt.config.storage.presigned_url_ttl_s)
         if url is not None:

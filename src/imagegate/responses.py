@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import secrets
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import BinaryIO
 
+import anyio
 import orjson
 import pybase64
-from fastapi.responses import Response
+from fastapi.responses import FileResponse, Response
 from starlette.types import Receive, Scope, Send
 
 B64_PIECE = 3 * 2**18
@@ -97,3 +102,24 @@ class _PiecedJson(Response):
         await send({"type": "http.response.body", "body": self._texts[-1], "more_body": False})
         if self.background is not None:
             await self.background()
+
+
+class OpenedFileResponse(FileResponse):
+    """A FileResponse sent from `file`, opened before the response was made (and closed after it):
+    a file deleted meanwhile (a result the sweeper expires) is still sent whole, where FileResponse
+    would open it again by path once its headers had gone out, and fail."""
+
+    def __init__(self, file: BinaryIO, path: Path, media_type: str, headers: Mapping[str, str]) -> None:
+        super().__init__(path, media_type=media_type, headers=headers, stat_result=os.fstat(file.fileno()))
+        self._file = file
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._file.close()
+
+    @asynccontextmanager
+    async def _open_file(self) -> AsyncIterator[anyio.AsyncFile[bytes]]:
+        self._file.seek(0)
+        yield anyio.AsyncFile(self._file)
