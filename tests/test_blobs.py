@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import httpx
 import pytest
 
 from imagegate.config import load_config
+from imagegate.stores import blobs
 from imagegate.stores.blobs import BlobStore, LocalBlobStore, MemoryBlobStore, S3BlobStore, open_blob_store
 from tests.conftest import LOOPBACK_ALLOW, decode, make_image, open_api
 from tests.receivers import webhook_receiver
@@ -41,6 +43,25 @@ async def test_put_get_open_delete(store: BlobStore) -> None:
     await store.delete("abc.png")
     await store.delete("abc.png")
     assert await store.get("abc.png") is None and await store.open("abc.png") is None
+
+
+async def test_written_before_lists_what_was_written_before_a_moment_in_batches(
+    store: BlobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(blobs, "LISTED_AT_ONCE", 2)
+    names = [f"{letter}{letter}old{n}.png" for letter in "ab" for n in range(3)]
+    for name in names:
+        await store.put(name, b"x")
+    await asyncio.sleep(0.05)  # S3's LastModified has whole seconds: the moments are far apart below
+    moment = time.time() + 1
+    batches = [batch async for batch in store.written_before(moment)]
+    assert sorted(name for batch in batches for name, _ in batch) == sorted(names)
+    assert all(moment - 60 < written < moment for batch in batches for _, written in batch)
+    assert all(0 < len(batch) <= 2 for batch in batches)
+    assert [batch async for batch in store.written_before(moment - 3600)] == [], "nothing that old"
+    for name in names:
+        await store.delete(name)
+    assert [batch async for batch in store.written_before(moment)] == [], "deleted ones are not listed"
 
 
 async def test_names_cannot_escape(store: BlobStore) -> None:

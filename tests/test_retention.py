@@ -166,3 +166,27 @@ async def test_a_result_expired_as_its_download_starts_is_still_sent_whole(tmp_p
         await response(scope, receive, send)
     assert sent[0]["status"] == 200
     assert b"".join(message.get("body", b"") for message in sent[1:]) == original
+
+
+async def test_files_no_task_will_read_are_deleted_once_older_than_the_retention(tmp_path: Path) -> None:
+    """A result file without a row (its run was taken over, or its final write failed) and an input
+    published for a provider whose withdrawal a crash skipped are deleted once old enough; a recorded
+    result, an async task's kept inputs and anything else are left alone."""
+    config = settings(tmp_path)
+    async with open_api(config) as api:
+        made = await api.client.post(
+            "/v1/images/edits", headers=api.auth, json={"prompt": "invert", "image": DATA_URL, "response_format": "url"}
+        )
+        recorded = made.json()["data"][0]["url"].rsplit("/", 1)[1]
+        runtime = api.client._transport.app.state.runtime  # type: ignore[attr-defined]
+        unrecorded, published, kept_input = "Z" * 32 + ".png", "relay.leftoverofacrash.png", "in_task_abc_0"
+        for name in (unrecorded, published, kept_input):
+            await runtime.blobs.put(name, b"x")
+        hourly = ResultSweeper(runtime.db, runtime.blobs, 3600, 60, clock=lambda: now_ms() + 2 * 3600 * 1000)
+        assert await ResultSweeper(runtime.db, runtime.blobs, 3600, 60).sweep_unrecorded() == 0, "all too young"
+        assert await hourly.sweep_unrecorded() == 1, "the unrecorded result; a published input is kept a day"
+        weekly = ResultSweeper(runtime.db, runtime.blobs, 7 * 86400, 60, clock=lambda: now_ms() + 8 * 86400 * 1000)
+        assert await weekly.sweep_unrecorded() == 1, "now the published input too"
+        left = {name for name in (recorded, unrecorded, published, kept_input) if runtime.blobs.local_path(name)}
+        assert await ResultSweeper(runtime.db, runtime.blobs, 0, 60, clock=weekly.clock).sweep_unrecorded() == 0
+    assert left == {recorded, kept_input}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import IO
@@ -29,12 +28,12 @@ from imagegate.registry import Registry
 from imagegate.responses import OpenedFileResponse, json_response
 from imagegate.runtime import Runtime, open_runtime, runtime_of
 from imagegate.service import readiness
+from imagegate.service.records import RESULT_FILE
 from imagegate.stores.blobs import content_type
 from imagegate.stores.faults import explain
 from imagegate.wire.fields import json_object
 
 log = logging.getLogger("imagegate")
-_FILE_NAME = re.compile(r"^([A-Za-z0-9_-]{16,64})\.(png|jpeg|webp)$")
 _STATUS_ERRORS: dict[int, type[ImagegateError]] = {404: NotFound, 413: PayloadTooLarge}
 
 
@@ -181,7 +180,7 @@ def create_app(config: Config, engines: dict[str, Engine] | None = None, registr
     @app.get("/files/{name}", responses=openapi.responses(openapi.OPENAI_ERROR, (200, 307, 404, 410, 503), images=True))
     async def files(name: str, request: Request) -> Response:
         """A stored result under its unguessable id, cacheable forever."""
-        found = _FILE_NAME.match(name)
+        found = RESULT_FILE.match(name)
         if found is None:
             raise NotFound("No such file.")
         rt = runtime_of(request)

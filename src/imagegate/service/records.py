@@ -9,6 +9,7 @@ same transaction as the final state, so a crash can lose neither.
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -124,6 +125,10 @@ class TaskView:
             wire=dict(task.wire) if task.wire is not None else None,
             result=dict(task.result) if task.result is not None else None,
         )
+
+
+RESULT_FILE = re.compile(r"^([A-Za-z0-9_-]{16,64})\.(png|jpeg|webp)$")
+"""A result file's name in the store: its id and its format's extension (`file_name`)."""
 
 
 def file_name(file_id: str, fmt: OutputFormat) -> str:

@@ -5,6 +5,10 @@ Safe with several processes sweeping one database: a file is marked by a conditi
 its bytes are gone, and deleting bytes already gone is no error. A file whose bytes the store refuses
 to delete is left for the next sweep without stopping this one; until a file is marked, its URL
 already answers 410 once its time has run out.
+
+Files no task will read (a result without a row, an input published for a provider whose withdrawal
+a crash skipped) are deleted too once older than the retention: the store's directory or bucket
+prefix belongs to one imagegate database.
 """
 
 from __future__ import annotations
@@ -16,11 +20,18 @@ import anyio
 from sqlalchemy import and_, or_, select, update
 
 from imagegate.errors import Gone, StorageUnavailable
+from imagegate.service.published import PREFIX as PUBLISHED
+from imagegate.service.records import RESULT_FILE
 from imagegate.stores.blobs import BlobStore
 from imagegate.stores.db import Clock, Database, StoredFile, now_ms
 
 log = logging.getLogger("imagegate.retention")
 BATCH = 500
+RESULT_ID_CHARS = 32
+"""The length of the ids results are stored under now (`secrets.token_urlsafe(24)`): only such names
+are taken for unrecorded results, not a foreign file that happens to look like one."""
+PUBLISHED_KEPT_S = 86_400
+"""Inputs published for providers are deleted as leftovers only once older than this (and the retention)."""
 
 
 class ResultSweeper:
@@ -87,14 +98,46 @@ class ResultSweeper:
                 return expired
             after = (rows[-1].created_at, rows[-1].id)
 
+    async def sweep_unrecorded(self) -> int:
+        """Delete what the store holds that no task will ever read, once older than the retention:
+        result files without a row (their run was taken over, or its final write failed or never
+        came) and inputs published for a provider (withdrawn when their attempt ends, unless the
+        process died first; kept at least a day). Returns how many."""
+        if self.ttl_ms <= 0:
+            return 0
+        now_s = self.clock() / 1000
+        published_before = now_s - max(self.ttl_ms / 1000, PUBLISHED_KEPT_S)
+        removed = 0
+        async for listed in self.blobs.written_before(now_s - self.ttl_ms / 1000):
+            results = {
+                found.group(1): name
+                for name, _ in listed
+                if (found := RESULT_FILE.match(name)) and len(found.group(1)) == RESULT_ID_CHARS
+            }
+            recorded: set[str] = set()
+            if results:
+                async with self.db.session() as session:
+                    rows = await session.scalars(select(StoredFile.id).where(StoredFile.id.in_(list(results))))
+                    recorded = set(rows.all())
+            stale = [name for file_id, name in results.items() if file_id not in recorded]
+            stale += [name for name, written in listed if name.startswith(PUBLISHED) and written < published_before]
+            for name in stale:
+                await self.blobs.delete(name)
+            removed += len(stale)
+        return removed
+
     async def run(self) -> None:
         """Sweep at start and every `interval_s` until cancelled."""
         while True:
-            try:
-                if swept := await self.sweep():
-                    log.info("%d result files expired", swept)
-            except Exception:  # the next round tries again
-                log.exception("the result sweep failed")
+            for sweep, done in (
+                (self.sweep, "result files expired"),
+                (self.sweep_unrecorded, "unrecorded files deleted"),
+            ):
+                try:
+                    if swept := await sweep():
+                        log.info("%d %s", swept, done)
+                except Exception:  # the next round tries again
+                    log.exception("the result sweep failed")
             await anyio.sleep(self.interval_s)
 
     async def why_missing(self, file_id: str) -> Gone | None:

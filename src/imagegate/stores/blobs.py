@@ -10,11 +10,13 @@ import contextlib
 import functools
 import io
 import logging
+import os
 import shutil
 import tempfile
-from collections.abc import Callable
+import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Protocol, TypeVar, cast
+from typing import IO, TYPE_CHECKING, Any, Protocol, TypeVar, cast
 from urllib.parse import urlsplit
 
 import anyio
@@ -42,6 +44,23 @@ for minutes; with these a request fails (503) within about a minute and a half i
 PROBE_NAME = "imagegate-ready-probe"
 """What `probe` writes and deletes (a name no stored file can have: those are ids with an extension)."""
 CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+
+
+LISTED_AT_ONCE = 1000
+"""The most names `written_before` hands out in one batch."""
+
+
+def _files_before(directory: str, moment_s: float) -> list[tuple[str, float]]:
+    """The files of `directory` last written before `moment_s`, with when (a `.part` being written
+    excluded)."""
+    found = []
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            if entry.is_file() and not entry.name.endswith(".part"):
+                written = entry.stat().st_mtime
+                if written < moment_s:
+                    found.append((entry.name, written))
+    return found
 
 
 def content_type(name: str) -> str:
@@ -80,6 +99,11 @@ class BlobStore(Protocol):
 
     async def delete(self, name: str) -> None:
         """Remove `name`; a missing name is not an error."""
+        ...
+
+    def written_before(self, moment_s: float) -> AsyncIterator[list[tuple[str, float]]]:
+        """The files last written before `moment_s` (Unix seconds), as (name, when written), a batch
+        at a time (at most LISTED_AT_ONCE each), never the whole store in memory."""
         ...
 
     def local_path(self, name: str) -> Path | None:
@@ -147,6 +171,13 @@ class LocalBlobStore:
         if path is not None:
             await self._guarded(functools.partial(path.unlink, missing_ok=True))
 
+    async def written_before(self, moment_s: float) -> AsyncIterator[list[tuple[str, float]]]:
+        shards = await self._guarded(lambda: sorted(entry.path for entry in os.scandir(self.root) if entry.is_dir()))
+        for shard in shards:
+            names = await self._guarded(functools.partial(_files_before, shard, moment_s))
+            for start in range(0, len(names), LISTED_AT_ONCE):
+                yield names[start : start + LISTED_AT_ONCE]
+
     def local_path(self, name: str) -> Path | None:
         try:
             path = self._path(name)
@@ -174,12 +205,20 @@ class MemoryBlobStore:
 
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {}
+        self.written: dict[str, float] = {}
 
     async def put(self, name: str, data: bytes) -> None:
         self.files[checked_name(name)] = data
+        self.written[name] = time.time()
 
     async def put_file(self, name: str, fp: IO[bytes]) -> None:
         self.files[checked_name(name)] = fp.read()
+        self.written[name] = time.time()
+
+    async def written_before(self, moment_s: float) -> AsyncIterator[list[tuple[str, float]]]:
+        names = [(name, self.written.get(name, 0.0)) for name in self.files if self.written.get(name, 0.0) < moment_s]
+        for start in range(0, len(names), LISTED_AT_ONCE):
+            yield names[start : start + LISTED_AT_ONCE]
 
     async def get(self, name: str) -> bytes | None:
         return self.files.get(name)
@@ -190,6 +229,7 @@ class MemoryBlobStore:
 
     async def delete(self, name: str) -> None:
         self.files.pop(name, None)
+        self.written.pop(name, None)
 
     def local_path(self, name: str) -> Path | None:
         return None
@@ -294,6 +334,21 @@ class S3BlobStore:
         with contextlib.suppress(ValueError):
             key = self._key(name)
             await self._guarded(functools.partial(self.client.delete_object, Bucket=self.bucket, Key=key))
+
+    async def written_before(self, moment_s: float) -> AsyncIterator[list[tuple[str, float]]]:
+        asked: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self.prefix, "MaxKeys": LISTED_AT_ONCE}
+        while True:
+            page = await self._guarded(functools.partial(self.client.list_objects_v2, **asked))
+            names = [
+                (item["Key"][len(self.prefix) :], item["LastModified"].timestamp())
+                for item in page.get("Contents", [])
+                if item["LastModified"].timestamp() < moment_s and "/" not in item["Key"][len(self.prefix) :]
+            ]
+            if names:
+                yield names
+            if not page.get("IsTruncated"):
+                return
+            asked["ContinuationToken"] = page["NextContinuationToken"]
 
     def local_path(self, name: str) -> Path | None:
         return None
