@@ -170,11 +170,15 @@ async def test_a_result_ready_after_its_task_was_ended_elsewhere_is_not_delivere
     audit_ledgers(db_file(config))
 
 
-async def test_an_async_task_taken_over_keeps_its_inputs_for_the_process_that_has_it(tmp_path: Path) -> None:
-    """An async task whose lease ran out mid-run is claimed again by another runner. This run's result
-    is dropped (not recorded, not charged, its file deleted) and the inputs stay for the new run."""
+@pytest.mark.parametrize("fails", [False, True], ids=["succeeds", "fails"])
+async def test_an_async_task_taken_over_keeps_its_inputs_for_the_process_that_has_it(
+    tmp_path: Path, fails: bool
+) -> None:
+    """An async task whose lease ran out mid-run is claimed again by another runner. Whether this
+    run then succeeds or fails, it records nothing, charges nothing, deletes its result file and
+    leaves the inputs to the new run."""
     gate = asyncio.Event()
-    engine = OnePerCall(gate=gate)
+    engine = OnePerCall(gate=gate, fail_calls={0} if fails else None)
     config = settings(tmp_path)
     async with open_api(config, {"one-per-call": engine}) as api:
         submitted = await api.client.post(

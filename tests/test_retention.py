@@ -141,7 +141,10 @@ async def test_a_task_whose_inline_result_expired_answers_410_not_an_empty_image
     assert "results are kept 7 days" in after.json()["error"]["message"]
 
 
-async def test_a_result_expired_as_its_download_starts_is_still_sent_whole(tmp_path: Path) -> None:
+@pytest.mark.parametrize("extensions", [{}, {"http.response.pathsend": {}}])
+async def test_a_result_expired_as_its_download_starts_is_still_sent_whole(
+    tmp_path: Path, extensions: dict[str, object]
+) -> None:
     """The sweep may delete a file between the route finding it and the response being sent: the
     file opened by the route is sent whole, not a 500 after the headers."""
     config = settings(tmp_path)
@@ -162,7 +165,13 @@ async def test_a_result_expired_as_its_download_starts_is_still_sent_whole(tmp_p
         async def send(message: Message) -> None:
             sent.append(message)
 
-        scope = {"type": "http", "method": "GET", "headers": [], "asgi": {"spec_version": "2.4"}}
+        scope = {
+            "type": "http",
+            "method": "GET",
+            "headers": [],
+            "asgi": {"spec_version": "2.4"},
+            "extensions": extensions,
+        }
         await response(scope, receive, send)
     assert sent[0]["status"] == 200
     assert b"".join(message.get("body", b"") for message in sent[1:]) == original
@@ -182,11 +191,21 @@ async def test_files_no_task_will_read_are_deleted_once_older_than_the_retention
         unrecorded, published, kept_input = "Z" * 32 + ".png", "relay.leftoverofacrash.png", "in_task_abc_0"
         for name in (unrecorded, published, kept_input):
             await runtime.blobs.put(name, b"x")
-        hourly = ResultSweeper(runtime.db, runtime.blobs, 3600, 60, clock=lambda: now_ms() + 2 * 3600 * 1000)
-        assert await ResultSweeper(runtime.db, runtime.blobs, 3600, 60).sweep_unrecorded() == 0, "all too young"
-        assert await hourly.sweep_unrecorded() == 1, "the unrecorded result; a published input is kept a day"
-        weekly = ResultSweeper(runtime.db, runtime.blobs, 7 * 86400, 60, clock=lambda: now_ms() + 8 * 86400 * 1000)
-        assert await weekly.sweep_unrecorded() == 1, "now the published input too"
+        hours = ResultSweeper(runtime.db, runtime.blobs, 3600, 60, clock=lambda: now_ms() + 2 * 3600 * 1000)
+        assert await hours.sweep_unrecorded() == 0, "past an hour's retention, but leftovers are kept a day"
+        a_day = ResultSweeper(runtime.db, runtime.blobs, 3600, 60, clock=lambda: now_ms() + 25 * 3600 * 1000)
+        assert await ResultSweeper(runtime.db, runtime.blobs, 0, 60, clock=a_day.clock).sweep_unrecorded() == 0
+        refused = {unrecorded}
+        real_delete = type(runtime.blobs).delete
+
+        async def delete(store: object, name: str) -> None:
+            if name in refused:
+                raise StorageUnavailable("the store refused")
+            await real_delete(store, name)
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(type(runtime.blobs), "delete", delete)
+            assert await a_day.sweep_unrecorded() == 1, "a refused one holds up no other"
+        assert await a_day.sweep_unrecorded() == 1, "and is tried again"
         left = {name for name in (recorded, unrecorded, published, kept_input) if runtime.blobs.local_path(name)}
-        assert await ResultSweeper(runtime.db, runtime.blobs, 0, 60, clock=weekly.clock).sweep_unrecorded() == 0
     assert left == {recorded, kept_input}

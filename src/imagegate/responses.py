@@ -104,6 +104,9 @@ class _PiecedJson(Response):
             await self.background()
 
 
+_PATHSEND = "http.response.pathsend"
+
+
 class OpenedFileResponse(FileResponse):
     """A FileResponse sent from `file`, opened before the response was made (and closed after it):
     a file deleted meanwhile (a result the sweeper expires) is still sent whole, where FileResponse
@@ -114,8 +117,9 @@ class OpenedFileResponse(FileResponse):
         self._file = file
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
+        extensions = {name: value for name, value in scope.get("extensions", {}).items() if name != _PATHSEND}
+        try:  # a server offered `pathsend` would open the file again by its path: not offered here
+            await super().__call__({**scope, "extensions": extensions}, receive, send)
         finally:
             self._file.close()
 

@@ -39,6 +39,9 @@ class Execution:
     started: float = field(default_factory=time.perf_counter)
     ended: bool = False
     """Whether its final state was written (a release as `waiting` is not an end)."""
+    taken_over: bool = False
+    """Whether, when this run came to fail it, the task was no longer its own (its lease ran out and
+    it was ended or taken over elsewhere): its inputs are the new owner's."""
 
     async def step(self, work: Callable[[], Awaitable[T]]) -> T:
         """`work()`; when it raises anything at all, the execution ends failed (or released) first and
@@ -71,7 +74,9 @@ class Execution:
             return
         if not isinstance(exc, ImagegateError) and not cancelled:
             log.error("task %s failed unexpectedly", self.task_id, exc_info=exc)
-        await self.records.finish(self.task_id, error=exc)
+        if not await self.records.finish(self.task_id, error=exc):
+            self.taken_over = True  # ended or taken over elsewhere: not this run's to end or count
+            return
         self.ended = True
         self._count(error=failure_of(exc)[0])
 

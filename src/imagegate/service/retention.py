@@ -30,8 +30,9 @@ BATCH = 500
 RESULT_ID_CHARS = 32
 """The length of the ids results are stored under now (`secrets.token_urlsafe(24)`): only such names
 are taken for unrecorded results, not a foreign file that happens to look like one."""
-PUBLISHED_KEPT_S = 86_400
-"""Inputs published for providers are deleted as leftovers only once older than this (and the retention)."""
+LEFTOVERS_KEPT_S = 86_400
+"""Files no row records are deleted only once older than this (and the retention): a result's row is
+committed a little after its file is written, and a published input is fetched while its attempt runs."""
 
 
 class ResultSweeper:
@@ -99,16 +100,17 @@ class ResultSweeper:
             after = (rows[-1].created_at, rows[-1].id)
 
     async def sweep_unrecorded(self) -> int:
-        """Delete what the store holds that no task will ever read, once older than the retention:
-        result files without a row (their run was taken over, or its final write failed or never
-        came) and inputs published for a provider (withdrawn when their attempt ends, unless the
-        process died first; kept at least a day). Returns how many."""
+        """Delete what the store holds that no task will ever read, once older than the retention and
+        LEFTOVERS_KEPT_S: result files without a row (their run was taken over, or its final write
+        failed or never came) and inputs published for a provider (withdrawn when their attempt ends,
+        unless the process died first). A file the store refuses to delete is left for the next sweep.
+        Returns how many."""
         if self.ttl_ms <= 0:
             return 0
         now_s = self.clock() / 1000
-        published_before = now_s - max(self.ttl_ms / 1000, PUBLISHED_KEPT_S)
+        before = now_s - max(self.ttl_ms / 1000, LEFTOVERS_KEPT_S)
         removed = 0
-        async for listed in self.blobs.written_before(now_s - self.ttl_ms / 1000):
+        async for listed in self.blobs.written_before(before):
             results = {
                 found.group(1): name
                 for name, _ in listed
@@ -120,10 +122,13 @@ class ResultSweeper:
                     rows = await session.scalars(select(StoredFile.id).where(StoredFile.id.in_(list(results))))
                     recorded = set(rows.all())
             stale = [name for file_id, name in results.items() if file_id not in recorded]
-            stale += [name for name, written in listed if name.startswith(PUBLISHED) and written < published_before]
+            stale += [name for name, _ in listed if name.startswith(PUBLISHED)]
             for name in stale:
-                await self.blobs.delete(name)
-            removed += len(stale)
+                try:
+                    await self.blobs.delete(name)
+                except StorageUnavailable:  # logged by the store; tried again next sweep, the rest go on
+                    continue
+                removed += 1
         return removed
 
     async def run(self) -> None:

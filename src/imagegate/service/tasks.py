@@ -435,6 +435,9 @@ class TaskService:
             log.warning("task %s was taken over while this process ran it; its result is dropped", task.id)
             return
         except Exception:
+            if execution.taken_over:  # another runner has it now, and needs its inputs
+                log.warning("task %s was taken over while this process ran it", task.id)
+                return
             if not execution.ended:  # its end could not be written: keep the inputs for its next run
                 log.exception("task %s: its final state could not be recorded", task.id)
                 return
