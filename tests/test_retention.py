@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from starlette.types import Message
@@ -13,8 +14,33 @@ from imagegate.errors import StorageUnavailable
 from imagegate.service import retention
 from imagegate.service.retention import ResultSweeper
 from imagegate.stores.db import now_ms
-from tests.conftest import open_api
+from tests.conftest import Api, open_api
 from tests.test_accounts import DATA_URL, settings
+
+URL_EDIT = {"prompt": "invert", "image": DATA_URL, "response_format": "url"}
+
+
+def runtime_of(api: Api) -> Any:
+    return api.client._transport.app.state.runtime  # type: ignore[attr-defined]
+
+
+async def a_result(api: Api, form: dict[str, str] = URL_EDIT) -> str:
+    """The stored file name of one edit's result, delivered as a URL."""
+    made = await api.client.post("/v1/images/edits", headers=api.auth, json=form)
+    assert made.status_code == 200, made.text
+    return str(made.json()["data"][0]["url"].rsplit("/", 1)[1])
+
+
+def refusing_to_delete(monkeypatch: pytest.MonkeyPatch, runtime: Any, refused: set[str]) -> None:
+    """The runtime's store refuses to delete the names in `refused` (as a permission error would)."""
+    real_delete = type(runtime.blobs).delete
+
+    async def delete(store: object, name: str) -> None:
+        if name in refused:
+            raise StorageUnavailable("the store refused")
+        await real_delete(store, name)
+
+    monkeypatch.setattr(type(runtime.blobs), "delete", delete)
 
 
 def test_results_ttl_reads_durations() -> None:
@@ -31,7 +57,7 @@ async def test_an_expired_result_answers_410_and_its_task_keeps_its_record(tmp_p
         assert made.status_code == 200, made.text
         urls = [item["url"].removeprefix("http://testserver") for item in made.json()["data"]]
         assert [(await api.client.get(url)).status_code for url in urls] == [200, 200]
-        runtime = api.client._transport.app.state.runtime  # type: ignore[attr-defined]
+        runtime = runtime_of(api)
         now = [now_ms()]
         sweeper = ResultSweeper(runtime.db, runtime.blobs, 3600, 60, clock=lambda: now[0])
         assert await sweeper.sweep() == 0, "younger than an hour: kept"
@@ -51,14 +77,11 @@ async def test_an_expired_result_answers_410_and_its_task_keeps_its_record(tmp_p
 async def test_a_zero_ttl_keeps_results_forever(tmp_path: Path) -> None:
     config = settings(tmp_path)
     async with open_api(config) as api:
-        made = await api.client.post(
-            "/v1/images/edits", headers=api.auth, json={"prompt": "invert", "image": DATA_URL, "response_format": "url"}
-        )
-        runtime = api.client._transport.app.state.runtime  # type: ignore[attr-defined]
+        name = await a_result(api)
+        runtime = runtime_of(api)
         sweeper = ResultSweeper(runtime.db, runtime.blobs, 0, 60, clock=lambda: now_ms() + 10**12)
         assert await sweeper.sweep() == 0
-        url = made.json()["data"][0]["url"].removeprefix("http://testserver")
-        assert (await api.client.get(url)).status_code == 200
+        assert (await api.client.get(f"/files/{name}")).status_code == 200
 
 
 def test_results_ttl_refuses_what_no_clock_can_reach() -> None:
@@ -77,22 +100,11 @@ async def test_a_file_the_store_refuses_to_delete_holds_up_no_other(
     config = settings(tmp_path)
     form = {"prompt": "invert", "image": DATA_URL, "size": "1024x1024", "response_format": "url"}
     async with open_api(config) as api:
-        urls = []
-        for _ in range(6):
-            made = await api.client.post("/v1/images/edits", headers=api.auth, json=form)
-            assert made.status_code == 200, made.text
-            urls.append(made.json()["data"][0]["url"].removeprefix("http://testserver"))
-        runtime = api.client._transport.app.state.runtime  # type: ignore[attr-defined]
-        names = [url.rsplit("/", 1)[1] for url in urls]
+        names = [await a_result(api, form) for _ in range(6)]
+        urls = [f"/files/{name}" for name in names]
+        runtime = runtime_of(api)
         refused = {names[0], names[1], names[3]}
-        real_delete = type(runtime.blobs).delete
-
-        async def delete(store: object, name: str) -> None:
-            if name in refused:
-                raise StorageUnavailable("the store refused")
-            await real_delete(store, name)
-
-        monkeypatch.setattr(type(runtime.blobs), "delete", delete)
+        refusing_to_delete(monkeypatch, runtime, refused)
         sweeper = ResultSweeper(runtime.db, runtime.blobs, 3600, 60, clock=lambda: now_ms() + 3600 * 1000 + 10)
         assert await sweeper.sweep() == 3
         statuses = [(await api.client.get(url)).status_code for url in urls]
@@ -106,13 +118,11 @@ async def test_a_file_the_store_refuses_to_delete_holds_up_no_other(
 async def test_a_result_past_its_time_answers_410_before_a_sweep_marks_it(tmp_path: Path) -> None:
     config = settings(tmp_path)
     async with open_api(config) as api:
-        made = await api.client.post(
-            "/v1/images/edits", headers=api.auth, json={"prompt": "invert", "image": DATA_URL, "response_format": "url"}
-        )
-        url = made.json()["data"][0]["url"].removeprefix("http://testserver")
-        runtime = api.client._transport.app.state.runtime  # type: ignore[attr-defined]
+        name = await a_result(api)
+        url = f"/files/{name}"
+        runtime = runtime_of(api)
         later = ResultSweeper(runtime.db, runtime.blobs, 3600, 60, clock=lambda: now_ms() + 3600 * 1000 + 10)
-        await runtime.blobs.delete(url.rsplit("/", 1)[1])  # its bytes gone (another node's sweep), not yet marked
+        await runtime.blobs.delete(name)  # its bytes gone (another node's sweep), not yet marked
         runtime.sweeper = later
         gone = await api.client.get(url)
         runtime.sweeper = ResultSweeper(runtime.db, runtime.blobs, 0, 60, clock=later.clock)  # now kept forever
@@ -131,7 +141,7 @@ async def test_a_task_whose_inline_result_expired_answers_410_not_an_empty_image
         assert made.status_code == 200, made.text
         poll = f"/v1/images/tasks/{made.headers['x-imagegate-task']}"
         before = await api.client.get(poll, headers=api.auth)
-        runtime = api.client._transport.app.state.runtime  # type: ignore[attr-defined]
+        runtime = runtime_of(api)
         runtime.sweeper.clock = lambda: now_ms() + 8 * 86400 * 1000
         assert await runtime.sweeper.sweep() == 1
         after = await api.client.get(poll, headers=api.auth)
@@ -149,11 +159,8 @@ async def test_a_result_expired_as_its_download_starts_is_still_sent_whole(
     file opened by the route is sent whole, not a 500 after the headers."""
     config = settings(tmp_path)
     async with open_api(config) as api:
-        made = await api.client.post(
-            "/v1/images/edits", headers=api.auth, json={"prompt": "invert", "image": DATA_URL, "response_format": "url"}
-        )
-        name = made.json()["data"][0]["url"].rsplit("/", 1)[1]
-        runtime = api.client._transport.app.state.runtime  # type: ignore[attr-defined]
+        name = await a_result(api)
+        runtime = runtime_of(api)
         original = runtime.blobs.local_path(name).read_bytes()
         response = await blob_response(runtime, name, {}, "No such file.")
         await runtime.blobs.delete(name)
@@ -183,11 +190,8 @@ async def test_files_no_task_will_read_are_deleted_once_older_than_the_retention
     result, an async task's kept inputs and anything else are left alone."""
     config = settings(tmp_path)
     async with open_api(config) as api:
-        made = await api.client.post(
-            "/v1/images/edits", headers=api.auth, json={"prompt": "invert", "image": DATA_URL, "response_format": "url"}
-        )
-        recorded = made.json()["data"][0]["url"].rsplit("/", 1)[1]
-        runtime = api.client._transport.app.state.runtime  # type: ignore[attr-defined]
+        recorded = await a_result(api)
+        runtime = runtime_of(api)
         unrecorded, published, kept_input = "Z" * 32 + ".png", "relay.leftoverofacrash.png", "in_task_abc_0"
         for name in (unrecorded, published, kept_input):
             await runtime.blobs.put(name, b"x")
@@ -195,16 +199,8 @@ async def test_files_no_task_will_read_are_deleted_once_older_than_the_retention
         assert await hours.sweep_unrecorded() == 0, "past an hour's retention, but leftovers are kept a day"
         a_day = ResultSweeper(runtime.db, runtime.blobs, 3600, 60, clock=lambda: now_ms() + 25 * 3600 * 1000)
         assert await ResultSweeper(runtime.db, runtime.blobs, 0, 60, clock=a_day.clock).sweep_unrecorded() == 0
-        refused = {unrecorded}
-        real_delete = type(runtime.blobs).delete
-
-        async def delete(store: object, name: str) -> None:
-            if name in refused:
-                raise StorageUnavailable("the store refused")
-            await real_delete(store, name)
-
         with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(type(runtime.blobs), "delete", delete)
+            refusing_to_delete(patch, runtime, {unrecorded})
             assert await a_day.sweep_unrecorded() == 1, "a refused one holds up no other"
         assert await a_day.sweep_unrecorded() == 1, "and is tried again"
         left = {name for name in (recorded, unrecorded, published, kept_input) if runtime.blobs.local_path(name)}

@@ -40,8 +40,8 @@ class Execution:
     ended: bool = False
     """Whether its final state was written (a release as `waiting` is not an end)."""
     taken_over: bool = False
-    """Whether, when this run came to fail it, the task was no longer its own (its lease ran out and
-    it was ended or taken over elsewhere): its inputs are the new owner's."""
+    """Whether, when this run came to end it, the task was no longer its own (its lease ran out and it
+    was ended or taken over elsewhere): this run ends nothing, and its inputs are the new owner's."""
 
     async def step(self, work: Callable[[], Awaitable[T]]) -> T:
         """`work()`; when it raises anything at all, the execution ends failed (or released) first and
@@ -56,14 +56,14 @@ class Execution:
         """Settle the task with `outcome` and its stored `files` (and queue its callback). Raises
         TakenOver when the task is no longer this execution's to settle (its lease ran out and it was
         ended or taken over elsewhere, charged nothing): its result must not be delivered."""
-        settled = await self.records.finish(self.task_id, outcome=outcome, files=files)
-        self.ended = True
-        if not settled:
+        if not await self.records.finish(self.task_id, outcome=outcome, files=files):
+            self.taken_over = True
             self._count(error=TakenOver.code)
             raise TakenOver(
                 "This request was ended before its result could be recorded (the server held it past its "
                 "lease); nothing was charged. Make the request again."
             )
+        self.ended = True
         self._count(images=len(outcome.images))
 
     async def fail(self, exc: BaseException) -> None:
@@ -75,7 +75,7 @@ class Execution:
         if not isinstance(exc, ImagegateError) and not cancelled:
             log.error("task %s failed unexpectedly", self.task_id, exc_info=exc)
         if not await self.records.finish(self.task_id, error=exc):
-            self.taken_over = True  # ended or taken over elsewhere: not this run's to end or count
+            self.taken_over = True
             return
         self.ended = True
         self._count(error=failure_of(exc)[0])

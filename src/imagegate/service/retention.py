@@ -19,10 +19,10 @@ from datetime import UTC, datetime
 import anyio
 from sqlalchemy import and_, or_, select, update
 
-from imagegate.errors import Gone, StorageUnavailable
+from imagegate.errors import Gone
 from imagegate.service.published import PREFIX as PUBLISHED
 from imagegate.service.records import RESULT_FILE
-from imagegate.stores.blobs import BlobStore
+from imagegate.stores.blobs import BlobStore, deleted
 from imagegate.stores.db import Clock, Database, StoredFile, now_ms
 
 log = logging.getLogger("imagegate.retention")
@@ -51,8 +51,7 @@ class ResultSweeper:
         if self.ttl_ms <= 0:
             return 0
         now = self.clock()
-        expired = refused = 0
-        first_refusal = ""
+        expired = 0
         after = (-1, "")
         while True:
             created, last_id = after
@@ -72,15 +71,7 @@ class ResultSweeper:
                         .limit(BATCH)
                     )
                 ).all()
-            gone = []
-            for file_id, ext, _ in rows:
-                try:
-                    await self.blobs.delete(f"{file_id}.{ext}")
-                except StorageUnavailable as exc:
-                    refused += 1
-                    first_refusal = first_refusal or f"{file_id}.{ext}: {exc}"
-                    continue
-                gone.append(file_id)
+            gone = [file_id for file_id, ext, _ in rows if await deleted(self.blobs, f"{file_id}.{ext}")]
             if gone:
                 async with self.db.session() as session, session.begin():
                     await session.execute(
@@ -90,12 +81,6 @@ class ResultSweeper:
                     )
             expired += len(gone)
             if len(rows) < BATCH:
-                if refused:
-                    log.warning(
-                        "%d expired result files could not be deleted (%s); tried again next sweep",
-                        refused,
-                        first_refusal,
-                    )
                 return expired
             after = (rows[-1].created_at, rows[-1].id)
 
@@ -123,12 +108,7 @@ class ResultSweeper:
                     recorded = set(rows.all())
             stale = [name for file_id, name in results.items() if file_id not in recorded]
             stale += [name for name, _ in listed if name.startswith(PUBLISHED)]
-            for name in stale:
-                try:
-                    await self.blobs.delete(name)
-                except StorageUnavailable:  # logged by the store; tried again next sweep, the rest go on
-                    continue
-                removed += 1
+            removed += sum([await deleted(self.blobs, name) for name in stale])
         return removed
 
     async def run(self) -> None:

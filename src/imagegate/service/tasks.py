@@ -40,7 +40,6 @@ from imagegate.errors import (
     ModelNotSupported,
     NotFound,
     PermissionDenied,
-    StorageUnavailable,
     TakenOver,
 )
 from imagegate.imaging import SourceImage, open_image
@@ -61,7 +60,7 @@ from imagegate.service.records import (
 )
 from imagegate.service.usage import provider_usage, usage
 from imagegate.stores import ledger, sql
-from imagegate.stores.blobs import BlobStore
+from imagegate.stores.blobs import BlobStore, deleted
 from imagegate.stores.db import ApiKey, Database, StoredFile, Task, now_ms
 from imagegate.stores.keys import KeyLimits, limits_of
 from imagegate.stores.queue import RowQueue, TaskQueue
@@ -297,11 +296,8 @@ class TaskService:
         return outcome
 
     async def _discard(self, files: list[StoredFile]) -> None:
-        for file in files:
-            try:
-                await self.blobs.delete(f"{file.id}.{file.ext}")
-            except StorageUnavailable:
-                log.warning("could not delete the unrecorded result file %s.%s", file.id, file.ext)
+        for file in files:  # one the store refuses is left to the sweep of unrecorded files
+            await deleted(self.blobs, f"{file.id}.{file.ext}")
 
     async def _make(self, prepared: Prepared, on_partial: PartialSink | None) -> tuple[Outcome, list[StoredFile]]:
         """The images of `prepared` (fanned out within the decode budget), stored as files."""
@@ -431,12 +427,9 @@ class TaskService:
         try:
             prepared = await execution.step(partial(self._reopen, execution, task))
             await self.execute(prepared)
-        except TakenOver:  # another runner has it now, and needs its inputs
-            log.warning("task %s was taken over while this process ran it; its result is dropped", task.id)
-            return
         except Exception:
             if execution.taken_over:  # another runner has it now, and needs its inputs
-                log.warning("task %s was taken over while this process ran it", task.id)
+                log.warning("task %s was taken over while this process ran it; its run is dropped", task.id)
                 return
             if not execution.ended:  # its end could not be written: keep the inputs for its next run
                 log.exception("task %s: its final state could not be recorded", task.id)

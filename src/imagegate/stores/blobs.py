@@ -14,7 +14,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Protocol, TypeVar, cast
 from urllib.parse import urlsplit
@@ -61,6 +61,20 @@ def _files_before(directory: str, moment_s: float) -> list[tuple[str, float]]:
                 if written < moment_s:
                     found.append((entry.name, written))
     return found
+
+
+def _batches(found: list[tuple[str, float]]) -> Iterator[list[tuple[str, float]]]:
+    for start in range(0, len(found), LISTED_AT_ONCE):
+        yield found[start : start + LISTED_AT_ONCE]
+
+
+async def deleted(store: BlobStore, name: str) -> bool:
+    """Delete `name` from `store`; False (the fault already logged by the store) when it refused."""
+    try:
+        await store.delete(name)
+    except StorageUnavailable:
+        return False
+    return True
 
 
 def content_type(name: str) -> str:
@@ -174,9 +188,8 @@ class LocalBlobStore:
     async def written_before(self, moment_s: float) -> AsyncIterator[list[tuple[str, float]]]:
         shards = await self._guarded(lambda: sorted(entry.path for entry in os.scandir(self.root) if entry.is_dir()))
         for shard in shards:
-            names = await self._guarded(functools.partial(_files_before, shard, moment_s))
-            for start in range(0, len(names), LISTED_AT_ONCE):
-                yield names[start : start + LISTED_AT_ONCE]
+            for batch in _batches(await self._guarded(functools.partial(_files_before, shard, moment_s))):
+                yield batch
 
     def local_path(self, name: str) -> Path | None:
         try:
@@ -216,9 +229,8 @@ class MemoryBlobStore:
         self.written[name] = time.time()
 
     async def written_before(self, moment_s: float) -> AsyncIterator[list[tuple[str, float]]]:
-        names = [(name, self.written.get(name, 0.0)) for name in self.files if self.written.get(name, 0.0) < moment_s]
-        for start in range(0, len(names), LISTED_AT_ONCE):
-            yield names[start : start + LISTED_AT_ONCE]
+        for batch in _batches([(name, when) for name, when in self.written.items() if when < moment_s]):
+            yield batch
 
     async def get(self, name: str) -> bytes | None:
         return self.files.get(name)
