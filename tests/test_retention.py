@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import select, update
 from starlette.types import Message
 
 from imagegate.app import blob_response
@@ -13,7 +14,7 @@ from imagegate.config import ConfigError, load_config
 from imagegate.errors import StorageUnavailable
 from imagegate.service import retention
 from imagegate.service.retention import ResultSweeper
-from imagegate.stores.db import now_ms
+from imagegate.stores.db import Task, now_ms
 from tests.conftest import Api, open_api
 from tests.test_accounts import DATA_URL, settings
 
@@ -184,24 +185,53 @@ async def test_a_result_expired_as_its_download_starts_is_still_sent_whole(
     assert b"".join(message.get("body", b"") for message in sent[1:]) == original
 
 
-async def test_files_no_task_will_read_are_deleted_once_older_than_the_retention(tmp_path: Path) -> None:
-    """A result file without a row (its run was taken over, or its final write failed) and an input
-    published for a provider whose withdrawal a crash skipped are deleted once old enough; a recorded
-    result, an async task's kept inputs and anything else are left alone."""
+async def test_files_nothing_will_read_are_deleted_once_old_enough(tmp_path: Path) -> None:
+    """A result file without a row (its run was taken over, or its final write failed), an input
+    published for a provider, a queued channel's handover files and the kept inputs of a task that is
+    over or was never recorded (all left by a crash) are deleted once old enough; a recorded result, an
+    active task's kept inputs and anything else are left alone."""
     config = settings(tmp_path)
     async with open_api(config) as api:
         recorded = await a_result(api)
+        await a_result(api)
         runtime = runtime_of(api)
-        unrecorded, published, kept_input = "Z" * 32 + ".png", "relay.leftoverofacrash.png", "in_task_abc_0"
-        for name in (unrecorded, published, kept_input):
+        async with runtime.db.session() as session, session.begin():
+            over, active = (await session.scalars(select(Task.id).order_by(Task.created_at))).all()
+            await session.execute(update(Task).where(Task.id == active).values(state="waiting"))
+        unrecorded = "Z" * 32 + ".png"
+        scratch = {
+            "relay.leftoverofacrash.png",
+            "rj_" + "a" * 24 + "_in_0",
+            "rj_" + "a" * 24 + ".json",
+            f"in_{over}_0",
+            f"in_task_{'0' * 24}_mask",
+        }
+        kept = {f"in_{active}_0", f"in_{active}_mask", "in_task_abc_0", "notes.txt"}
+        for name in (unrecorded, *scratch, *kept):
             await runtime.blobs.put(name, b"x")
-        hours = ResultSweeper(runtime.db, runtime.blobs, 3600, 60, clock=lambda: now_ms() + 2 * 3600 * 1000)
-        assert await hours.sweep_unrecorded() == 0, "past an hour's retention, but leftovers are kept a day"
-        a_day = ResultSweeper(runtime.db, runtime.blobs, 3600, 60, clock=lambda: now_ms() + 25 * 3600 * 1000)
-        assert await ResultSweeper(runtime.db, runtime.blobs, 0, 60, clock=a_day.clock).sweep_unrecorded() == 0
+
+        def sweeper(ttl_s: float, hours_later: float) -> ResultSweeper:
+            return ResultSweeper(
+                runtime.db, runtime.blobs, ttl_s, 60, clock=lambda: now_ms() + int(hours_later * 3.6e6)
+            )
+
+        assert await sweeper(3600, 2).sweep_leftovers() == 0, "past an hour's retention, but leftovers are kept a day"
         with pytest.MonkeyPatch.context() as patch:
             refusing_to_delete(patch, runtime, {unrecorded})
-            assert await a_day.sweep_unrecorded() == 1, "a refused one holds up no other"
-        assert await a_day.sweep_unrecorded() == 1, "and is tried again"
-        left = {name for name in (recorded, unrecorded, published, kept_input) if runtime.blobs.local_path(name)}
-    assert left == {recorded, kept_input}
+            assert await sweeper(3600, 25).sweep_leftovers() == len(scratch), "a refused one holds up no other"
+        assert await sweeper(0, 25).sweep_leftovers() == 0, "results kept for ever: unrecorded ones too"
+        assert await sweeper(3600, 25).sweep_leftovers() == 1, "and a refused one is tried again"
+        names = {recorded, unrecorded, *scratch, *kept}
+        left = {name for name in names if runtime.blobs.local_path(name)}
+    assert left == {recorded, *kept}
+
+
+async def test_scratch_files_go_after_a_day_even_when_results_are_kept_for_ever(tmp_path: Path) -> None:
+    config = settings(tmp_path)
+    async with open_api(config) as api:
+        runtime = runtime_of(api)
+        await runtime.blobs.put("relay.leftoverofacrash.png", b"x")
+        await runtime.blobs.put("Z" * 32 + ".png", b"x")
+        forever = ResultSweeper(runtime.db, runtime.blobs, 0, 60, clock=lambda: now_ms() + 25 * 3600 * 1000)
+        assert await forever.sweep_leftovers() == 1
+        assert runtime.blobs.local_path("Z" * 32 + ".png")

@@ -36,6 +36,8 @@ log = logging.getLogger("imagegate.queued")
 RUN_CHANNEL_JOB = "imagegate.run_channel_job"
 POLL_S = (0.05, 0.5)
 """The first and the longest wait between looks at a deferred job's status."""
+HANDOVER = "rj_"
+"""The prefix of the files a call hands to the workers and gets back (deleted when the call ends)."""
 _DONE = {"succeeded", "failed", "cancelled", "aborted"}
 
 
@@ -78,7 +80,7 @@ class QueuedEngine:
         return None
 
     async def run(self, job: Job) -> Made:
-        call = f"rj_{secrets.token_hex(12)}"
+        call = f"{HANDOVER}{secrets.token_hex(12)}"
         names = [f"{call}_in_{index}" for index in range(len(job.images))]
         outputs = [f"{call}_out_{index}" for index in range(job.request.n)]
         async with AsyncExitStack() as cleanup:

@@ -6,14 +6,15 @@ its bytes are gone, and deleting bytes already gone is no error. A file whose by
 to delete is left for the next sweep without stopping this one; until a file is marked, its URL
 already answers 410 once its time has run out.
 
-Files no task will read (a result without a row, an input published for a provider whose withdrawal
-a crash skipped) are deleted too once older than the retention: the store's directory or bucket
+Files nothing will read (a result without a row; inputs and handover files a crash or a late worker
+left behind) are deleted too once old enough (`sweep_leftovers`): the store's directory or bucket
 prefix belongs to one imagegate database.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from datetime import UTC, datetime
 
 import anyio
@@ -21,9 +22,10 @@ from sqlalchemy import and_, or_, select, update
 
 from imagegate.errors import Gone
 from imagegate.service.published import PREFIX as PUBLISHED
+from imagegate.service.queued_channels import HANDOVER
 from imagegate.service.records import RESULT_FILE
 from imagegate.stores.blobs import BlobStore, deleted
-from imagegate.stores.db import Clock, Database, StoredFile, now_ms
+from imagegate.stores.db import Clock, Database, StoredFile, Task, now_ms
 
 log = logging.getLogger("imagegate.retention")
 BATCH = 500
@@ -31,12 +33,16 @@ RESULT_ID_CHARS = 32
 """The length of the ids results are stored under now (`secrets.token_urlsafe(24)`): only such names
 are taken for unrecorded results, not a foreign file that happens to look like one."""
 LEFTOVERS_KEPT_S = 86_400
-"""Files no row records are deleted only once older than this (and the retention): a result's row is
-committed a little after its file is written, and a published input is fetched while its attempt runs."""
+"""Files no row records are deleted only once older than this (results: and the retention): a result's
+row is committed a little after its file is written, a published input is fetched while its attempt
+runs, a handover file is read while its call runs, and a task's inputs are stored before its row."""
+TASK_INPUT = re.compile(r"^in_(task_[0-9a-f]{24})_(?:\d+|mask)$")
+"""An async task's kept input (`TaskService.submit`), and the task's id."""
+ACTIVE_STATES = ("waiting", "running")
 
 
 class ResultSweeper:
-    """Deletes the bytes of result files older than `ttl_s` (0: keeps them forever)."""
+    """Deletes the bytes of result files older than `ttl_s` (0: keeps them forever), and leftovers."""
 
     def __init__(self, db: Database, blobs: BlobStore, ttl_s: float, interval_s: float, clock: Clock = now_ms) -> None:
         self.db = db
@@ -84,39 +90,65 @@ class ResultSweeper:
                 return expired
             after = (rows[-1].created_at, rows[-1].id)
 
-    async def sweep_unrecorded(self) -> int:
-        """Delete what the store holds that no task will ever read, once older than the retention and
-        LEFTOVERS_KEPT_S: result files without a row (their run was taken over, or its final write
-        failed or never came) and inputs published for a provider (withdrawn when their attempt ends,
-        unless the process died first). A file the store refuses to delete is left for the next sweep.
-        Returns how many."""
-        if self.ttl_ms <= 0:
-            return 0
+    async def sweep_leftovers(self) -> int:
+        """Delete what the store holds that nothing will ever read; returns how many. A file the store
+        refuses to delete is left for the next sweep.
+
+        - Result files without a row (their run was taken over, or its final write failed or never
+          came), once older than the retention and LEFTOVERS_KEPT_S; kept for ever when results are.
+        - Scratch, once older than LEFTOVERS_KEPT_S whatever the retention: inputs published for a
+          provider (withdrawn when their attempt ends), a queued channel's handover files (deleted
+          when its call ends) and an async task's kept inputs once the task is finished or unknown
+          (deleted when it ends, or when its recording fails): left behind only by a process that died
+          first, or by a worker finishing a call its node had given up on.
+        """
         now_s = self.clock() / 1000
-        before = now_s - max(self.ttl_ms / 1000, LEFTOVERS_KEPT_S)
+        results_before = now_s - max(self.ttl_ms / 1000, LEFTOVERS_KEPT_S) if self.ttl_ms > 0 else None
         removed = 0
-        async for listed in self.blobs.written_before(before):
-            results = {
-                found.group(1): name
-                for name, _ in listed
-                if (found := RESULT_FILE.match(name)) and len(found.group(1)) == RESULT_ID_CHARS
-            }
-            recorded: set[str] = set()
-            if results:
-                async with self.db.session() as session:
-                    rows = await session.scalars(select(StoredFile.id).where(StoredFile.id.in_(list(results))))
-                    recorded = set(rows.all())
-            stale = [name for file_id, name in results.items() if file_id not in recorded]
-            stale += [name for name, _ in listed if name.startswith(PUBLISHED)]
+        async for listed in self.blobs.written_before(now_s - LEFTOVERS_KEPT_S):
+            stale = [name for name, _ in listed if name.startswith((PUBLISHED, HANDOVER))]
+            if results_before is not None:
+                stale += await self._unrecorded_results([name for name, written in listed if written < results_before])
+            stale += await self._inputs_of_ended_tasks([name for name, _ in listed])
             removed += sum([await deleted(self.blobs, name) for name in stale])
         return removed
+
+    async def _unrecorded_results(self, names: list[str]) -> list[str]:
+        """Those of `names` that are result files (current ids) no row records."""
+        results = {
+            found.group(1): name
+            for name in names
+            if (found := RESULT_FILE.match(name)) and len(found.group(1)) == RESULT_ID_CHARS
+        }
+        if not results:
+            return []
+        async with self.db.session() as session:
+            recorded = set((await session.scalars(select(StoredFile.id).where(StoredFile.id.in_(list(results))))).all())
+        return [name for file_id, name in results.items() if file_id not in recorded]
+
+    async def _inputs_of_ended_tasks(self, names: list[str]) -> list[str]:
+        """Those of `names` that are an async task's kept inputs whose task is over or not recorded."""
+        inputs = [(found.group(1), name) for name in names if (found := TASK_INPUT.match(name))]
+        if not inputs:
+            return []
+        async with self.db.session() as session:
+            active = set(
+                (
+                    await session.scalars(
+                        select(Task.id).where(
+                            Task.id.in_([task_id for task_id, _ in inputs]), Task.state.in_(ACTIVE_STATES)
+                        )
+                    )
+                ).all()
+            )
+        return [name for task_id, name in inputs if task_id not in active]
 
     async def run(self) -> None:
         """Sweep at start and every `interval_s` until cancelled."""
         while True:
             for sweep, done in (
                 (self.sweep, "result files expired"),
-                (self.sweep_unrecorded, "unrecorded files deleted"),
+                (self.sweep_leftovers, "leftover files deleted"),
             ):
                 try:
                     if swept := await sweep():
