@@ -10,6 +10,7 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from decimal import Decimal
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from imagegate.stores.db import now_ms
 from imagegate.stores.keys import hash_key
 from tests.conftest import LOOPBACK_ALLOW, Api, FileServer, audit_ledgers, create_key, make_image, open_api
 from tests.engines import OnePerCall
+from tests.loopback import loopback_server
 from tests.receivers import webhook_receiver
 from tests.test_error_shapes import Shape, envelope_shape, jobs_shape, openai_shape
 from tests.waiting import record_info, wait_for_task_async
@@ -167,6 +169,43 @@ async def test_a_result_ready_after_its_task_was_ended_elsewhere_is_not_delivere
     assert "nothing was charged" in answer.json()["error"]["message"]
     assert balance(config, api.key) == ("1000", "0")
     assert stored == [], "no file is left that no row records"
+    audit_ledgers(db_file(config))
+
+
+async def test_a_sync_task_whose_input_is_slow_to_fetch_keeps_its_lease_meanwhile(tmp_path: Path) -> None:
+    """The lease of a sync task is renewed while its inputs are fetched, not only while its engine
+    runs: a fetch longer than the lease must not let another process fail the task as orphaned (the
+    engine's work, perhaps a paid provider call, would then be thrown away)."""
+    asked, release = threading.Event(), threading.Event()
+
+    class SlowImage(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            asked.set()
+            release.wait(10)
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Length", str(len(PNG)))
+            self.end_headers()
+            self.wfile.write(PNG)
+
+        def log_message(self, format: str, *args: object) -> None:
+            return None
+
+    config = load_config(
+        data_dir=tmp_path / "data", fetch_allow=LOOPBACK_ALLOW, accounts=UNLIMITED, runner={"lease_s": 0.6}
+    )
+    with loopback_server(SlowImage) as base:
+        async with open_api(config) as api:
+            form = {"prompt": "invert", "image": f"{base}/a.png", "response_format": "url"}
+            call = asyncio.create_task(api.client.post("/v1/images/edits", headers=api.auth, json=form))
+            assert await asyncio.to_thread(asked.wait, 10)
+            await asyncio.sleep(1.5)  # the fetch outlasts the lease more than twice
+            runtime = api.client._transport.app.state.runtime  # type: ignore[attr-defined]
+            orphaned = await TaskRecords(runtime.db, "proc_elsewhere").fail_orphans()
+            release.set()
+            answer = await call
+    assert answer.status_code == 200, answer.text
+    assert orphaned == 0, "another process found the lease of a task still being worked on run out"
     audit_ledgers(db_file(config))
 
 

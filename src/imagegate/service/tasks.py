@@ -239,7 +239,8 @@ class TaskService:
         row.state, row.mode, row.started_at, row.attempts = "running", "sync", now_ms(), 1
         row.lease_owner, row.lease_until = self.leases.owner, self.leases.expiry()
         await self._record(key, row, req, spec)
-        return await execution.step(partial(self._open, execution, key.id, req, spec, engine))
+        async with self.leases.hold(execution.task_id):  # fetching inputs may outlast a lease
+            return await execution.step(partial(self._open, execution, key.id, req, spec, engine))
 
     def _execution(self, task_id: str, model: str, engine: str) -> Execution:
         """The execution of a task this process has just claimed."""
