@@ -6,6 +6,8 @@ database to the newest revision and is run before the application opens its engi
 
 from __future__ import annotations
 
+import multiprocessing
+import sys
 import time
 from collections.abc import Callable
 from decimal import Decimal
@@ -274,11 +276,27 @@ def schema_revision(url: str) -> str | None:
 def prepare(url: str) -> None:
     """Make the database at `url` usable by this version, or raise why not: SQLite (one process's own)
     is migrated here; PostgreSQL, which every node shares, must already be (`imagegate migrate`, once
-    per release: a node of a new release must not change the schema under the old ones)."""
+    per release: a node of a new release must not change the schema under the old ones).
+
+    A SQLite migration runs in a forked child where the system can fork, so that a server started on a
+    new or older database does not hold Alembic for the rest of its life (about 20 MB, as much as a
+    server started on a migrated one saves); whatever the child could not do is done, or raised, here."""
     if async_database_url(url).startswith("sqlite"):
+        if "fork" in multiprocessing.get_all_start_methods() and schema_revision(sync_url(url)) != SCHEMA_HEAD:
+            child = multiprocessing.get_context("fork").Process(target=_migrate_quietly, args=(url,))
+            child.start()
+            child.join()
         migrate(url)
     else:
         require_migrated(url)
+
+
+def _migrate_quietly(url: str) -> None:
+    """`migrate` in a child process, its failure left to the parent to find and report."""
+    try:
+        migrate(url)
+    except Exception:
+        sys.exit(1)
 
 
 def require_migrated(url: str) -> None:
