@@ -192,14 +192,14 @@ async def test_a_sync_task_whose_input_is_slow_to_fetch_keeps_its_lease_meanwhil
             return None
 
     config = load_config(
-        data_dir=tmp_path / "data", fetch_allow=LOOPBACK_ALLOW, accounts=UNLIMITED, runner={"lease_s": 0.6}
+        data_dir=tmp_path / "data", fetch_allow=LOOPBACK_ALLOW, accounts=UNLIMITED, runner={"lease_s": 1.2}
     )
     with loopback_server(SlowImage) as base:
         async with open_api(config) as api:
             form = {"prompt": "invert", "image": f"{base}/a.png", "response_format": "url"}
             call = asyncio.create_task(api.client.post("/v1/images/edits", headers=api.auth, json=form))
             assert await asyncio.to_thread(asked.wait, 10)
-            await asyncio.sleep(1.5)  # the fetch outlasts the lease more than twice
+            await asyncio.sleep(2.6)  # the fetch outlasts the lease more than twice
             runtime = api.client._transport.app.state.runtime  # type: ignore[attr-defined]
             orphaned = await TaskRecords(runtime.db, "proc_elsewhere").fail_orphans()
             release.set()

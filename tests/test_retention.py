@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -195,18 +196,21 @@ async def test_files_nothing_will_read_are_deleted_once_old_enough(tmp_path: Pat
         recorded = await a_result(api)
         await a_result(api)
         runtime = runtime_of(api)
+        await a_result(api)
         async with runtime.db.session() as session, session.begin():
-            over, active = (await session.scalars(select(Task.id).order_by(Task.created_at))).all()
-            await session.execute(update(Task).where(Task.id == active).values(state="waiting"))
+            over, waiting, running = (await session.scalars(select(Task.id).order_by(Task.created_at))).all()
+            await session.execute(update(Task).where(Task.id == waiting).values(state="waiting"))
+            await session.execute(update(Task).where(Task.id == running).values(state="running"))
         unrecorded = "Z" * 32 + ".png"
         scratch = {
             "relay.leftoverofacrash.png",
             "rj_" + "a" * 24 + "_in_0",
             "rj_" + "a" * 24 + ".json",
+            "rj_" + "a" * 24 + "_out_0",
             f"in_{over}_0",
             f"in_task_{'0' * 24}_mask",
         }
-        kept = {f"in_{active}_0", f"in_{active}_mask", "in_task_abc_0", "notes.txt"}
+        kept = {f"in_{waiting}_0", f"in_{waiting}_mask", f"in_{running}_1", "in_task_abc_0", "notes.txt"}
         for name in (unrecorded, *scratch, *kept):
             await runtime.blobs.put(name, b"x")
 
@@ -235,3 +239,36 @@ async def test_scratch_files_go_after_a_day_even_when_results_are_kept_for_ever(
         forever = ResultSweeper(runtime.db, runtime.blobs, 0, 60, clock=lambda: now_ms() + 25 * 3600 * 1000)
         assert await forever.sweep_leftovers() == 1
         assert runtime.blobs.local_path("Z" * 32 + ".png")
+
+
+async def test_a_result_whose_id_looks_like_scratch_is_kept(tmp_path: Path) -> None:
+    """Result ids are random URL-safe text: one may begin like a handover file (`rj_`). It is still
+    a result, kept as results are."""
+    config = settings(tmp_path)
+    async with open_api(config) as api:
+        runtime = runtime_of(api)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(secrets, "token_urlsafe", lambda size: "rj_" + "b" * 29)
+            name = await a_result(api)
+        assert name.startswith("rj_")
+        for ttl_s in (0, 7 * 86_400):
+            later = ResultSweeper(runtime.db, runtime.blobs, ttl_s, 60, clock=lambda: now_ms() + 2 * 86_400_000)
+            assert await later.sweep_leftovers() == 0
+        assert (await api.client.get(f"/files/{name}")).status_code == 200
+
+
+async def test_scratch_is_kept_while_a_call_may_still_read_it(tmp_path: Path) -> None:
+    """A handover file is read by a worker while its call runs, which may be longer than a day when
+    the operator allows it (`[worker] handler_timeout_s`)."""
+    config = settings(tmp_path)
+    async with open_api(config) as api:
+        runtime = runtime_of(api)
+        await runtime.blobs.put("rj_" + "c" * 24 + "_in_0", b"x")
+        three_days = 3 * 86_400
+
+        def sweeper(days_later: float) -> ResultSweeper:
+            clock = lambda: now_ms() + int(days_later * 86_400_000)  # noqa: E731
+            return ResultSweeper(runtime.db, runtime.blobs, 0, 60, clock=clock, longest_call_s=three_days)
+
+        assert await sweeper(2).sweep_leftovers() == 0
+        assert await sweeper(4.5).sweep_leftovers() == 1

@@ -196,7 +196,8 @@ async def open_runtime(
     background.start_soon(runner.run)
     background.start_soon(sender.run)
     storage = config.storage
-    sweeper = ResultSweeper(db, blobs, storage.results_ttl, storage.sweep_interval_s)
+    longest_call_s = max([config.worker.handler_timeout_s, *(channel.timeout_s for channel in config.channels)])
+    sweeper = ResultSweeper(db, blobs, storage.results_ttl, storage.sweep_interval_s, longest_call_s=longest_call_s)
     tasks.why_missing = sweeper.why_missing
     background.start_soon(sweeper.run)
     background.start_soon(keep_returning_freed_memory, config.limits.release_memory_every_s)

@@ -13,6 +13,7 @@ next step. Partial images do not cross machines: a streamed request gets only th
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 from contextlib import AsyncExitStack
 from dataclasses import replace
@@ -38,6 +39,8 @@ POLL_S = (0.05, 0.5)
 """The first and the longest wait between looks at a deferred job's status."""
 HANDOVER = "rj_"
 """The prefix of the files a call hands to the workers and gets back (deleted when the call ends)."""
+HANDOVER_FILE = re.compile(rf"^{HANDOVER}[0-9a-f]{{24}}(?:_in_\d+|_mask|_out_\d+|\.json)$")
+"""One of those files' names, whole (a result's random id may begin with the prefix too)."""
 _DONE = {"succeeded", "failed", "cancelled", "aborted"}
 
 

@@ -22,7 +22,7 @@ from sqlalchemy import and_, or_, select, update
 
 from imagegate.errors import Gone
 from imagegate.service.published import PREFIX as PUBLISHED
-from imagegate.service.queued_channels import HANDOVER
+from imagegate.service.queued_channels import HANDOVER_FILE
 from imagegate.service.records import RESULT_FILE
 from imagegate.stores.blobs import BlobStore, deleted
 from imagegate.stores.db import Clock, Database, StoredFile, Task, now_ms
@@ -44,12 +44,22 @@ ACTIVE_STATES = ("waiting", "running")
 class ResultSweeper:
     """Deletes the bytes of result files older than `ttl_s` (0: keeps them forever), and leftovers."""
 
-    def __init__(self, db: Database, blobs: BlobStore, ttl_s: float, interval_s: float, clock: Clock = now_ms) -> None:
+    def __init__(
+        self,
+        db: Database,
+        blobs: BlobStore,
+        ttl_s: float,
+        interval_s: float,
+        clock: Clock = now_ms,
+        longest_call_s: float = 0,
+    ) -> None:
+        """`longest_call_s`: the most a call to an engine may take (scratch is kept that much longer)."""
         self.db = db
         self.blobs = blobs
         self.ttl_ms = int(ttl_s * 1000)
         self.interval_s = interval_s
         self.clock = clock
+        self.scratch_kept_s = LEFTOVERS_KEPT_S + longest_call_s
 
     async def sweep(self) -> int:
         """Expire every file past its time now; returns how many. A file whose bytes cannot be deleted
@@ -96,17 +106,19 @@ class ResultSweeper:
 
         - Result files without a row (their run was taken over, or its final write failed or never
           came), once older than the retention and LEFTOVERS_KEPT_S; kept for ever when results are.
-        - Scratch, once older than LEFTOVERS_KEPT_S whatever the retention: inputs published for a
-          provider (withdrawn when their attempt ends), a queued channel's handover files (deleted
-          when its call ends) and an async task's kept inputs once the task is finished or unknown
-          (deleted when it ends, or when its recording fails): left behind only by a process that died
-          first, or by a worker finishing a call its node had given up on.
+        - Scratch, whatever the retention: inputs published for a provider (withdrawn when their
+          attempt ends) and a queued channel's handover files (deleted when its call ends), once older
+          than LEFTOVERS_KEPT_S and the longest call; an async task's kept inputs (deleted when it
+          ends, or when its recording fails) once older than LEFTOVERS_KEPT_S and the task is over or
+          unknown. Such files are left behind only by a process that died first, or by a worker
+          finishing a call its node had given up on.
         """
         now_s = self.clock() / 1000
         results_before = now_s - max(self.ttl_ms / 1000, LEFTOVERS_KEPT_S) if self.ttl_ms > 0 else None
         removed = 0
         async for listed in self.blobs.written_before(now_s - LEFTOVERS_KEPT_S):
-            stale = [name for name, _ in listed if name.startswith((PUBLISHED, HANDOVER))]
+            calls_over = [name for name, written in listed if written < now_s - self.scratch_kept_s]
+            stale = [name for name in calls_over if name.startswith(PUBLISHED) or HANDOVER_FILE.match(name)]
             if results_before is not None:
                 stale += await self._unrecorded_results([name for name, written in listed if written < results_before])
             stale += await self._inputs_of_ended_tasks([name for name, _ in listed])
