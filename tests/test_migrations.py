@@ -51,3 +51,12 @@ def test_a_database_newer_than_the_server_is_refused_in_one_line(tmp_path: Path)
         connection.execute("UPDATE alembic_version SET version_num = ?", (f"{int(SCHEMA_HEAD) + 1:04d}",))
     with pytest.raises(NotMigrated, match="newer than this version knows"):
         prepare(url)
+
+
+def test_another_programs_database_is_refused_in_one_line(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'foreign.db'}"
+    migrate(url)
+    with sqlite3.connect(tmp_path / "foreign.db") as connection:
+        connection.execute("UPDATE alembic_version SET version_num = 'a1b2c3d4e5f6'")
+    with pytest.raises(NotMigrated, match="which no imagegate release made"):
+        prepare(url)

@@ -318,7 +318,7 @@ def migrate(url: str) -> None:
     if revision == SCHEMA_HEAD:
         return
     unknown = NotMigrated(redacted(url), revision, SCHEMA_HEAD)
-    if unknown.newer:
+    if unknown.newer or unknown.foreign:
         raise unknown
     from alembic import command
     from alembic.config import Config as AlembicConfig

@@ -23,10 +23,17 @@ class NotMigrated(Exception):
     def __init__(self, where: str, revision: str | None, needed: str) -> None:
         self.newer = revision is not None and revision.isdigit() and needed.isdigit() and int(revision) > int(needed)
         """Whether a newer release migrated it (which `imagegate migrate` of this one cannot undo)."""
+        self.foreign = revision is not None and not revision.isdigit()
+        """Whether its migration is none imagegate ever made (another program's database)."""
         if self.newer:
             message = (
                 f"the database {where} is at migration {revision}, newer than this version knows ({needed}): "
                 "run the release that migrated it, or restore a backup from before"
+            )
+        elif self.foreign:
+            message = (
+                f"the database {where} is at migration {revision!r}, which no imagegate release made: "
+                "point imagegate at its own database"
             )
         else:
             found = f"at migration {revision}" if revision else "not migrated"
