@@ -403,11 +403,15 @@ async def test_an_answer_that_already_fits_reaches_the_client_as_the_providers_o
             r = await upload_edit(api, {"prompt": "x", "size": "1024x1024"})
             url = await upload_edit(api, {"prompt": "x", "size": "1024x1024", "response_format": "url"})
             stored = await api.client.get(url.json()["data"][0]["url"])
+            streamed = await upload_edit(api, {"prompt": "x", "size": "1024x1024", "stream": "true"})
     assert r.status_code == 200, r.text
     assert r.json()["data"][0]["b64_json"] == base64.b64encode(image).decode(), "passed through untouched"
+    events = [json.loads(line[5:]) for line in streamed.text.splitlines() if line.startswith("data:")]
+    assert [event["type"] for event in events] == ["image_edit.completed"], "a provider that did not stream"
+    assert events[0]["b64_json"] == base64.b64encode(image).decode()
     assert r.headers["content-length"] == str(len(r.content))
     files = list((config.data_dir / "files").rglob("*.png"))
-    assert len(files) == 2 and all(path.read_bytes() == image for path in files), "stored as the provider's bytes"
+    assert len(files) == 3 and all(path.read_bytes() == image for path in files), "stored as the provider's bytes"
     assert stored.status_code == 200 and stored.content == image
 
 

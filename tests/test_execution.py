@@ -4,9 +4,10 @@ client's bad input, a crash, or cancellation (a sync task fails; an async one is
 from __future__ import annotations
 
 import asyncio
+import base64
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from functools import partial
 from pathlib import Path
@@ -18,7 +19,7 @@ from sqlalchemy import select
 from imagegate.builtins import builtin_registry
 from imagegate.config import load_config
 from imagegate.core.job import Job, Made
-from imagegate.core.request import EditRequest, ImageRef
+from imagegate.core.request import Delivery, EditRequest, ImageRef
 from imagegate.engines.mock import MockEngine, plain_image
 from imagegate.errors import EngineError, ImagegateError
 from imagegate.metrics import Metrics
@@ -200,3 +201,36 @@ async def test_an_async_task_whose_end_cannot_be_written_keeps_its_inputs(
         task = await row(s, task_id)
         assert task.state == "running", "left for its lease to run out and another run"
         assert await s.runtime.blobs.get(task.request["images"][0]["blob"]) is not None
+
+
+@pytest.mark.parametrize(
+    ("delivery", "stream", "provider_b64", "holds_bytes"),
+    [
+        (Delivery.B64_JSON, False, False, True),
+        (Delivery.URL, False, False, False),
+        (Delivery.B64_JSON, False, True, False),
+        (Delivery.URL, True, False, True),
+    ],
+    ids=["b64", "url", "provider-base64", "stream"],
+)
+async def test_an_outcome_holds_an_images_bytes_only_where_its_answer_embeds_them(
+    tmp_path: Path, delivery: Delivery, stream: bool, provider_b64: bool, holds_bytes: bool
+) -> None:
+    """A sync answer waits for its client holding only what it will send: no bytes for a URL, none
+    beside a provider's own base64, which is sent as it came."""
+
+    async def makes(job: Job) -> Made:
+        image = plain_image(job)
+        if provider_b64:
+            image = replace(image, b64=memoryview(base64.b64encode(image.data)))
+        return Made([image])
+
+    async with stage(tmp_path, makes) as s:
+        req = request()
+        req.delivery, req.stream = delivery, stream
+        outcome = await s.runtime.tasks.run(s.key, req, Origin("openai", "edit"))
+        stored = [path.read_bytes()[:8] for path in (tmp_path / "files").rglob("*.png")]
+    [image] = outcome.images
+    assert (image.data is not None) == holds_bytes
+    assert (image.b64 is not None) == provider_b64
+    assert stored == [b"\x89PNG\r\n\x1a\n"], "the file is stored whatever the answer holds"

@@ -465,6 +465,8 @@ class TaskService:
         was delivered and the file rows to record."""
         delivered = []
         rows = []
+        req = prepared.request
+        embeds = req.stream or (req.delivery or prepared.spec.default_delivery) is not Delivery.URL
         for out in outs:
             file_id = secrets.token_urlsafe(24)
             await self.blobs.put(file_name(file_id, out.format), out.data)
@@ -480,5 +482,8 @@ class TaskService:
                     height=out.size.height,
                 )
             )
-            delivered.append(Delivered(file_id, out.data, out.revised_prompt, out.b64))
+            # the bytes only where the answer embeds them and has no base64 of them already: an answer
+            # waiting to be sent holds no more than it will send
+            data = out.data if embeds and out.b64 is None else None
+            delivered.append(Delivered(file_id, data, out.revised_prompt, out.b64))
         return delivered, rows

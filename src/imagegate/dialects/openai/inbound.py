@@ -135,7 +135,7 @@ async def _events(rt: Runtime, prepared: Prepared, kind: str) -> AsyncIterator[b
             for image in outcome.images:
                 payload = {
                     "type": f"{prefix}.completed",
-                    "b64_json": Base64Bytes(image.data or b"").text(),
+                    "b64_json": Base64Bytes(image.data or b"", encoded=image.b64).text(),
                     "created_at": int(time.time()),
                     **common,
                     "background": outcome.background.value,
