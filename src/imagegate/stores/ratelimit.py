@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from sqlalchemy import delete, func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from imagegate.stores.db import Database, RateBucket
@@ -144,7 +143,10 @@ def limiter_for(db: Database) -> RateLimiter:
 
 async def _increment(session: AsyncSession, key_id: str, second: int, now_ms: int) -> int:
     on_postgresql = session.get_bind().dialect.name == "postgresql"
-    insert = postgresql.insert if on_postgresql else sqlite.insert
+    if on_postgresql:  # imported where used: the PostgreSQL dialect holds 2 MB a SQLite server need not
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]
     later = func.greatest if on_postgresql else func.max  # SQLite's two-argument max() is scalar
     statement = insert(RateBucket).values(key_id=key_id, second=second, count=1, last_ms=now_ms)
     statement = statement.on_conflict_do_update(
