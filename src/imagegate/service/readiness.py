@@ -18,7 +18,7 @@ from sqlalchemy.exc import DBAPIError
 from imagegate import __version__
 from imagegate.service.router import Channel
 from imagegate.stores.blobs import BlobStore
-from imagegate.stores.db import SCHEMA_HEAD, SCHEMA_REVISION_SQL, Database
+from imagegate.stores.db import KNOWN_REVISIONS, SCHEMA_HEAD, SCHEMA_REVISION_SQL, Database
 from imagegate.stores.faults import NotMigrated, explain, one_line, redacted
 
 CHECK_TIMEOUT_S = 5.0
@@ -54,7 +54,7 @@ async def database(db: Database) -> Check:
             except DBAPIError:
                 revision = None
         if revision != SCHEMA_HEAD:
-            raise NotMigrated(redacted(db.url), revision, SCHEMA_HEAD)
+            raise NotMigrated(redacted(db.url), revision, SCHEMA_HEAD, KNOWN_REVISIONS)
         return f"{redacted(db.url)}, migration {revision}"
 
     return await _checked("database", probe)

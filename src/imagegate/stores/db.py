@@ -7,10 +7,12 @@ database to the newest revision and is run before the application opens its engi
 from __future__ import annotations
 
 import multiprocessing
-import sys
+import os
 import time
+import traceback
 from collections.abc import Callable
 from decimal import Decimal
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +39,7 @@ from sqlalchemy.types import TypeDecorator
 
 from imagegate.config import async_database_url
 from imagegate.owner_only import private_file
-from imagegate.stores.faults import NotMigrated, redacted
+from imagegate.stores.faults import MigrationFailed, NotMigrated, explain, redacted
 from imagegate.stores.pool_in_turn import InTurnPool
 
 MICROS = Decimal(1_000_000)
@@ -257,6 +259,9 @@ def sync_url(url: str) -> str:
 SCHEMA_REVISION_SQL = "SELECT version_num FROM alembic_version"
 SCHEMA_HEAD = "0007"
 """The newest migration's revision (a test holds it to the migrations directory)."""
+MIGRATIONS = Path(__file__).with_name("migrations")
+KNOWN_REVISIONS = frozenset(path.name.split("_", 1)[0] for path in (MIGRATIONS / "versions").glob("[0-9]*_*.py"))
+"""Every revision this version's migrations make (read from their file names, without Alembic)."""
 
 
 def schema_revision(url: str) -> str | None:
@@ -280,23 +285,62 @@ def prepare(url: str) -> None:
 
     A SQLite migration runs in a forked child where the system can fork, so that a server started on a
     new or older database does not hold Alembic for the rest of its life (about 20 MB, as much as a
-    server started on a migrated one saves); whatever the child could not do is done, or raised, here."""
-    if async_database_url(url).startswith("sqlite"):
-        if "fork" in multiprocessing.get_all_start_methods() and schema_revision(sync_url(url)) != SCHEMA_HEAD:
-            child = multiprocessing.get_context("fork").Process(target=_migrate_quietly, args=(url,))
-            child.start()
-            child.join()
-        migrate(url)
-    else:
+    server started on a migrated one saves). The child's failure is raised here as it is explained to
+    an operator (MigrationFailed), or with its traceback; it is never tried again over a schema the
+    child may have left half-migrated."""
+    if not async_database_url(url).startswith("sqlite"):
         require_migrated(url)
+        return
+    on_disk = ":memory:" not in url and not url.endswith(":///")
+    if on_disk and "fork" in multiprocessing.get_all_start_methods():
+        revision = schema_revision(sync_url(url))
+        if revision != SCHEMA_HEAD:
+            _refuse_unknown(url, revision)
+            _migrate_in_child(url)
+    migrate(url)
 
 
-def _migrate_quietly(url: str) -> None:
-    """`migrate` in a child process, its failure left to the parent to find and report."""
+def _migrate_in_child(url: str) -> None:
+    context = multiprocessing.get_context("fork")
+    reports, report = context.Pipe(duplex=False)
+    child = context.Process(target=_migrate_reporting, args=(url, report))
+    child.start()
+    report.close()
+    try:
+        outcome: tuple[bool, str] | None = reports.recv()
+    except EOFError:  # it ended without a word
+        outcome = None
+    finally:
+        child.join()
+        reports.close()
+    if outcome is None:
+        raise MigrationFailed(
+            f"the migration of {redacted(async_database_url(url))} ended before it finished (exit status "
+            f"{child.exitcode}); the database may be partly migrated: restore it from a backup"
+        )
+    succeeded, failure = outcome
+    if succeeded:
+        return
+    if failure.startswith(UNEXPLAINED):
+        raise RuntimeError(f"the migration failed in its own process:\n{failure.removeprefix(UNEXPLAINED)}")
+    raise MigrationFailed(failure)
+
+
+UNEXPLAINED = "\0"
+"""Marks a child's failure that is a bug (sent with its traceback), not an operator's fault."""
+
+
+def _migrate_reporting(url: str, report: Connection) -> None:
+    """`migrate` in the child: sends (True, "") or (False, the failure in an operator's words, else
+    UNEXPLAINED and its traceback). Interrupted (Ctrl-C reaches the parent as well), it ends silently."""
     try:
         migrate(url)
-    except Exception:
-        sys.exit(1)
+    except Exception as exc:
+        report.send((False, explain(exc) or UNEXPLAINED + "".join(traceback.format_exception(exc))))
+    except BaseException:
+        os._exit(1)
+    else:
+        report.send((True, ""))
 
 
 def require_migrated(url: str) -> None:
@@ -304,7 +348,7 @@ def require_migrated(url: str) -> None:
     url = async_database_url(url)
     revision = schema_revision(sync_url(url))
     if revision != SCHEMA_HEAD:
-        raise NotMigrated(redacted(url), revision, SCHEMA_HEAD)
+        raise NotMigrated(redacted(url), revision, SCHEMA_HEAD, KNOWN_REVISIONS)
 
 
 def migrate(url: str) -> None:
@@ -317,16 +361,21 @@ def migrate(url: str) -> None:
     revision = schema_revision(sync_url(url))
     if revision == SCHEMA_HEAD:
         return
-    unknown = NotMigrated(redacted(url), revision, SCHEMA_HEAD)
-    if unknown.newer or unknown.foreign:
-        raise unknown
+    _refuse_unknown(url, revision)
     from alembic import command
     from alembic.config import Config as AlembicConfig
 
     cfg = AlembicConfig()
-    cfg.set_main_option("script_location", str(Path(__file__).with_name("migrations")))
+    cfg.set_main_option("script_location", str(MIGRATIONS))
     cfg.set_main_option("sqlalchemy.url", sync_url(url).replace("%", "%%"))
     command.upgrade(cfg, "head")
+
+
+def _refuse_unknown(url: str, revision: str | None) -> None:
+    """NotMigrated when `revision` is one no migration of this version leads from."""
+    unknown = NotMigrated(redacted(async_database_url(url)), revision, SCHEMA_HEAD, KNOWN_REVISIONS)
+    if unknown.newer or unknown.foreign:
+        raise unknown
 
 
 class Database:

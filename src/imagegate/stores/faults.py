@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
+from collections.abc import Collection
 from urllib.parse import urlsplit, urlunsplit
 
 from sqlalchemy.exc import DBAPIError, NoSuchModuleError
@@ -18,12 +19,13 @@ from imagegate.errors import StorageUnavailable
 
 class NotMigrated(Exception):
     """The database answers but is not at the schema this version needs: `imagegate migrate` fixes an
-    older one; one a newer release migrated needs that release (or a restored backup)."""
+    older one; one a newer release migrated needs that release (or a restored backup); one at a
+    migration no release made (`known`: this version's own) is another program's."""
 
-    def __init__(self, where: str, revision: str | None, needed: str) -> None:
+    def __init__(self, where: str, revision: str | None, needed: str, known: Collection[str]) -> None:
         self.newer = revision is not None and revision.isdigit() and needed.isdigit() and int(revision) > int(needed)
         """Whether a newer release migrated it (which `imagegate migrate` of this one cannot undo)."""
-        self.foreign = revision is not None and not revision.isdigit()
+        self.foreign = revision is not None and not self.newer and revision not in known
         """Whether its migration is none imagegate ever made (another program's database)."""
         if self.newer:
             message = (
@@ -39,6 +41,11 @@ class NotMigrated(Exception):
             found = f"at migration {revision}" if revision else "not migrated"
             message = f"the database {where} is {found} (this version needs {needed}): run `imagegate migrate`"
         super().__init__(message)
+
+
+class MigrationFailed(Exception):
+    """A migration run in its own process failed for a reason the operator can act on (the message
+    says which), or that process died before it finished."""
 
 
 def redacted(url: str) -> str:
@@ -78,7 +85,7 @@ def explain(exc: BaseException) -> str | None:
     """One line for an expected infrastructure failure (`exc` or what it wraps), else None."""
     if isinstance(exc, StorageUnavailable):
         return exc.message
-    if isinstance(exc, NotMigrated):
+    if isinstance(exc, NotMigrated | MigrationFailed):
         return str(exc)
     if isinstance(exc, NoSuchModuleError):
         return f"unsupported database URL: {one_line(str(exc))}"
