@@ -8,13 +8,16 @@ import os
 import socket
 import sqlite3
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
 
 from imagegate.config import load_config
+from imagegate.errors import StorageUnavailable
 from imagegate.service import readiness
+from imagegate.stores.blobs import S3_PROBE_TIMEOUT_S, S3BlobStore
 from imagegate.stores.db import SCHEMA_HEAD, Database
 from imagegate.stores.faults import explain, redacted
 from tests.conftest import POSTGRES_ADMIN_URL, audit_ledgers, free_port, invoke_cli, make_image, open_api, run_cli
@@ -198,12 +201,12 @@ def test_key_commands_do_not_migrate_a_shared_database(postgres_url: str, tmp_pa
     assert invoke_cli("keys", "list", env=env).returncode == 0
 
 
-async def test_a_storage_that_stops_answering_is_not_ready_within_the_checks_time(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def hung_s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """AWS_* pointing at a loopback port that accepts connections into its backlog and never answers."""
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
-    silent.listen(16)  # accepts connections into its backlog and never answers them
+    silent.listen(16)
     for name, value in {
         "AWS_ENDPOINT_URL": f"http://127.0.0.1:{silent.getsockname()[1]}",
         "AWS_ACCESS_KEY_ID": "test",
@@ -211,15 +214,32 @@ async def test_a_storage_that_stops_answering_is_not_ready_within_the_checks_tim
         "AWS_DEFAULT_REGION": "us-east-1",
     }.items():
         monkeypatch.setenv(name, value)
-    try:
-        async with open_api(load_config(data_dir=tmp_path / "d", storage={"url": "s3://hung/x"})) as api:
-            started = time.monotonic()
-            ready = await api.client.get("/readyz")
-            took = time.monotonic() - started
-    finally:
-        silent.close()
+    with silent:
+        yield
+
+
+@pytest.mark.usefixtures("hung_s3")
+async def test_a_storage_that_stops_answering_is_not_ready_within_the_checks_time(tmp_path: Path) -> None:
+    async with open_api(load_config(data_dir=tmp_path / "d", storage={"url": "s3://hung/x"})) as api:
+        started = time.monotonic()
+        ready = await api.client.get("/readyz")
+        took = time.monotonic() - started
+    stopped = time.monotonic() - started
     assert ready.status_code == 503 and took < readiness.CHECK_TIMEOUT_S + 3, took
     assert ready.json()["checks"]["storage"] == {"ok": False, "detail": "no answer within 5 s"}
+    # the retention sweep's listing, hung at start, is abandoned: shutdown does not wait out its retries
+    assert stopped < took + 3, stopped
+
+
+@pytest.mark.usefixtures("hung_s3")
+async def test_a_probe_of_a_hung_storage_gives_up_after_one_short_attempt() -> None:
+    """The thread of a probe `/readyz` abandoned is busy for S3_PROBE_TIMEOUT_S, not the retry schedule
+    of ordinary calls (1.5 minutes), so probes of a hung store do not pile up busy threads."""
+    store = S3BlobStore("hung", "x")
+    started = time.monotonic()
+    with pytest.raises(StorageUnavailable, match="cannot write to bucket 'hung'"):
+        await store.probe()
+    assert time.monotonic() - started < S3_PROBE_TIMEOUT_S + 3
 
 
 def test_serve_on_a_port_in_use_is_one_line_before_any_key_is_made(tmp_path: Path) -> None:

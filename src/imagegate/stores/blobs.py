@@ -41,6 +41,9 @@ S3_READ_TIMEOUT_S = 30
 S3_ATTEMPTS = 3
 """botocore's defaults (60 s timeouts, 5 attempts) let one call to a store that stopped answering hang
 for minutes; with these a request fails (503) within about a minute and a half instead."""
+S3_PROBE_TIMEOUT_S = 5
+"""`probe` makes one attempt with this timeout, so that the thread of a probe `/readyz` gave up on ends
+soon after it instead of holding a worker thread for the whole retry schedule above."""
 PROBE_NAME = "imagegate-ready-probe"
 """What `probe` writes and deletes (a name no stored file can have: those are ids with an extension)."""
 CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
@@ -148,9 +151,11 @@ class LocalBlobStore:
     def _path(self, name: str) -> Path:
         return self.root / name[:2] / checked_name(name)
 
-    async def _guarded(self, work: Callable[[], T]) -> T:
+    async def _guarded(self, work: Callable[[], T], abandonable: bool = False) -> T:
+        """`work` in a worker thread, its botocore faults as StorageUnavailable; an `abandonable` call
+        (one that changes nothing) is left to finish alone when the caller is cancelled."""
         try:
-            return await anyio.to_thread.run_sync(work)
+            return await anyio.to_thread.run_sync(work, abandon_on_cancel=abandonable)
         except OSError as exc:
             raise unavailable(self.describe(), exc) from exc
 
@@ -261,7 +266,11 @@ class S3BlobStore:
     carry their Content-Type and an inline Content-Disposition with their name, so a browser shows a
     presigned URL's image rather than downloading `binary/octet-stream`."""
 
-    def __init__(self, bucket: str, prefix: str = "", client: S3Client | None = None) -> None:
+    def __init__(
+        self, bucket: str, prefix: str = "", client: S3Client | None = None, probe_client: S3Client | None = None
+    ) -> None:
+        """`client` makes every call but `probe`'s, which `probe_client` makes (by default, clients built
+        from the environment with the timeouts and attempts above; `client` for both if only it is given)."""
         from botocore.exceptions import BotoCoreError, ClientError  # only S3 deployments load boto
 
         self.bucket = bucket
@@ -273,10 +282,17 @@ class S3BlobStore:
             settings = BotoConfig(
                 connect_timeout=S3_CONNECT_TIMEOUT_S,
                 read_timeout=S3_READ_TIMEOUT_S,
-                retries={"max_attempts": S3_ATTEMPTS, "mode": "standard"},
+                retries={"total_max_attempts": S3_ATTEMPTS, "mode": "standard"},
             )
             client = boto3.client("s3", config=settings)
+            brief = BotoConfig(
+                connect_timeout=S3_PROBE_TIMEOUT_S,
+                read_timeout=S3_PROBE_TIMEOUT_S,
+                retries={"total_max_attempts": 1, "mode": "standard"},
+            )
+            probe_client = probe_client or boto3.client("s3", config=brief)
         self.client: S3Client = client
+        self.probe_client: S3Client = probe_client or client
         self._faults: tuple[type[Exception], ...] = (BotoCoreError, ClientError)
 
     def _key(self, name: str) -> str:
@@ -286,9 +302,11 @@ class S3BlobStore:
     def _headers(name: str) -> dict[str, str]:
         return {"ContentType": content_type(name), "ContentDisposition": f'inline; filename="{name}"'}
 
-    async def _guarded(self, work: Callable[[], T]) -> T:
+    async def _guarded(self, work: Callable[[], T], abandonable: bool = False) -> T:
+        """`work` in a worker thread, its botocore faults as StorageUnavailable; an `abandonable` call
+        (one that changes nothing) is left to finish alone when the caller is cancelled."""
         try:
-            return await anyio.to_thread.run_sync(work)
+            return await anyio.to_thread.run_sync(work, abandon_on_cancel=abandonable)
         except self._faults as exc:
             raise unavailable(self.describe(), exc) from exc
 
@@ -350,7 +368,7 @@ class S3BlobStore:
     async def written_before(self, moment_s: float) -> AsyncIterator[list[tuple[str, float]]]:
         asked: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self.prefix, "MaxKeys": LISTED_AT_ONCE}
         while True:
-            page = await self._guarded(functools.partial(self.client.list_objects_v2, **asked))
+            page = await self._guarded(functools.partial(self.client.list_objects_v2, **asked), abandonable=True)
             names = [
                 (item["Key"][len(self.prefix) :], item["LastModified"].timestamp())
                 for item in page.get("Contents", [])
@@ -374,9 +392,9 @@ class S3BlobStore:
         key = self._key(PROBE_NAME)
         try:
             for call in (
-                functools.partial(self.client.head_bucket, Bucket=self.bucket),
-                functools.partial(self.client.put_object, Bucket=self.bucket, Key=key, Body=b"ok"),
-                functools.partial(self.client.delete_object, Bucket=self.bucket, Key=key),
+                functools.partial(self.probe_client.head_bucket, Bucket=self.bucket),
+                functools.partial(self.probe_client.put_object, Bucket=self.bucket, Key=key, Body=b"ok"),
+                functools.partial(self.probe_client.delete_object, Bucket=self.bucket, Key=key),
             ):  # abandoned when the caller's deadline passes: a store that hangs must not hang /readyz
                 await anyio.to_thread.run_sync(call, abandon_on_cancel=True)
         except self._faults as exc:
