@@ -26,6 +26,7 @@ from imagegate.service.queued_channels import HANDOVER_FILE
 from imagegate.service.records import RESULT_FILE
 from imagegate.stores.blobs import BlobStore, deleted
 from imagegate.stores.db import Clock, Database, StoredFile, Task, now_ms
+from imagegate.stores.ledger import ACTIVE_STATES
 
 log = logging.getLogger("imagegate.retention")
 BATCH = 500
@@ -38,7 +39,6 @@ row is committed a little after its file is written, a published input is fetche
 runs, a handover file is read while its call runs, and a task's inputs are stored before its row."""
 TASK_INPUT = re.compile(r"^in_(task_[0-9a-f]{24})_(?:\d+|mask)$")
 """An async task's kept input (`TaskService.submit`), and the task's id."""
-ACTIVE_STATES = ("waiting", "running")
 
 
 class ResultSweeper:
