@@ -56,3 +56,12 @@ def test_an_escaped_value_still_decodes_to_the_same_image() -> None:
 def test_a_body_that_is_not_json_raises_as_orjson_does() -> None:
     with pytest.raises(orjson.JSONDecodeError):
         loads_lifting_b64(answer(BIG)[:-1])
+
+
+def test_a_data_url_value_is_lifted_and_passed_on_without_its_prefix() -> None:
+    """Seed 001's resellers answer `gpt-image-2-all` with `data:` URLs in `b64_json`."""
+    body = answer(BIG).replace(b'"b64_json":"', b'"b64_json":"data:image/png;base64,')
+    document, lifted = loads_lifting_b64(body)
+    parsed = parse_images(document, lifted)
+    assert lifted and parsed.images[0].data == BIG
+    assert bytes(parsed.images[0].b64 or b"") == pybase64.b64encode(BIG)

@@ -11,7 +11,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 
 import anyio
 import httpx
@@ -134,11 +134,32 @@ def data_url(source: Source) -> str:
     return f"data:{source.format.content_type};base64,{pybase64.b64encode(read_source(source)).decode('ascii')}"
 
 
+DATA_URL_HEAD = 256
+"""Where a `data:` URL's comma must be, at the latest (`data:image/png;base64,` is 22 characters)."""
+
+
+@overload
+def b64_payload(value: str) -> str: ...
+
+
+@overload
+def b64_payload(value: memoryview) -> memoryview: ...
+
+
+def b64_payload(value: str | memoryview) -> str | memoryview:
+    """A b64 image value without its `data:…;base64,` prefix, when it has one."""
+    if isinstance(value, str):
+        return value.split(",", 1)[1] if value.startswith("data:") else value
+    if bytes(value[:5]) != b"data:":
+        return value
+    comma = bytes(value[:DATA_URL_HEAD]).find(b",")
+    return value[comma + 1 :] if comma >= 0 else value
+
+
 def decode_b64(text: str | memoryview) -> bytes:
     """A b64 image value, with or without a `data:` prefix; EngineError when it is not base64."""
-    payload = text.split(",", 1)[1] if isinstance(text, str) and text.startswith("data:") else text
     try:
-        return pybase64.b64decode(payload, validate=True)
+        return pybase64.b64decode(b64_payload(text), validate=True)
     except ValueError as exc:
         raise EngineError("The upstream answered an image that is not valid base64.") from exc
 

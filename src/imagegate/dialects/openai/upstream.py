@@ -24,6 +24,7 @@ from imagegate.wire.outbound import (
     HttpUpstream,
     MultipartBody,
     Publications,
+    b64_payload,
     data_url,
     decode_b64,
     error_parts,
@@ -98,9 +99,10 @@ def parse_images(body: Any, lifted: dict[str, memoryview] | None = None) -> Upst
 def _passed_through(encoded: memoryview, prompt: str) -> UpstreamImage:
     """An image decoded from the provider's base64, which it keeps when that is the canonical
     (padded, unbroken) encoding of the bytes, so that sending it on is sending what encoding gives."""
-    data = decode_b64(encoded)
-    canonical = len(encoded) == 4 * -(-len(data) // 3)
-    return UpstreamImage(data=data, revised_prompt=prompt, b64=encoded if canonical else None)
+    payload = b64_payload(encoded)
+    data = decode_b64(payload)
+    canonical = len(payload) == 4 * -(-len(data) // 3)
+    return UpstreamImage(data=data, revised_prompt=prompt, b64=payload if canonical else None)
 
 
 def parse_callback(body: Any) -> UpstreamAnswer:
