@@ -45,6 +45,19 @@ def sniff(head: bytes) -> OutputFormat | None:
     return None
 
 
+_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+
+
+def ends_whole(data: bytes, fmt: OutputFormat) -> bool:
+    """Whether an image of `fmt` ends where its format says it ends: PNG's IEND chunk, JPEG's end of
+    image marker, the length in WebP's RIFF header. A cut-off file fails this without being decoded."""
+    if fmt is OutputFormat.PNG:
+        return data.endswith(_PNG_END)
+    if fmt is OutputFormat.JPEG:
+        return data.endswith(b"\xff\xd9")
+    return len(data) >= 8 and int.from_bytes(data[4:8], "little") + 8 == len(data)
+
+
 @dataclass
 class SourceImage:
     """An opened but not yet decoded input: its sniffed format and oriented dimensions.

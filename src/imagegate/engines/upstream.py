@@ -25,7 +25,8 @@ from imagegate.core.request import OutputFormat, Size
 from imagegate.core.upstream import ClientFactory, UpstreamClient, UpstreamImage, scrub
 from imagegate.engines.base import Engine, EngineContext, EngineKind
 from imagegate.errors import EngineError, EngineTimeout, ImagegateError
-from imagegate.imaging import alpha_in, encode, fit_cover, open_image, sniff
+from imagegate.imaging import alpha_in, encode, ends_whole, fit_cover, open_image, sniff
+from imagegate.net.acyclic_client import AnswerTooLarge
 from imagegate.net.fetch import SafeFetcher
 
 MAX_RESULT_PIXELS = 100_000_000
@@ -96,6 +97,8 @@ class UpstreamEngine:
             yield
         except httpx.TimeoutException as exc:
             raise EngineTimeout(f"The upstream channel '{name}' timed out ({type(exc).__name__}).") from exc
+        except AnswerTooLarge as exc:
+            raise EngineError(f"The upstream channel '{name}' answered too much: {exc}.") from exc
         except httpx.HTTPError as exc:
             raise EngineError(f"The upstream channel '{name}' could not be reached ({type(exc).__name__}).") from exc
         except ImagegateError as exc:
@@ -121,8 +124,9 @@ class UpstreamEngine:
             return fp.read()
 
     def _convert(self, job: Job, data: bytes, revised_prompt: str) -> ImageOut:
-        """The provider's bytes as they are when they already match; else re-encoded at the requested
-        size (engine-sized models keep the provider's size)."""
+        """The provider's bytes as they are when they already match (and are not cut off); else
+        re-encoded at the requested size (engine-sized models keep the provider's size). An image that
+        cannot be decoded is the provider's fault (EngineError), not the client's."""
         fmt = sniff(data[:16])
         if fmt is None:
             raise EngineError("The upstream answered something that is not a png, jpeg or webp image.")
@@ -133,9 +137,12 @@ class UpstreamEngine:
             raise EngineError(f"The upstream's image could not be read: {exc.message}") from exc
         native = Size(source.width, source.height)
         size = native if job.spec.size_mode is SizeMode.ENGINE else job.size
-        if native == size and source.orientation == 1 and fmt is want:
+        if native == size and source.orientation == 1 and fmt is want and ends_whole(data, fmt):
             return ImageOut(data, want, size, alpha_in(source.image), revised_prompt)
-        img = fit_cover(source.decode(), size)
+        try:
+            img = fit_cover(source.decode(), size)
+        except ImagegateError as exc:
+            raise EngineError(f"The upstream's image could not be decoded: {exc.message}") from exc
         encoded = encode(img, want, self.imaging, job.request.output_compression)
         transparent = want is not OutputFormat.JPEG and img.mode == "RGBA"
         return ImageOut(

@@ -47,11 +47,18 @@ def provider_usage(reports: list[CallReport]) -> dict[str, Any] | None:
 
 
 def _add_counts(usages: list[dict[str, Any]]) -> dict[str, Any]:
+    """The numbers of `usages` added field by field; a field another usage gave another shape (a
+    number where the first had an object, or the other way) is left out of the sum."""
     total: dict[str, Any] = {}
     for item in usages:
         for name, value in item.items():
-            if isinstance(value, dict):
-                total[name] = _add_counts([total.get(name, {}), value])
-            elif isinstance(value, int | float) and not isinstance(value, bool):
-                total[name] = total.get(name, 0) + value
+            have = total.get(name)
+            if isinstance(value, dict) and (have is None or isinstance(have, dict)):
+                total[name] = _add_counts([have or {}, value])
+            elif _is_count(value) and (have is None or _is_count(have)):
+                total[name] = (have or 0) + value
     return total
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)

@@ -20,6 +20,7 @@ import pybase64
 from imagegate.config import ChannelSettings
 from imagegate.core.job import Source
 from imagegate.core.upstream import InputHost
+from imagegate.core.validation import MAX_PROMPT_CHARS
 from imagegate.errors import BadRequest, EngineError, ImagegateError
 from imagegate.net.acyclic_client import AcyclicClient
 from imagegate.net.aiohttp_transport import AiohttpTransport
@@ -164,6 +165,12 @@ def decode_b64(text: str | memoryview) -> bytes:
         raise EngineError("The upstream answered an image that is not valid base64.") from exc
 
 
+def revised_prompt(item: object) -> str:
+    """An answer item's `revised_prompt` when the provider gave text (cut to MAX_PROMPT_CHARS), else ''."""
+    value = item.get("revised_prompt") if isinstance(item, dict) else None
+    return value[:MAX_PROMPT_CHARS] if isinstance(value, str) else ""
+
+
 def error_parts(body: Any) -> tuple[str | None, str | None, str | None]:
     """(message, code, param) from an error body: OpenAI's `{"error": {...}}`, seed 003's
     `{"success": false, "error": {...}}`, or the seed dialects' `{"code", "message"|"msg"}`."""
@@ -221,6 +228,11 @@ def rejection(response: httpx.Response, channel: str) -> ImagegateError:
     return EngineError(f"The upstream channel '{channel}' answered {status}: {said}", retryable=False)
 
 
+MAX_ANSWER_BYTES = 256 * 1024 * 1024
+"""The longest answer a provider may send (and that its body may decode to): several 4K images as
+base64, more than any provider answers one call; beyond it the call fails as the provider's fault."""
+
+
 @dataclass(frozen=True)
 class Endpoint:
     """Where one channel's provider answers, and how this server reaches it."""
@@ -240,7 +252,8 @@ class Endpoint:
 
     def client(self) -> httpx.AsyncClient:
         """The channel's pooled client: bearer auth, its timeout, no proxies from the environment, at
-        most `max_connections` connections, over aiohttp unless `transport` replaces the network."""
+        most `max_connections` connections, answers of at most MAX_ANSWER_BYTES, over aiohttp unless
+        `transport` replaces the network."""
         headers = {"authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         return AcyclicClient(
             base_url=self.base_url.rstrip("/"),
@@ -248,6 +261,7 @@ class Endpoint:
             timeout=httpx.Timeout(self.timeout_s, connect=min(10.0, self.timeout_s)),
             trust_env=False,
             transport=self.transport or AiohttpTransport(self.max_connections),
+            max_answer_bytes=MAX_ANSWER_BYTES,
         )
 
 

@@ -13,7 +13,7 @@ from imagegate.core.request import Quality
 from imagegate.core.sizing import native_size
 from imagegate.core.upstream import RelayHosts, UpstreamAnswer, UpstreamImage
 from imagegate.errors import EngineError
-from imagegate.wire.outbound import Endpoint, HttpUpstream, data_url, decode_b64
+from imagegate.wire.outbound import Endpoint, HttpUpstream, data_url, decode_b64, revised_prompt
 
 
 def parse_envelope(body: Any) -> UpstreamAnswer:
@@ -29,9 +29,8 @@ def parse_envelope(body: Any) -> UpstreamAnswer:
     for item in items:
         url = item.get("url") if isinstance(item, dict) else item
         if isinstance(url, str):
-            prompt = item.get("revised_prompt", "") if isinstance(item, dict) else ""
             image = UpstreamImage(data=decode_b64(url)) if url.startswith("data:") else UpstreamImage(url=url)
-            image.revised_prompt = prompt or ""
+            image.revised_prompt = revised_prompt(item)
             images.append(image)
     return UpstreamAnswer(images)
 

@@ -82,12 +82,29 @@ def render(outcome: Outcome, url_for: UrlFor, spec: ModelSpec, prompt: str, *, s
     }
 
 
+APPLIED_HEADER_MAX = 2048
+"""The longest `x-imagegate-applied` value, encoded: proxies refuse long response headers (nginx's
+buffer for them is 4 or 8 KB by default)."""
+_APPLIED_SAFE = " !#$&'()*+,/:;=?@[]~"
+_CUT = quote("…")
+
+
 def applied_header(outcome: Outcome) -> dict[str, str]:
-    """`x-imagegate-applied`: what the engine did (its revised prompt, percent-encoded beyond ASCII),
-    for models whose answer must echo the prompt instead."""
+    """`x-imagegate-applied`: what the engine did (its revised prompt, percent-encoded beyond ASCII, cut
+    to APPLIED_HEADER_MAX with a closing `…`), for models whose answer must echo the prompt instead."""
     if not outcome.images:
         return {}
-    return {"x-imagegate-applied": quote(outcome.images[0].revised_prompt, safe=" !#$&'()*+,/:;=?@[]~")}
+    text = outcome.images[0].revised_prompt
+    value = quote(text, safe=_APPLIED_SAFE)
+    if len(value) > APPLIED_HEADER_MAX:
+        kept, size = [], len(_CUT)
+        for char in text:
+            size += len(quote(char, safe=_APPLIED_SAFE))
+            if size > APPLIED_HEADER_MAX:
+                break
+            kept.append(char)
+        value = quote("".join(kept), safe=_APPLIED_SAFE) + _CUT
+    return {"x-imagegate-applied": value}
 
 
 def _sse(event: str, data: dict[str, Any]) -> bytes:

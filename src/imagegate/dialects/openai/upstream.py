@@ -29,6 +29,7 @@ from imagegate.wire.outbound import (
     decode_b64,
     error_parts,
     published,
+    revised_prompt,
 )
 
 
@@ -80,7 +81,7 @@ def parse_images(body: Any, lifted: dict[str, memoryview] | None = None) -> Upst
     for item in items:
         if not isinstance(item, dict):
             continue
-        prompt = item.get("revised_prompt") or ""
+        prompt = revised_prompt(item)
         encoded = item.get("b64_json")
         if lifted and isinstance(encoded, str) and encoded in lifted:
             images.append(_passed_through(lifted[encoded], prompt))
@@ -128,7 +129,10 @@ async def relay_events(response: httpx.Response, job: Job) -> UpstreamAnswer:
             continue
         kind = str(event.get("type", "")) if isinstance(event, dict) else ""
         if kind.endswith(".partial_image") and job.on_partial is not None:
-            await job.on_partial(int(event.get("partial_image_index", 0)), decode_b64(str(event.get("b64_json", ""))))
+            index = event.get("partial_image_index", 0)
+            if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+                raise EngineError(f"The upstream streamed a partial image whose index is {str(index)[:40]!r}.")
+            await job.on_partial(index, decode_b64(str(event.get("b64_json", ""))))
         elif kind.endswith(".completed"):
             images.append(UpstreamImage(data=decode_b64(str(event.get("b64_json", "")))))
             usage = event.get("usage") if isinstance(event.get("usage"), dict) else usage
