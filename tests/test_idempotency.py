@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import base64
+import sqlite3
 
+import pytest
 from sqlalchemy import func, select
 
+from imagegate import idempotency
 from imagegate.stores.db import Database, Task
 from tests.conftest import Api, create_key, make_image
 
@@ -84,3 +87,43 @@ async def test_async_submission_is_not_queued_twice(api: Api) -> None:
     assert first.status_code == again.status_code == 200
     assert first.json()["data"]["taskId"] == again.json()["data"]["taskId"]
     assert await task_count(api) == 1
+
+
+async def test_a_streamed_edit_streams_and_its_repeat_replays_the_stream(api: Api) -> None:
+    headers = {**api.auth, "Idempotency-Key": "stream-1"}
+    files = [("image", ("a.png", PNG, "image/png"))]
+    form = {"prompt": "sepia", "stream": "true", "partial_images": "2"}
+    first = await api.client.post("/v1/images/edits", headers=headers, data=form, files=files)
+    again = await api.client.post("/v1/images/edits", headers=headers, data=form, files=files)
+    events = [line for line in first.text.splitlines() if line.startswith("event:")]
+    assert events == ["event: image_edit.partial_image"] * 2 + ["event: image_edit.completed"], first.text[:300]
+    assert again.content == first.content and again.headers["idempotent-replayed"] == "true"
+    assert await task_count(api) == 1
+
+
+async def test_an_answer_too_large_to_keep_is_not_run_or_charged_twice(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(idempotency, "MAX_STORED_BYTES", 1000)
+    headers = {**api.auth, "Idempotency-Key": "big-1"}
+    files = [("image", ("a.png", PNG, "image/png"))]
+    first = await api.client.post("/v1/images/edits", headers=headers, data={"prompt": "sepia"}, files=files)
+    again = await api.client.post("/v1/images/edits", headers=headers, data={"prompt": "sepia"}, files=files)
+    assert first.status_code == 200 and len(first.content) > 1000
+    assert again.status_code == 409 and again.json()["error"]["code"] == "idempotency_answer_not_kept", again.text
+    assert "larger than" in again.json()["error"]["message"]
+    assert await task_count(api) == 1
+    assert (await api.client.get("/v1/usage", headers=api.auth)).json()["balance"] == "994", "charged once"
+
+
+async def test_a_new_keys_secret_is_never_kept_for_a_replay(api: Api) -> None:
+    admin = {"Authorization": f"Bearer {await create_key(api.config, admin=True)}", "Idempotency-Key": "new-key"}
+    made = await api.client.post("/admin/keys", headers=admin, json={"name": "x", "credits": 5})
+    again = await api.client.post("/admin/keys", headers=admin, json={"name": "x", "credits": 5})
+    assert made.status_code == 201 and made.json()["key"].startswith("ig-")
+    assert again.status_code == 409 and again.json()["error"]["code"] == "idempotency_answer_not_kept"
+    assert "shown only once" in again.json()["error"]["message"]
+    with sqlite3.connect(api.config.data_dir / "imagegate.db") as db:
+        stored = db.execute("SELECT body, headers FROM idempotency").fetchall()
+    assert stored and all(made.json()["key"].encode() not in (body or b"") for body, _ in stored)
+    assert all(made.json()["webhook_secret"] not in (headers or "") for _, headers in stored)

@@ -17,7 +17,8 @@
     │   └── ModelNotFound               404 model_not_found
     ├── Gone                            410 expired
     ├── Conflict                        409 too_many_active_tasks
-    │   └── IdempotencyInProgress       409 idempotency_key_in_progress
+    │   ├── IdempotencyInProgress       409 idempotency_key_in_progress
+    │   └── IdempotencyAnswerNotKept    409 idempotency_answer_not_kept
     ├── RequestTimeout                  408 request_timeout
     ├── PayloadTooLarge                 413 request_too_large
     ├── RateLimited                     429 rate_limit_exceeded
@@ -171,6 +172,12 @@ class IdempotencyInProgress(Conflict):
     """A request with this Idempotency-Key is still running."""
 
     code = "idempotency_key_in_progress"
+
+
+class IdempotencyAnswerNotKept(Conflict):
+    """A request with this Idempotency-Key succeeded, but its answer was not kept for a replay."""
+
+    code = "idempotency_answer_not_kept"
 
 
 class RequestTimeout(ImagegateError):

@@ -6,7 +6,9 @@ its random boundary, so a client library's retry matches) while its body is spoo
 request runs and its 2xx answer is stored; a repeat with the same fingerprint within 24 hours gets
 that answer again (header `idempotent-replayed: true`) without running or charging; the same key
 with another request is a 422; a repeat while the first still runs is a 409. Answers other than
-2xx are not stored, so a corrected retry may run.
+2xx are not stored, so a corrected retry may run. A 2xx answer that is not kept — over
+MAX_STORED_BYTES, or showing a secret once (`keep_out_of_replays`) — still uses up its key: a repeat
+gets a 409 saying so, and nothing runs or is charged twice.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from imagegate.asgi import ASGIApp, Message, Receive, Scope, Send, header
 from imagegate.edge import ErrorRenderer
 from imagegate.errors import (
     BadRequest,
+    IdempotencyAnswerNotKept,
     IdempotencyInProgress,
     IdempotencyKeyReused,
     ImagegateError,
@@ -36,6 +39,18 @@ MAX_STORED_BYTES = 64 * 1024 * 1024
 _BOUNDARY = re.compile(rb"boundary=\"?([^\";]+)\"?", re.IGNORECASE)
 _REPLAYED_HEADERS = ("content-type", "x-imagegate-engine", "x-imagegate-task", "cache-control")
 _CHUNK = 1024 * 1024
+_NOT_KEPT = "x-imagegate-not-kept"
+"""Stored in place of an answer that was not kept, naming why (one of _NOT_KEPT_BECAUSE)."""
+_NOT_KEPT_BECAUSE = {
+    "too-large": f"it was larger than the {MAX_STORED_BYTES // (1024 * 1024)} MiB kept for replays",
+    "secret": "it showed a secret that is shown only once",
+}
+_SHOWS_ONCE = "imagegate.answer_shows_once"
+
+
+def keep_out_of_replays(scope: Scope) -> None:
+    """Mark the answer to this request as one no replay may keep (it shows a secret once)."""
+    scope[_SHOWS_ONCE] = True
 
 
 class _Fingerprint:
@@ -98,7 +113,15 @@ class IdempotencyMiddleware:
                 return
             store = IdempotencyStore(scope["app"].state.runtime.db)
             verdict, stored = await store.begin(owner, key, fingerprint.hexdigest())
-            if verdict is Verdict.REPLAY and stored is not None:
+            if verdict is Verdict.REPLAY and stored is not None and _NOT_KEPT in stored.headers:
+                because = _NOT_KEPT_BECAUSE.get(stored.headers[_NOT_KEPT], "it was not kept")
+                gone = IdempotencyAnswerNotKept(
+                    f"A request with this Idempotency-Key already succeeded; its answer cannot be replayed "
+                    f"because {because}, and the request is not run twice.",
+                    param="Idempotency-Key",
+                )
+                await self.render_error(gone, scope)(scope, receive, send)
+            elif verdict is Verdict.REPLAY and stored is not None:
                 await self._replay(stored, send)
             elif verdict is Verdict.MISMATCH:
                 error: ImagegateError = IdempotencyKeyReused(
@@ -112,7 +135,7 @@ class IdempotencyMiddleware:
                 )
                 await self.render_error(error, scope)(scope, receive, send)
             else:
-                await self._run_and_store(scope, spool, size, send, store, owner, key)
+                await self._run_and_store(scope, spool, size, receive, send, store, owner, key)
 
     @staticmethod
     async def _spool(receive: Receive, spool: IO[bytes], fingerprint: _Fingerprint) -> int:
@@ -133,14 +156,22 @@ class IdempotencyMiddleware:
         return total
 
     async def _run_and_store(
-        self, scope: Scope, spool: IO[bytes], size: int, send: Send, store: IdempotencyStore, owner: str, key: str
+        self,
+        scope: Scope,
+        spool: IO[bytes],
+        size: int,
+        receive: Receive,
+        send: Send,
+        store: IdempotencyStore,
+        owner: str,
+        key: str,
     ) -> None:
         done = False
 
         async def replay_body() -> Message:
             nonlocal done
-            if done:
-                return {"type": "http.disconnect"}
+            if done:  # the body was all handed over: what comes next is the client leaving, if it does
+                return await receive()
             chunk = spool.read(_CHUNK)
             more = bool(chunk) and spool.tell() < size
             done = not more
@@ -167,8 +198,10 @@ class IdempotencyMiddleware:
         stored = False
         try:
             await self.app(scope, replay_body, capture)
-            if 200 <= status < 300 and not overflow:
-                await store.complete(owner, key, Stored(status, headers, bytes(body)))
+            if 200 <= status < 300:
+                reason = "secret" if scope.get(_SHOWS_ONCE) else "too-large" if overflow else None
+                kept = Stored(status, {_NOT_KEPT: reason}, b"") if reason else Stored(status, headers, bytes(body))
+                await store.complete(owner, key, kept)
                 stored = True
         finally:
             if not stored:

@@ -16,6 +16,7 @@ from fastapi.responses import Response
 from imagegate import openapi
 from imagegate.api.account import ledger_page, page_size
 from imagegate.errors import BadRequest, excerpt
+from imagegate.idempotency import keep_out_of_replays
 from imagegate.responses import json_response
 from imagegate.runtime import Runtime, runtime_of
 from imagegate.service import accounts
@@ -76,6 +77,7 @@ async def create_key(request: Request) -> Response:
         new = await keys.create_key(session, credits=credits, admin=admin, **_settings(body))
         row = await ledger.key(session, new.id)
     view = accounts.key_view(row, rt.config.accounts)
+    keep_out_of_replays(request.scope)
     return json_response({**view, "key": new.raw, "webhook_secret": new.webhook_secret}, 201)
 
 
