@@ -31,10 +31,10 @@ ErrorRenderer = Callable[[ImagegateError, Scope], Response]
 
 
 def body_limit(scope: Scope, limits: Limits) -> int:
-    """The most bytes the request's body may carry: JSON is parsed in memory and gets the lower limit."""
+    """The most bytes the request's body may carry: a multipart body's files are spooled, while JSON
+    and urlencoded forms are parsed in memory and get the lower limit."""
     content_type = (header(scope, b"content-type") or b"").decode("latin-1").lower()
-    forms = ("multipart/form-data", "application/x-www-form-urlencoded")
-    return limits.body_bytes if content_type.startswith(forms) else limits.json_bytes
+    return limits.body_bytes if content_type.startswith("multipart/form-data") else limits.json_bytes
 
 
 class _BodyClock:

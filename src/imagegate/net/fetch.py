@@ -288,6 +288,8 @@ def decode_inline(text: str, *, param: str, max_bytes: int) -> IO[bytes]:
             raw = pybase64.b64decode("".join(payload.split()), validate=True)
         except ValueError as exc:
             raise InvalidImage(f"Invalid image in '{param}': not a URL, data URL or base64.", param=param) from exc
+    if len(raw) > max_bytes:  # the estimate above is quick but allows for padding it cannot see
+        raise ImageTooLarge(f"Image in '{param}' is larger than {max_bytes:,} bytes.", param=param)
     spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)  # noqa: SIM115 - returned to caller
     spool.write(raw)
     spool.seek(0)

@@ -17,14 +17,24 @@ _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off", ""}
 
 
+MAX_JSON_DEPTH = 254
+"""The deepest nesting orjson writes: a request's JSON is stored with its task, so it must encode again."""
+
+
 def json_object(raw: bytes, *, hint: str = "", code: str | None = None) -> dict[str, Any]:
-    """A request body that must be a JSON object; otherwise BadRequest (with `code`, and `hint` appended)."""
+    """A request body that must be a JSON object, nested at most MAX_JSON_DEPTH deep; otherwise
+    BadRequest (with `code`, and `hint` appended)."""
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise BadRequest(f"We could not parse the JSON body of your request.{hint}", code=code) from exc
     if not isinstance(body, dict):
         raise BadRequest("The JSON body must be an object.", code=code)
+    if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH:  # else it cannot nest that deep
+        try:
+            orjson.dumps(body)
+        except TypeError as exc:
+            raise BadRequest(f"The JSON body is nested more than {MAX_JSON_DEPTH} levels deep.", code=code) from exc
     return body
 
 

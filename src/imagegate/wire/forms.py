@@ -22,7 +22,7 @@ from starlette.datastructures import FormData, Headers
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from imagegate.config import Limits
-from imagegate.errors import BadRequest, ImageTooLarge, excerpt
+from imagegate.errors import BadRequest, ImageTooLarge, PayloadTooLarge, excerpt
 
 UPLOADS_IN_MEMORY = 32 * 1024 * 1024
 """The most bytes of uploaded files this process keeps in memory at once (each part at most 8 MiB)."""
@@ -142,10 +142,20 @@ class _PartTooLarge(MultiPartException):
         self.field = field
 
 
+class _TextTooLarge(MultiPartException):
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"The form's text fields together are larger than {limit:,} bytes (they are held in memory); "
+            "send images as file parts or URLs."
+        )
+
+
 class BoundedMultiPartParser(MultiPartParser):
-    """MultiPartParser that stops at the first file part larger than `max_file_size` bytes, and keeps a
-    file part of up to `spool_max_size` in memory while the process's upload budget has room (a part
-    on disk costs a thread hop for every piece of it that arrives)."""
+    """MultiPartParser that stops at the first file part larger than `max_file_size` bytes, and once its
+    text fields (held in memory, as a JSON body is) together pass `max_text_bytes`; that keeps a file
+    part of up to `spool_max_size` in memory while the process's upload budget has room (a part on
+    disk costs a thread hop for every piece of it that arrives); and that knows whether the body
+    reached its closing boundary (`ended`)."""
 
     spool_max_size = 8 * 1024 * 1024
 
@@ -158,10 +168,18 @@ class BoundedMultiPartParser(MultiPartParser):
         max_fields: int,
         max_part_size: int,
         max_file_size: int,
+        max_text_bytes: int,
     ) -> None:
         super().__init__(headers, stream, max_files=max_files, max_fields=max_fields, max_part_size=max_part_size)
         self.max_file_size = max_file_size
+        self.max_text_bytes = max_text_bytes
         self._file_bytes = 0
+        self._text_bytes = 0
+        self.ended = False
+
+    def on_end(self) -> None:
+        super().on_end()
+        self.ended = True
 
     def on_part_begin(self) -> None:
         super().on_part_begin()
@@ -181,13 +199,19 @@ class BoundedMultiPartParser(MultiPartParser):
             self._file_bytes += end - start
             if self._file_bytes > self.max_file_size:
                 raise _PartTooLarge(excerpt(self._current_part.field_name), self.max_file_size)
+        else:
+            self._text_bytes += end - start
+            if self._text_bytes > self.max_text_bytes:
+                raise _TextTooLarge(self.max_text_bytes)
         super().on_part_data(data, start, end)
 
 
 async def read_multipart(request: Request, limits: Limits) -> FormData:
     """The request's multipart form; its uploads are closed with `request.close()`.
 
-    Raises ImageTooLarge for a file part past `limits.max_image_bytes` and BadRequest for a malformed body.
+    Raises ImageTooLarge for a file part past `limits.max_image_bytes`, PayloadTooLarge when the text
+    fields together pass `limits.json_bytes` (what a JSON body may hold), and BadRequest for a
+    malformed body, one cut off before its closing boundary included.
     """
     parser = BoundedMultiPartParser(
         request.headers,
@@ -196,12 +220,17 @@ async def read_multipart(request: Request, limits: Limits) -> FormData:
         max_fields=limits.max_form_fields,
         max_part_size=limits.max_image_bytes * 4 // 3 + 1024,
         max_file_size=limits.max_image_bytes,
+        max_text_bytes=limits.json_bytes,
     )
     try:
         form = await parser.parse()
     except _PartTooLarge as exc:
         raise ImageTooLarge(exc.message, param=exc.field) from exc
+    except _TextTooLarge as exc:
+        raise PayloadTooLarge(exc.message) from exc
     except MultiPartException as exc:
         raise BadRequest(f"Invalid multipart body: {exc.message}") from exc
     request._form = form  # Request.close() closes the uploads of the form it holds
+    if not parser.ended:
+        raise BadRequest("Invalid multipart body: it ends before its closing boundary.")
     return form

@@ -13,7 +13,7 @@ from starlette.requests import Request
 
 from imagegate.config import Limits
 from imagegate.core.request import Background, Delivery, EditRequest, ImageRef, OutputFormat, Quality
-from imagegate.errors import BadRequest
+from imagegate.errors import BadRequest, excerpt
 from imagegate.wire.fields import as_bool, as_enum, as_int, as_str, json_object, ref_from_json, ref_from_text
 from imagegate.wire.forms import read_multipart
 
@@ -111,12 +111,24 @@ def _from_form(form: FormData, basic_only: BasicOnly) -> EditRequest:
         elif name in _SCALARS:
             scalars[name] = value
         elif nested := _NESTED.match(name):
-            req.extra.setdefault(nested.group(1), {})[nested.group(2)] = value
+            group = req.extra.setdefault(nested.group(1), {})
+            if not isinstance(group, dict):
+                raise _both_ways(nested.group(1), name)
+            group[nested.group(2)] = value
+        elif isinstance(req.extra.get(name), dict):
+            raise _both_ways(name, name)
         else:
             req.extra[name] = value
     _reject_aspect_ratio(req.extra)
     _apply_scalars(req, scalars, basic_only)
     return req
+
+
+def _both_ways(name: str, sent: str) -> BadRequest:
+    return BadRequest(
+        f"The form sends '{excerpt(name)}' both as one value and as a group ('{excerpt(name)}[...]'); send one.",
+        param=excerpt(sent),
+    )
 
 
 def _form_ref(value: UploadFile | str, param: str) -> ImageRef:
