@@ -104,7 +104,10 @@ def test_the_default_body_limits_follow_the_image_limits() -> None:
     assert Limits().body_bytes < 1024 * MB
 
 
-@pytest.mark.parametrize(("content_type", "limit"), [("application/json", "json_bytes"), ("", "json_bytes")])
+@pytest.mark.parametrize(
+    ("content_type", "limit"),
+    [("application/json", "json_bytes"), ("", "json_bytes"), ("application/x-www-form-urlencoded", "json_bytes")],
+)
 async def test_json_bodies_stop_at_their_limit(api: Api, content_type: str, limit: str) -> None:
     allowed = getattr(api.config.limits, limit)
     body = Body(chunks=allowed // MB + 50)

@@ -48,8 +48,9 @@ class Limits(BaseModel):
     """The most a request body may carry (413 past it); by default `max_input_images` uploads of
     `max_image_bytes` and FORM_OVERHEAD. Multipart bodies are spooled to disk, never held whole."""
     max_json_bytes: int | None = Field(default=None, gt=0)
-    """The most a JSON body may carry (JSON is parsed in memory): by default one data URL of
-    `max_image_bytes` and FORM_OVERHEAD; send larger or many inputs as multipart uploads or URLs."""
+    """The most a JSON or urlencoded body, or a multipart form's text fields together, may carry (all
+    are held in memory): by default one data URL of `max_image_bytes` and FORM_OVERHEAD; send larger
+    or many inputs as multipart uploads or URLs."""
     max_callback_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
     """The most a provider's callback (relayed requests in callback mode) may carry."""
     max_form_fields: int = Field(default=200, gt=0)
