@@ -6,9 +6,15 @@ import base64
 import sqlite3
 
 import pytest
+from fastapi.responses import Response
 from sqlalchemy import func, select
 
 from imagegate import idempotency
+from imagegate.asgi import Message, Receive, Scope, Send
+from imagegate.core.job import PartialSink
+from imagegate.errors import EngineError
+from imagegate.service.records import Outcome
+from imagegate.service.tasks import Prepared, TaskService
 from imagegate.stores.db import Database, Task
 from tests.conftest import Api, create_key, make_image
 
@@ -127,3 +133,57 @@ async def test_a_new_keys_secret_is_never_kept_for_a_replay(api: Api) -> None:
         stored = db.execute("SELECT body, headers FROM idempotency").fetchall()
     assert stored and all(made.json()["key"].encode() not in (body or b"") for body, _ in stored)
     assert all(made.json()["webhook_secret"] not in (headers or "") for _, headers in stored)
+
+
+async def test_a_stream_cut_off_before_its_end_is_not_kept(api: Api) -> None:
+    """A client that leaves a stream before its end gets nothing to replay: its retry runs."""
+    app = api.client._transport.app  # type: ignore[attr-defined]
+    runs: list[int] = []
+
+    async def cut_off(scope: Scope, receive: Receive, send: Send) -> None:
+        runs.append(1)
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+        await send({"type": "http.response.body", "body": b"event: partial\n\n", "more_body": True})
+
+    middleware = idempotency.IdempotencyMiddleware(cut_off, lambda exc, scope: Response(status_code=exc.status))
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/v1/images/edits",
+        "query_string": b"",
+        "headers": [(b"authorization", f"Bearer {api.key}".encode()), (b"idempotency-key", b"cut")],
+        "app": app,
+    }
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    for _ in range(2):
+        await middleware(dict(scope), receive, send)
+    assert len(runs) == 2, "the retry ran"
+    assert not any((b"idempotent-replayed", b"true") in m.get("headers", []) for m in sent)
+
+
+async def test_a_stream_that_ends_in_an_error_is_not_kept(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+    run = TaskService.execute
+
+    async def fails_first(self: TaskService, prepared: Prepared, on_partial: PartialSink | None = None) -> Outcome:
+        calls.append(1)
+        if len(calls) == 1:
+            raise EngineError("The engine failed once.")
+        return await run(self, prepared, on_partial)
+
+    monkeypatch.setattr(TaskService, "execute", fails_first)
+    headers = {**api.auth, "Idempotency-Key": "stream-fails"}
+    files = [("image", ("a.png", PNG, "image/png"))]
+    form = {"prompt": "sepia", "stream": "true"}
+    failed = await api.client.post("/v1/images/edits", headers=headers, data=form, files=files)
+    retried = await api.client.post("/v1/images/edits", headers=headers, data=form, files=files)
+    assert "event: error" in failed.text
+    assert "idempotent-replayed" not in retried.headers and "event: image_edit.completed" in retried.text
+    assert len(calls) == 2

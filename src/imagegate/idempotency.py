@@ -6,7 +6,8 @@ its random boundary, so a client library's retry matches) while its body is spoo
 request runs and its 2xx answer is stored; a repeat with the same fingerprint within 24 hours gets
 that answer again (header `idempotent-replayed: true`) without running or charging; the same key
 with another request is a 422; a repeat while the first still runs is a 409. Answers other than
-2xx are not stored, so a corrected retry may run. A 2xx answer that is not kept — over
+2xx are not stored, so a corrected retry may run, nor is a stream cut off or ended by an error
+event (`failed_after_2xx`). A 2xx answer that is not kept — over
 MAX_STORED_BYTES, or showing a secret once (`keep_out_of_replays`) — still uses up its key: a repeat
 gets a 409 saying so, and nothing runs or is charged twice.
 """
@@ -48,9 +49,18 @@ _NOT_KEPT_BECAUSE = {
 _SHOWS_ONCE = "imagegate.answer_shows_once"
 
 
+_FAILED = "imagegate.answer_failed"
+
+
 def keep_out_of_replays(scope: Scope) -> None:
     """Mark the answer to this request as one no replay may keep (it shows a secret once)."""
     scope[_SHOWS_ONCE] = True
+
+
+def failed_after_2xx(scope: Scope) -> None:
+    """Mark the answer to this request as a failure though it began as a 2xx (a stream that ended
+    with an error event): like any failed answer it is not kept, so a retry runs."""
+    scope[_FAILED] = True
 
 
 class _Fingerprint:
@@ -181,24 +191,28 @@ class IdempotencyMiddleware:
         headers: dict[str, str] = {}
         body = bytearray()
         overflow = False
+        whole = False
 
         async def capture(message: Message) -> None:
-            nonlocal status, overflow
+            nonlocal status, overflow, whole
             if message["type"] == "http.response.start":
                 status = message["status"]
                 for name, value in message.get("headers", []):
                     text = bytes(name).decode("latin-1").lower()
                     if text in _REPLAYED_HEADERS:
                         headers[text] = bytes(value).decode("latin-1")
-            elif message["type"] == "http.response.body" and not overflow:
-                body.extend(message.get("body", b""))
-                overflow = len(body) > MAX_STORED_BYTES
+            elif message["type"] == "http.response.body":
+                if not overflow:
+                    body.extend(message.get("body", b""))
+                    overflow = len(body) > MAX_STORED_BYTES
+                whole = not message.get("more_body", False)
             await send(message)
 
         stored = False
         try:
             await self.app(scope, replay_body, capture)
-            if 200 <= status < 300:
+            # a stream the client left before its end, or that ended in an error, is no answer to keep
+            if 200 <= status < 300 and whole and not scope.get(_FAILED):
                 reason = "secret" if scope.get(_SHOWS_ONCE) else "too-large" if overflow else None
                 kept = Stored(status, {_NOT_KEPT: reason}, b"") if reason else Stored(status, headers, bytes(body))
                 await store.complete(owner, key, kept)
