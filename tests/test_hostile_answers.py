@@ -9,6 +9,7 @@ import gzip
 import io
 import json
 import os
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from http.server import BaseHTTPRequestHandler
@@ -154,33 +155,74 @@ async def test_a_cut_off_image_is_the_providers_fault_and_the_next_channel_answe
     decode(base64.b64decode(failed_over.json()["data"][0]["b64_json"])).load()
 
 
-@pytest.mark.parametrize("encoding", ["identity", "gzip"])
+@pytest.mark.parametrize("encoding", ["identity", "gzip", "gzip, gzip"])
 async def test_an_answer_past_the_limit_is_refused_whole_or_inflated(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, encoding: str
 ) -> None:
     monkeypatch.setattr(outbound, "MAX_ANSWER_BYTES", 4 * len(IMAGE))
     huge = images_json(b64_item(revised_prompt="x" * 8 * len(IMAGE)))[2]
-    body, headers = (gzip.compress(huge), {"content-encoding": "gzip"}) if encoding == "gzip" else (huge, {})
-    assert len(body) < 4 * len(IMAGE) or encoding == "identity"
+    body = huge
+    for _ in range(encoding.count("gzip")):
+        body = gzip.compress(body)
+    headers = {"content-encoding": encoding} if encoding != "identity" else {}
     with provider(lambda: (200, {"content-type": "application/json", **headers}, body)) as base:
         config = relay_config(tmp_path, channel("p", base))
         async with open_api(config) as api:
             r = await upload_edit(api, {"prompt": "x", "size": "1024x1024"})
             charged_nothing(config, api)
     upstream_error(r)
-    assert "answered too much" in r.json()["error"]["message"]
+    if encoding != "gzip, gzip":  # stacked encodings are not taken at all
+        assert "answered too much" in r.json()["error"]["message"]
 
 
-async def test_usages_of_other_shapes_across_calls_are_added_where_they_agree(tmp_path: Path) -> None:
-    usages = iter(
-        [
-            {"total_tokens": 3, "input_tokens_details": {"image_tokens": 1}},
-            {"total_tokens": 4, "input_tokens_details": 2},
-        ]
-    )
-    with provider(lambda: images_json(b64_item(), usage=next(usages))) as base:
+async def test_a_compressed_answer_inflates_a_piece_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """httpx inflates each piece that arrives whole: 60 KB of gzip would be 64 MB at once."""
+    monkeypatch.setattr(outbound, "MAX_ANSWER_BYTES", 4 * len(IMAGE))
+    bomb = gzip.compress(b'{"data": [{"revised_prompt": "' + b"x" * (64 * 1024 * 1024) + b'"}]}')
+    grown: list[int] = []
+    inflate = zlib.decompressobj
+
+    def watched(*args: Any) -> Any:
+        made = inflate(*args)
+
+        class Watched:
+            unconsumed_tail = b""
+
+            def decompress(self, data: bytes, max_length: int = 0) -> bytes:
+                out = made.decompress(data, max_length)
+                self.unconsumed_tail = made.unconsumed_tail
+                grown.append(len(out))
+                return out
+
+        return Watched()
+
+    monkeypatch.setattr(zlib, "decompressobj", watched)
+    with provider(lambda: (200, {"content-type": "application/json", "content-encoding": "gzip"}, bomb)) as base:
         config = relay_config(tmp_path, channel("p", base))
         async with open_api(config) as api:
-            r = await upload_edit(api, {"prompt": "x", "size": "1024x1024", "n": "2"})
+            r = await upload_edit(api, {"prompt": "x", "size": "1024x1024"})
+    upstream_error(r)
+    assert grown and max(grown) <= 1024 * 1024 and sum(grown) <= 4 * len(IMAGE) + 1024 * 1024
+
+
+async def test_a_data_url_without_a_comma_is_the_providers_fault(tmp_path: Path) -> None:
+    broken = {"b64_json": "data:image/png;base64"}
+    with provider(lambda: images_json(broken)) as bad, provider(lambda: images_json(b64_item())) as good:
+        config = relay_config(tmp_path, channel("bad", bad), channel("good", good, priority=1))
+        async with open_api(config) as api:
+            r = await upload_edit(api, {"prompt": "x", "size": "1024x1024"})
     assert r.status_code == 200, r.text
-    assert len(r.json()["data"]) == 2 and r.json()["usage"]["total_tokens"] == 7
+
+
+async def test_a_revised_prompt_with_a_lone_surrogate_is_stored_and_answered(tmp_path: Path) -> None:
+    """JSON may carry one, and the envelope dialect's JSON reader takes it; our records cannot store it."""
+    image = "data:image/png;base64," + base64.b64encode(IMAGE).decode()
+    body = b'{"code": 0, "data": {"images": [{"url": "' + image.encode() + b'", "revised_prompt": "a\\ud800b"}]}}'
+    with provider(lambda: (200, {"content-type": "application/json"}, body)) as base:
+        config = relay_config(tmp_path, {**channel("p", base), "engine": "envelope"})
+        async with open_api(config) as api:
+            r = await upload_edit(api, {"prompt": "x", "size": "1024x1024"})
+            held = balance(config, api.key)[1]
+    assert r.status_code == 200, r.text
+    assert r.json()["data"][0]["revised_prompt"] == "a?b"
+    assert held == "0"

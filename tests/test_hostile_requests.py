@@ -105,3 +105,14 @@ async def test_a_data_url_one_byte_over_the_limit_is_refused_like_an_upload(tmp_
         r = await api.client.post("/v1/images/edits", headers=api.auth, json={"prompt": "x", "image": image})
     refused(r)
     assert r.json()["error"]["code"] == "image_too_large"
+
+
+async def test_json_as_deep_as_it_may_be_is_stored_with_its_task(api: Api) -> None:
+    """Unknown fields are stored a level deeper than they came (under `extra`)."""
+    image = "data:image/png;base64," + base64.b64encode(PNG).decode()
+    for depth, status in ((MAX_JSON_DEPTH, 200), (MAX_JSON_DEPTH + 1, 400), (254, 400)):
+        deep: object = 0
+        for _ in range(depth - 1):  # the body is one level, each list another
+            deep = [deep]
+        r = await api.client.post("/v1/images/edits", headers=api.auth, json={"prompt": "x", "image": image, "x": deep})
+        assert r.status_code == status, (depth, r.text)

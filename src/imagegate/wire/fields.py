@@ -17,8 +17,10 @@ _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off", ""}
 
 
-MAX_JSON_DEPTH = 254
-"""The deepest nesting orjson writes: a request's JSON is stored with its task, so it must encode again."""
+MAX_JSON_DEPTH = 250
+"""The deepest nesting a request's JSON may have: it is stored with its task, at most STORED_UNDER
+levels deep, and orjson writes 254 levels."""
+STORED_UNDER = 254 - MAX_JSON_DEPTH
 
 
 def json_object(raw: bytes, *, hint: str = "", code: str | None = None) -> dict[str, Any]:
@@ -31,8 +33,11 @@ def json_object(raw: bytes, *, hint: str = "", code: str | None = None) -> dict[
     if not isinstance(body, dict):
         raise BadRequest("The JSON body must be an object.", code=code)
     if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH:  # else it cannot nest that deep
+        stored: object = body
+        for _ in range(STORED_UNDER):
+            stored = [stored]
         try:
-            orjson.dumps(body)
+            orjson.dumps(stored)
         except TypeError as exc:
             raise BadRequest(f"The JSON body is nested more than {MAX_JSON_DEPTH} levels deep.", code=code) from exc
     return body

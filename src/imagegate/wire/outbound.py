@@ -150,7 +150,8 @@ def b64_payload(value: memoryview) -> memoryview: ...
 def b64_payload(value: str | memoryview) -> str | memoryview:
     """A b64 image value without its `data:…;base64,` prefix, when it has one."""
     if isinstance(value, str):
-        return value.split(",", 1)[1] if value.startswith("data:") else value
+        _, separated, payload = value.partition(",")
+        return payload if value.startswith("data:") and separated else value
     if bytes(value[:5]) != b"data:":
         return value
     comma = bytes(value[:DATA_URL_HEAD]).find(b",")
@@ -168,7 +169,10 @@ def decode_b64(text: str | memoryview) -> bytes:
 def revised_prompt(item: object) -> str:
     """An answer item's `revised_prompt` when the provider gave text (cut to MAX_PROMPT_CHARS), else ''."""
     value = item.get("revised_prompt") if isinstance(item, dict) else None
-    return value[:MAX_PROMPT_CHARS] if isinstance(value, str) else ""
+    if not isinstance(value, str):
+        return ""
+    # JSON may carry lone surrogates ("\ud800"), which no UTF-8 writer (orjson, our records) takes
+    return value[:MAX_PROMPT_CHARS].encode("utf-8", "replace").decode("utf-8")
 
 
 def error_parts(body: Any) -> tuple[str | None, str | None, str | None]:
