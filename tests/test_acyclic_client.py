@@ -5,15 +5,18 @@ against a real HTTP server on loopback, through the aiohttp transport the channe
 from __future__ import annotations
 
 import gc
+import gzip
 import os
+import time
 import weakref
+import zlib
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
 
 import httpx
 import pytest
 
-from imagegate.net.acyclic_client import AcyclicClient
+from imagegate.net.acyclic_client import AcyclicClient, AnswerTooLarge
 from imagegate.net.aiohttp_transport import AiohttpTransport
 from tests.loopback import loopback_server
 
@@ -70,3 +73,61 @@ async def test_a_streamed_answer_reads_whole_and_is_freed_once_closed() -> None:
             gone = weakref.ref(response)
             del response
             assert gone() is None
+
+
+def answering(status: int, headers: dict[str, str], pieces: list[bytes]) -> type[BaseHTTPRequestHandler]:
+    """A handler that answers GET with `status`, `headers` and the body `pieces`, each flushed apart."""
+
+    class Pieces(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:
+            self.send_response(status)
+            for name, value in {"content-length": str(sum(map(len, pieces))), **headers}.items():
+                self.send_header(name, value)
+            self.end_headers()
+            for piece in pieces:
+                self.wfile.write(piece)
+                self.wfile.flush()
+                time.sleep(0.05)
+
+        def log_message(self, format: str, *args: object) -> None:
+            return None
+
+    return Pieces
+
+
+async def capped_get(handler: type[BaseHTTPRequestHandler], limit: int = 10_000_000) -> httpx.Response:
+    with loopback_server(handler) as base:
+        async with AcyclicClient(transport=AiohttpTransport(4), max_answer_bytes=limit) as client:
+            return await client.get(base)
+
+
+@pytest.mark.parametrize(
+    ("encoding", "packed"),
+    [
+        ("deflate", zlib.compress(BODY)),
+        ("deflate", zlib.compress(BODY)[2:-4]),  # raw deflate, as some servers send it
+        ("gzip", gzip.compress(BODY)),
+        ("GZIP", gzip.compress(BODY)),
+        ("utf-8", BODY),  # not an encoding at all: ignored, as httpx ignores it
+    ],
+    ids=["zlib", "raw-deflate", "gzip", "upper-case", "not-an-encoding"],
+)
+async def test_an_answer_inflates_whatever_its_first_piece(encoding: str, packed: bytes) -> None:
+    response = await capped_get(answering(200, {"content-encoding": encoding}, [packed[:1], packed[1:]]))
+    assert response.content == BODY
+
+
+async def test_an_error_in_an_encoding_not_taken_keeps_its_status_and_headers() -> None:
+    handler = answering(429, {"content-encoding": "br", "retry-after": "7"}, [b"\x1b\x00\x00"])
+    response = await capped_get(handler)
+    assert response.status_code == 429 and response.headers["retry-after"] == "7" and response.content == b""
+    with pytest.raises(httpx.DecodingError):
+        await capped_get(answering(200, {"content-encoding": "br"}, [b"\x1b\x00\x00"]))
+
+
+async def test_an_answer_that_inflates_past_the_limit_is_cut_off_a_piece_at_a_time() -> None:
+    bomb = gzip.compress(bytes(50 * 1024 * 1024))
+    with pytest.raises(AnswerTooLarge):
+        await capped_get(answering(200, {"content-encoding": "gzip"}, [bomb]), limit=2 * 1024 * 1024)

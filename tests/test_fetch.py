@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gzip
 import ipaddress
+import tracemalloc
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from http.server import BaseHTTPRequestHandler
@@ -98,6 +100,10 @@ async def test_only_http_schemes(url: str) -> None:
             await fetcher.fetch(url, "image")
 
 
+BOMB = gzip.compress(bytes(64 * 1024 * 1024))
+"""64 MiB of zeros in 64 KB of gzip."""
+
+
 class _Handler(BaseHTTPRequestHandler):
     body = make_image(64, 64)
 
@@ -114,6 +120,13 @@ class _Handler(BaseHTTPRequestHandler):
             self.end_headers()
             for _ in range(64):
                 self.wfile.write(b"\0" * 65536)
+        elif self.path == "/bomb":
+            bomb = BOMB
+            self.send_response(200)
+            self.send_header("Content-Encoding", "gzip")
+            self.send_header("Content-Length", str(len(bomb)))
+            self.end_headers()
+            self.wfile.write(bomb)
         elif self.path == "/lying-length":
             self.send_response(200)
             self.send_header("Content-Length", "999999999")
@@ -168,6 +181,14 @@ async def test_oversized_bodies_stop_while_streaming(origin: str) -> None:
             await fetcher.fetch(f"{origin}/huge", "image")
         with pytest.raises(InvalidImageUrl, match="larger than"):
             await fetcher.fetch(f"{origin}/lying-length", "image")
+        tracemalloc.start()
+        try:
+            with pytest.raises(InvalidImageUrl, match="larger than 1,048,576 bytes"):
+                await fetcher.fetch(f"{origin}/bomb", "image")
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 16 * 1024 * 1024, f"inflated a piece at a time, not 64 MiB at once ({peak:,} bytes)"
 
 
 async def test_http_errors_and_dead_ports_answer_at_once(origin: str) -> None:

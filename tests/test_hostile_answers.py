@@ -226,3 +226,28 @@ async def test_a_revised_prompt_with_a_lone_surrogate_is_stored_and_answered(tmp
     assert r.status_code == 200, r.text
     assert r.json()["data"][0]["revised_prompt"] == "a?b"
     assert held == "0"
+
+
+async def test_a_providers_error_message_with_a_lone_surrogate_is_answered(tmp_path: Path) -> None:
+    body = b'{"error": {"message": "a\\ud800b", "type": "invalid_request_error"}}'
+    with provider(lambda: (400, {"content-type": "application/json"}, body)) as base:
+        config = relay_config(tmp_path, channel("p", base))
+        async with open_api(config) as api:
+            r = await upload_edit(api, {"prompt": "x", "size": "1024x1024"})
+            charged_nothing(config, api)
+    assert r.status_code == 400 and "a?b" in r.json()["error"]["message"], r.text
+
+
+async def test_usages_of_other_shapes_across_calls_are_added_where_they_agree(tmp_path: Path) -> None:
+    usages = iter(
+        [
+            {"total_tokens": 3, "input_tokens_details": {"image_tokens": 1}},
+            {"total_tokens": 4, "input_tokens_details": 2},
+        ]
+    )
+    with provider(lambda: images_json(b64_item(), usage=next(usages))) as base:
+        config = relay_config(tmp_path, channel("p", base))
+        async with open_api(config) as api:
+            r = await upload_edit(api, {"prompt": "x", "size": "1024x1024", "n": "2"})
+    assert r.status_code == 200, r.text
+    assert len(r.json()["data"]) == 2 and r.json()["usage"]["total_tokens"] == 7

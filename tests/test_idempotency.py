@@ -135,14 +135,18 @@ async def test_a_new_keys_secret_is_never_kept_for_a_replay(api: Api) -> None:
     assert all(made.json()["webhook_secret"] not in (headers or "") for _, headers in stored)
 
 
-async def test_a_stream_cut_off_before_its_end_is_not_kept(api: Api) -> None:
-    """A client that leaves a stream before its end gets nothing to replay: its retry runs."""
+@pytest.mark.parametrize("settled", [False, True], ids=["before-settling", "after-settling"])
+async def test_a_stream_cut_off_before_its_end_is_not_replayed(api: Api, settled: bool) -> None:
+    """A client that leaves a stream before its end gets nothing to replay: its retry runs, unless
+    the task was already settled (charged), when the repeat gets a 409 instead of a second charge."""
     app = api.client._transport.app  # type: ignore[attr-defined]
     runs: list[int] = []
 
     async def cut_off(scope: Scope, receive: Receive, send: Send) -> None:
         runs.append(1)
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+        if settled:
+            idempotency.settled_before_sent(scope)
         await send({"type": "http.response.body", "body": b"event: partial\n\n", "more_body": True})
 
     middleware = idempotency.IdempotencyMiddleware(cut_off, lambda exc, scope: Response(status_code=exc.status))
@@ -164,7 +168,8 @@ async def test_a_stream_cut_off_before_its_end_is_not_kept(api: Api) -> None:
 
     for _ in range(2):
         await middleware(dict(scope), receive, send)
-    assert len(runs) == 2, "the retry ran"
+    assert len(runs) == (1 if settled else 2)
+    assert [m["status"] for m in sent if m["type"] == "http.response.start"] == [200, 409 if settled else 200]
     assert not any((b"idempotent-replayed", b"true") in m.get("headers", []) for m in sent)
 
 

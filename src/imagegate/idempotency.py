@@ -6,10 +6,11 @@ its random boundary, so a client library's retry matches) while its body is spoo
 request runs and its 2xx answer is stored; a repeat with the same fingerprint within 24 hours gets
 that answer again (header `idempotent-replayed: true`) without running or charging; the same key
 with another request is a 422; a repeat while the first still runs is a 409. Answers other than
-2xx are not stored, so a corrected retry may run, nor is a stream cut off or ended by an error
-event (`failed_after_2xx`). A 2xx answer that is not kept — over
-MAX_STORED_BYTES, or showing a secret once (`keep_out_of_replays`) — still uses up its key: a repeat
-gets a 409 saying so, and nothing runs or is charged twice.
+2xx are not stored, so a corrected retry may run, nor is a stream ended by an error event
+(`failed_after_2xx`) or cut off before its task was settled. A 2xx answer that is not kept — over
+MAX_STORED_BYTES, showing a secret once (`keep_out_of_replays`), or a stream cut off after its task
+was settled (`settled_before_sent`) — still uses up its key: a repeat gets a 409 saying so, and
+nothing runs or is charged twice.
 """
 
 from __future__ import annotations
@@ -45,16 +46,33 @@ _NOT_KEPT = "x-imagegate-not-kept"
 _NOT_KEPT_BECAUSE = {
     "too-large": f"it was larger than the {MAX_STORED_BYTES // (1024 * 1024)} MiB kept for replays",
     "secret": "it showed a secret that is shown only once",
+    "cut-off": "its stream was cut off before its end",
 }
 _SHOWS_ONCE = "imagegate.answer_shows_once"
 
 
 _FAILED = "imagegate.answer_failed"
+_SETTLED = "imagegate.settled_before_sent"
+
+
+def _why_not_kept(scope: Scope, *, whole: bool, overflow: bool) -> str | None:
+    """Which of _NOT_KEPT_BECAUSE keeps a 2xx answer from being stored, if one does."""
+    if not whole:
+        return "cut-off"
+    if scope.get(_SHOWS_ONCE):
+        return "secret"
+    return "too-large" if overflow else None
 
 
 def keep_out_of_replays(scope: Scope) -> None:
     """Mark the answer to this request as one no replay may keep (it shows a secret once)."""
     scope[_SHOWS_ONCE] = True
+
+
+def settled_before_sent(scope: Scope) -> None:
+    """Mark this request's task as settled (charged) before its answer was all sent (a stream): if the
+    client leaves before the end, its key stays used (a repeat gets 409), so nothing runs twice."""
+    scope[_SETTLED] = True
 
 
 def failed_after_2xx(scope: Scope) -> None:
@@ -211,9 +229,10 @@ class IdempotencyMiddleware:
         stored = False
         try:
             await self.app(scope, replay_body, capture)
-            # a stream the client left before its end, or that ended in an error, is no answer to keep
-            if 200 <= status < 300 and whole and not scope.get(_FAILED):
-                reason = "secret" if scope.get(_SHOWS_ONCE) else "too-large" if overflow else None
+            # a stream that ended in an error, or that the client left before its end and before its
+            # task was settled, is no answer: the key is let go and a retry runs
+            if 200 <= status < 300 and not scope.get(_FAILED) and (whole or scope.get(_SETTLED)):
+                reason = _why_not_kept(scope, whole=whole, overflow=overflow)
                 kept = Stored(status, {_NOT_KEPT: reason}, b"") if reason else Stored(status, headers, bytes(body))
                 await store.complete(owner, key, kept)
                 stored = True

@@ -93,13 +93,21 @@ ClientFactory = Callable[[ChannelSettings, str, RelayHosts], UpstreamClient]
 
 def scrub(value: Any, secret: str) -> Any:
     """`value` (a string, or JSON-like lists and dicts of them) with every occurrence of `secret`
-    replaced, so an upstream key a provider echoes never reaches a client, a task row or a log."""
-    if not secret:
-        return value
+    replaced, so an upstream key a provider echoes never reaches a client, a task row or a log; and
+    with lone surrogates (JSON may carry them, no UTF-8 writer takes them) made `?`."""
     if isinstance(value, str):
-        return value.replace(secret, "***")
+        return valid_utf8(value.replace(secret, "***") if secret else value)
     if isinstance(value, dict):
         return {scrub(key, secret): scrub(item, secret) for key, item in value.items()}
     if isinstance(value, list):
         return [scrub(item, secret) for item in value]
     return value
+
+
+def valid_utf8(text: str) -> str:
+    """`text`, with any lone surrogate replaced by `?` so that it can be written as UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode("utf-8")
+    return text

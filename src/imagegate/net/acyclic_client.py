@@ -64,17 +64,15 @@ class _Inflated(httpx.AsyncByteStream):
         self._limit = limit
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        inflater = zlib.decompressobj(_WBITS[self._encoding])
-        size, first = 0, True
+        inflater: Any = None
+        size, head = 0, b""
         async for chunk in self._inner:
-            if (
-                first
-                and chunk
-                and self._encoding == "deflate"
-                and (chunk[0] & 0x0F != 8 or int.from_bytes(chunk[:2]) % 31)
-            ):
-                inflater = zlib.decompressobj(-zlib.MAX_WBITS)  # a raw deflate stream, as some servers send
-            first = False
+            if inflater is None:  # its first two bytes tell a zlib stream from raw deflate
+                head += chunk
+                if len(head) < 2:
+                    continue
+                inflater = zlib.decompressobj(self._wbits(head))
+                chunk, head = head, b""
             data = chunk
             while True:
                 try:
@@ -89,29 +87,59 @@ class _Inflated(httpx.AsyncByteStream):
                     yield out
                 if not data and len(out) < _PIECE:
                     break
+        if inflater is None and head:
+            raise httpx.DecodingError(f"the answer is not valid {self._encoding}: it is one byte long")
+
+    def _wbits(self, head: bytes) -> int:
+        """The window bits for a stream beginning with `head`: `deflate` may be zlib's format or, as some
+        servers send it, raw deflate."""
+        zlib_header = head[0] & 0x0F == 8 and int.from_bytes(head[:2], "big") % 31 == 0
+        return -zlib.MAX_WBITS if self._encoding == "deflate" and not zlib_header else _WBITS[self._encoding]
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+_NOT_INFLATED = {"br", "zstd", "compress", "x-compress"}
+"""Compressions this client does not inflate (values it does not know at all are ignored, as by httpx)."""
+
+
+class _Dropped(httpx.AsyncByteStream):
+    """No body in place of `inner`'s, which is closed with it."""
+
+    def __init__(self, inner: httpx.AsyncByteStream) -> None:
+        self._inner = inner
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        return
+        yield b""
 
     async def aclose(self) -> None:
         await self._inner.aclose()
 
 
 def _inflated_here(response: httpx.Response, limit: int) -> None:
-    """Take over the inflation of `response`'s body from httpx, bounded by `limit`; DecodingError for an
-    encoding not in _WBITS, or several."""
+    """Take over the inflation of `response`'s body from httpx, bounded by `limit`. A success in an
+    encoding of _NOT_INFLATED, or in several, raises DecodingError; an error's body is then dropped,
+    so that its status and headers still say what happened."""
     encodings = [
         name.strip().lower()
         for name in response.headers.get("content-encoding", "").split(",")
-        if name.strip().lower() not in ("", "identity")
+        if name.strip().lower() in _WBITS or name.strip().lower() in _NOT_INFLATED
     ]
     if not encodings:
         return
-    if len(encodings) > 1 or encodings[0] not in _WBITS:
+    del response.headers["content-encoding"]
+    assert isinstance(response.stream, httpx.AsyncByteStream)
+    if len(encodings) == 1 and encodings[0] in _WBITS:
+        response.stream = _Inflated(response.stream, encodings[0], limit)
+    elif response.status_code >= 300:
+        response.stream = _Dropped(response.stream)
+    else:
         raise httpx.DecodingError(
             f"the answer is encoded as {', '.join(encodings)!r}, not one of {ACCEPTED_ENCODINGS}",
             request=response.request,
         )
-    del response.headers["content-encoding"]
-    assert isinstance(response.stream, httpx.AsyncByteStream)
-    response.stream = _Inflated(response.stream, encodings[0], limit)
 
 
 class AcyclicClient(httpx.AsyncClient):

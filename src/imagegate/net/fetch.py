@@ -21,7 +21,7 @@ import httpx
 import pybase64
 
 from imagegate.errors import ImageTooLarge, InvalidImage, InvalidImageUrl, excerpt
-from imagegate.net.acyclic_client import AcyclicClient
+from imagegate.net.acyclic_client import AcyclicClient, AnswerTooLarge
 
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -125,6 +125,7 @@ class SafeFetcher:
             trust_env=False,
             timeout=httpx.Timeout(policy.timeout_s, connect=policy.connect_timeout_s),
             headers={"user-agent": "imagegate-fetch/1"},
+            max_answer_bytes=policy.max_bytes,  # inflated a bounded piece at a time, not by httpx
         )
 
     async def aclose(self) -> None:
@@ -253,6 +254,9 @@ class SafeFetcher:
                 if total > self.policy.max_bytes:
                     raise self._too_large(param)
                 spool.write(chunk)
+        except AnswerTooLarge as exc:
+            spool.close()
+            raise self._too_large(param) from exc
         except httpx.HTTPError as exc:
             spool.close()
             raise InvalidImageUrl(f"Failed to fetch '{param}': the transfer broke off.", param=param) from exc

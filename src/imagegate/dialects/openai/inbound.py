@@ -23,7 +23,7 @@ from imagegate.core.request import Background, Delivery
 from imagegate.core.validation import resolved_quality
 from imagegate.dialects.openai import seed003
 from imagegate.errors import BadRequest, ImagegateError, MissingParameter
-from imagegate.idempotency import failed_after_2xx
+from imagegate.idempotency import failed_after_2xx, settled_before_sent
 from imagegate.imaging import has_alpha
 from imagegate.responses import Base64Bytes, json_response
 from imagegate.runtime import Runtime, runtime_of
@@ -115,13 +115,18 @@ def _sse(event: str, data: dict[str, Any]) -> bytes:
 async def _stream(rt: Runtime, prepared: Prepared, kind: str, request: Request) -> AsyncIterator[bytes]:
     """SSE events for one streamed request; the request's uploads are closed when it ends."""
     try:
-        async for chunk in _events(rt, prepared, kind, lambda: failed_after_2xx(request.scope)):
+        events = _events(
+            rt, prepared, kind, lambda: settled_before_sent(request.scope), lambda: failed_after_2xx(request.scope)
+        )
+        async for chunk in events:
             yield chunk
     finally:
         await request.close()
 
 
-async def _events(rt: Runtime, prepared: Prepared, kind: str, on_error: Callable[[], None]) -> AsyncIterator[bytes]:
+async def _events(
+    rt: Runtime, prepared: Prepared, kind: str, on_settled: Callable[[], None], on_error: Callable[[], None]
+) -> AsyncIterator[bytes]:
     prefix = "image_edit" if kind == "edit" else "image_generation"
     req = prepared.request
     common = {
@@ -151,6 +156,7 @@ async def _events(rt: Runtime, prepared: Prepared, kind: str, on_error: Callable
                 on_error()
                 await send.send(_sse("error", {"type": "error", **error_body(exc)}))
                 return
+            on_settled()
             for image in outcome.images:
                 payload = {
                     "type": f"{prefix}.completed",
