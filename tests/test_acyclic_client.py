@@ -119,12 +119,30 @@ async def test_an_answer_inflates_whatever_its_first_piece(encoding: str, packed
     assert response.content == BODY
 
 
-async def test_an_error_in_an_encoding_not_taken_keeps_its_status_and_headers() -> None:
+async def test_an_answer_in_a_coding_not_taken_keeps_its_status_and_headers() -> None:
+    """An error's body is dropped; a success's refused when read, so a status-only caller (a webhook's
+    delivery) still gets its status."""
     handler = answering(429, {"content-encoding": "br", "retry-after": "7"}, [b"\x1b\x00\x00"])
     response = await capped_get(handler)
     assert response.status_code == 429 and response.headers["retry-after"] == "7" and response.content == b""
+    brotli = answering(200, {"content-encoding": "br"}, [b"\x1b\x00\x00"])
     with pytest.raises(httpx.DecodingError):
-        await capped_get(answering(200, {"content-encoding": "br"}, [b"\x1b\x00\x00"]))
+        await capped_get(brotli)
+    with loopback_server(brotli) as base:
+        async with AcyclicClient(transport=AiohttpTransport(4), max_answer_bytes=1000) as client:
+            streamed = await client.send(client.build_request("GET", base), stream=True)
+            assert streamed.status_code == 200
+            with pytest.raises(httpx.DecodingError):
+                await streamed.aread()
+            await streamed.aclose()
+
+
+async def test_stacked_codings_inflate_and_a_limit_sized_image_fits_its_gzip() -> None:
+    packed = gzip.compress(gzip.compress(BODY))
+    assert (await capped_get(answering(200, {"content-encoding": "gzip, gzip"}, [packed]))).content == BODY
+    image = gzip.compress(BODY)  # incompressible: its gzip is a little longer than the limit
+    assert len(image) > len(BODY)
+    assert (await capped_get(answering(200, {"content-encoding": "gzip"}, [image]), limit=len(BODY))).content == BODY
 
 
 async def test_an_answer_that_inflates_past_the_limit_is_cut_off_a_piece_at_a_time() -> None:

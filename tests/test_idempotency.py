@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import base64
 import sqlite3
+from contextlib import suppress
 
 import pytest
 from fastapi.responses import Response
 from sqlalchemy import func, select
+from starlette.requests import ClientDisconnect
 
 from imagegate import idempotency
 from imagegate.asgi import Message, Receive, Scope, Send
@@ -135,8 +137,12 @@ async def test_a_new_keys_secret_is_never_kept_for_a_replay(api: Api) -> None:
     assert all(made.json()["webhook_secret"] not in (headers or "") for _, headers in stored)
 
 
-@pytest.mark.parametrize("settled", [False, True], ids=["before-settling", "after-settling"])
-async def test_a_stream_cut_off_before_its_end_is_not_replayed(api: Api, settled: bool) -> None:
+@pytest.mark.parametrize(
+    ("settled", "disconnect"),
+    [(False, False), (True, False), (True, True)],
+    ids=["before-settling", "after-settling", "after-settling-raised"],
+)
+async def test_a_stream_cut_off_before_its_end_is_not_replayed(api: Api, settled: bool, disconnect: bool) -> None:
     """A client that leaves a stream before its end gets nothing to replay: its retry runs, unless
     the task was already settled (charged), when the repeat gets a 409 instead of a second charge."""
     app = api.client._transport.app  # type: ignore[attr-defined]
@@ -148,6 +154,8 @@ async def test_a_stream_cut_off_before_its_end_is_not_replayed(api: Api, settled
         if settled:
             idempotency.settled_before_sent(scope)
         await send({"type": "http.response.body", "body": b"event: partial\n\n", "more_body": True})
+        if disconnect:  # how Starlette reports the client gone under ASGI 2.4
+            raise ClientDisconnect()
 
     middleware = idempotency.IdempotencyMiddleware(cut_off, lambda exc, scope: Response(status_code=exc.status))
     scope = {
@@ -167,7 +175,8 @@ async def test_a_stream_cut_off_before_its_end_is_not_replayed(api: Api, settled
         sent.append(message)
 
     for _ in range(2):
-        await middleware(dict(scope), receive, send)
+        with suppress(ClientDisconnect):
+            await middleware(dict(scope), receive, send)
     assert len(runs) == (1 if settled else 2)
     assert [m["status"] for m in sent if m["type"] == "http.response.start"] == [200, 409 if settled else 200]
     assert not any((b"idempotent-replayed", b"true") in m.get("headers", []) for m in sent)

@@ -226,20 +226,32 @@ class IdempotencyMiddleware:
                 whole = not message.get("more_body", False)
             await send(message)
 
-        stored = False
         try:
             await self.app(scope, replay_body, capture)
+        except Exception:  # a client gone mid-stream may be reported so (ClientDisconnect), not by a return
+            whole = False
+            raise
+        finally:
             # a stream that ended in an error, or that the client left before its end and before its
             # task was settled, is no answer: the key is let go and a retry runs
+            kept = None
             if 200 <= status < 300 and not scope.get(_FAILED) and (whole or scope.get(_SETTLED)):
                 reason = _why_not_kept(scope, whole=whole, overflow=overflow)
                 kept = Stored(status, {_NOT_KEPT: reason}, b"") if reason else Stored(status, headers, bytes(body))
-                await store.complete(owner, key, kept)
-                stored = True
-        finally:
-            if not stored:
-                with anyio.CancelScope(shield=True):
-                    await store.abandon(owner, key)
+            with anyio.CancelScope(shield=True):
+                await self._end(store, owner, key, kept)
+
+    @staticmethod
+    async def _end(store: IdempotencyStore, owner: str, key: str, kept: Stored | None) -> None:
+        """Store `kept` as the key's answer, or let the key go when there is none (or storing fails)."""
+        if kept is None:
+            await store.abandon(owner, key)
+            return
+        try:
+            await store.complete(owner, key, kept)
+        except BaseException:
+            await store.abandon(owner, key)
+            raise
 
     @staticmethod
     async def _replay(stored: Stored, send: Send) -> None:

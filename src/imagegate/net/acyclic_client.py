@@ -36,7 +36,7 @@ class _LetGoOnClose(httpx.AsyncByteStream):
 
     def __init__(self, inner: httpx.AsyncByteStream, limit: int | None) -> None:
         self._inner: httpx.AsyncByteStream | None = inner
-        self._limit = limit
+        self.limit = limit
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         if self._inner is None:
@@ -44,8 +44,8 @@ class _LetGoOnClose(httpx.AsyncByteStream):
         size = 0
         async for chunk in self._inner:
             size += len(chunk)
-            if self._limit is not None and size > self._limit:
-                raise AnswerTooLarge(f"the answer is longer than {self._limit:,} bytes")
+            if self.limit is not None and size > self.limit:
+                raise AnswerTooLarge(f"the answer is longer than {self.limit:,} bytes")
             yield chunk
 
     async def aclose(self) -> None:
@@ -104,6 +104,26 @@ _NOT_INFLATED = {"br", "zstd", "compress", "x-compress"}
 """Compressions this client does not inflate (values it does not know at all are ignored, as by httpx)."""
 
 
+MAX_CODINGS = 3
+"""The most codings one answer may stack (`gzip, gzip`), each inflated within the limit."""
+
+
+class _Refused(httpx.AsyncByteStream):
+    """DecodingError for whoever reads it, in place of `inner` (closed with it): a status and headers
+    may still be used, as a webhook's delivery is, without the body."""
+
+    def __init__(self, inner: httpx.AsyncByteStream, reason: str) -> None:
+        self._inner = inner
+        self._reason = reason
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        raise httpx.DecodingError(self._reason)
+        yield b""
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
 class _Dropped(httpx.AsyncByteStream):
     """No body in place of `inner`'s, which is closed with it."""
 
@@ -119,9 +139,9 @@ class _Dropped(httpx.AsyncByteStream):
 
 
 def _inflated_here(response: httpx.Response, limit: int) -> None:
-    """Take over the inflation of `response`'s body from httpx, bounded by `limit`. A success in an
-    encoding of _NOT_INFLATED, or in several, raises DecodingError; an error's body is then dropped,
-    so that its status and headers still say what happened."""
+    """Take over the inflation of `response`'s body from httpx, each coding bounded by `limit`. A body
+    in a coding of _NOT_INFLATED (or more than MAX_CODINGS) raises DecodingError when it is read; an
+    error's is dropped, so that its status and headers still say what happened."""
     encodings = [
         name.strip().lower()
         for name in response.headers.get("content-encoding", "").split(",")
@@ -130,15 +150,19 @@ def _inflated_here(response: httpx.Response, limit: int) -> None:
     if not encodings:
         return
     del response.headers["content-encoding"]
-    assert isinstance(response.stream, httpx.AsyncByteStream)
-    if len(encodings) == 1 and encodings[0] in _WBITS:
-        response.stream = _Inflated(response.stream, encodings[0], limit)
+    stream = response.stream
+    assert isinstance(stream, httpx.AsyncByteStream)
+    if len(encodings) <= MAX_CODINGS and all(name in _WBITS for name in encodings):
+        if isinstance(stream, _LetGoOnClose):  # deflate may make a stored image a little larger
+            stream.limit = limit + limit // 1000 + 1024
+        for name in reversed(encodings):  # the last coding applied is the first undone
+            stream = _Inflated(stream, name, limit)
+        response.stream = stream
     elif response.status_code >= 300:
-        response.stream = _Dropped(response.stream)
+        response.stream = _Dropped(stream)
     else:
-        raise httpx.DecodingError(
-            f"the answer is encoded as {', '.join(encodings)!r}, not one of {ACCEPTED_ENCODINGS}",
-            request=response.request,
+        response.stream = _Refused(
+            stream, f"the answer is encoded as {', '.join(encodings)!r}, not {ACCEPTED_ENCODINGS}"
         )
 
 
