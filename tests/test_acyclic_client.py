@@ -8,6 +8,7 @@ import gc
 import gzip
 import os
 import time
+import tracemalloc
 import weakref
 import zlib
 from collections.abc import Iterator
@@ -89,7 +90,7 @@ def answering(status: int, headers: dict[str, str], pieces: list[bytes]) -> type
             for piece in pieces:
                 self.wfile.write(piece)
                 self.wfile.flush()
-                time.sleep(0.05)
+                time.sleep(0.05 if len(pieces) < 10 else 0)
 
         def log_message(self, format: str, *args: object) -> None:
             return None
@@ -139,10 +140,25 @@ async def test_an_answer_in_a_coding_not_taken_keeps_its_status_and_headers() ->
 
 async def test_stacked_codings_inflate_and_a_limit_sized_image_fits_its_gzip() -> None:
     packed = gzip.compress(gzip.compress(BODY))
-    assert (await capped_get(answering(200, {"content-encoding": "gzip, gzip"}, [packed]))).content == BODY
-    image = gzip.compress(BODY)  # incompressible: its gzip is a little longer than the limit
-    assert len(image) > len(BODY)
-    assert (await capped_get(answering(200, {"content-encoding": "gzip"}, [image]), limit=len(BODY))).content == BODY
+    for encoding, sent in (("gzip", gzip.compress(BODY)), ("gzip, gzip", packed)):
+        assert len(sent) > len(BODY), "incompressible: its gzip is a little longer than the limit"
+        answer = await capped_get(answering(200, {"content-encoding": encoding}, [sent]), limit=len(BODY))
+        assert answer.content == BODY
+
+
+TRAILING = [gzip.compress(b"small"), *[b"\0" * 65536] * 128]
+"""A gzip stream and 8 MiB after its end (built here, so that tracing sees only what the client makes)."""
+
+
+async def test_bytes_after_a_compressed_end_are_read_and_left_alone() -> None:
+    tracemalloc.start()
+    try:
+        answer = await capped_get(answering(200, {"content-encoding": "gzip"}, TRAILING))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert answer.content == b"small"
+    assert peak < 4 * 1024 * 1024, f"not gathered for zlib to look at ({peak:,} bytes)"
 
 
 async def test_an_answer_that_inflates_past_the_limit_is_cut_off_a_piece_at_a_time() -> None:

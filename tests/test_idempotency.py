@@ -201,3 +201,42 @@ async def test_a_stream_that_ends_in_an_error_is_not_kept(api: Api, monkeypatch:
     assert "event: error" in failed.text
     assert "idempotent-replayed" not in retried.headers and "event: image_edit.completed" in retried.text
     assert len(calls) == 2
+
+
+async def test_an_answer_handed_over_whole_is_kept_though_its_sending_failed(api: Api) -> None:
+    """Under ASGI 2.4 a server raises from `send` once its client has gone (the client timed out
+    and will retry): the answer, all of it captured, is still the one to replay."""
+    app = api.client._transport.app  # type: ignore[attr-defined]
+    runs: list[int] = []
+
+    async def answers(scope: Scope, receive: Receive, send: Send) -> None:
+        runs.append(1)
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": b'{"ok": true}', "more_body": False})
+
+    middleware = idempotency.IdempotencyMiddleware(answers, lambda exc, scope: Response(status_code=exc.status))
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/v1/images/edits",
+        "query_string": b"",
+        "headers": [(b"authorization", f"Bearer {api.key}".encode()), (b"idempotency-key", b"gone")],
+        "app": app,
+    }
+    replayed: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    async def gone(message: Message) -> None:
+        if message["type"] == "http.response.body":
+            raise OSError("the client went away")
+
+    async def send(message: Message) -> None:
+        replayed.append(message)
+
+    with pytest.raises(OSError):
+        await middleware(dict(scope), receive, gone)
+    await middleware(dict(scope), receive, send)
+    assert len(runs) == 1 and (b"idempotent-replayed", b"true") in replayed[0]["headers"]
+    assert replayed[1]["body"] == b'{"ok": true}'

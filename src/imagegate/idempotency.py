@@ -227,10 +227,9 @@ class IdempotencyMiddleware:
             await send(message)
 
         try:
+            # whole: the app handed over its last body message; that answer (captured before it was sent)
+            # is complete whether or not its send, or the app after it, raised
             await self.app(scope, replay_body, capture)
-        except Exception:  # a client gone mid-stream may be reported so (ClientDisconnect), not by a return
-            whole = False
-            raise
         finally:
             # a stream that ended in an error, or that the client left before its end and before its
             # task was settled, is no answer: the key is let go and a retry runs

@@ -67,6 +67,8 @@ class _Inflated(httpx.AsyncByteStream):
         inflater: Any = None
         size, head = 0, b""
         async for chunk in self._inner:
+            if inflater is not None and inflater.eof:  # bytes after the end: read (raw cap), not fed to zlib,
+                continue  # which would append each to unused_data (quadratic time, 2x the limit in memory)
             if inflater is None:  # its first two bytes tell a zlib stream from raw deflate
                 head += chunk
                 if len(head) < 2:
@@ -85,7 +87,7 @@ class _Inflated(httpx.AsyncByteStream):
                     raise AnswerTooLarge(f"the answer inflates to more than {self._limit:,} bytes")
                 if out:
                     yield out
-                if not data and len(out) < _PIECE:
+                if inflater.eof or (not data and len(out) < _PIECE):
                     break
         if inflater is None and head:
             raise httpx.DecodingError(f"the answer is not valid {self._encoding}: it is one byte long")
@@ -153,10 +155,11 @@ def _inflated_here(response: httpx.Response, limit: int) -> None:
     stream = response.stream
     assert isinstance(stream, httpx.AsyncByteStream)
     if len(encodings) <= MAX_CODINGS and all(name in _WBITS for name in encodings):
-        if isinstance(stream, _LetGoOnClose):  # deflate may make a stored image a little larger
-            stream.limit = limit + limit // 1000 + 1024
-        for name in reversed(encodings):  # the last coding applied is the first undone
-            stream = _Inflated(stream, name, limit)
+        slack = limit + limit // 1000 + 1024  # deflate may make a stored image a little larger
+        if isinstance(stream, _LetGoOnClose):
+            stream.limit = slack
+        for depth, name in enumerate(reversed(encodings), 1):  # the last coding applied is the first undone
+            stream = _Inflated(stream, name, limit if depth == len(encodings) else slack)
         response.stream = stream
     elif response.status_code >= 300:
         response.stream = _Dropped(stream)
