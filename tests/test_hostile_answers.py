@@ -188,6 +188,10 @@ async def test_a_compressed_answer_inflates_a_piece_at_a_time(tmp_path: Path, mo
         class Watched:
             unconsumed_tail = b""
 
+            @property
+            def eof(self) -> bool:
+                return bool(made.eof)
+
             def decompress(self, data: bytes, max_length: int = 0) -> bytes:
                 out = made.decompress(data, max_length)
                 self.unconsumed_tail = made.unconsumed_tail
