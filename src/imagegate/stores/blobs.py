@@ -151,11 +151,9 @@ class LocalBlobStore:
     def _path(self, name: str) -> Path:
         return self.root / name[:2] / checked_name(name)
 
-    async def _guarded(self, work: Callable[[], T], abandonable: bool = False) -> T:
-        """`work` in a worker thread, its botocore faults as StorageUnavailable; an `abandonable` call
-        (one that changes nothing) is left to finish alone when the caller is cancelled."""
+    async def _guarded(self, work: Callable[[], T]) -> T:
         try:
-            return await anyio.to_thread.run_sync(work, abandon_on_cancel=abandonable)
+            return await anyio.to_thread.run_sync(work)
         except OSError as exc:
             raise unavailable(self.describe(), exc) from exc
 
