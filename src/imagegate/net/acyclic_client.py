@@ -110,29 +110,17 @@ MAX_CODINGS = 3
 """The most codings one answer may stack (`gzip, gzip`), each inflated within the limit."""
 
 
-class _Refused(httpx.AsyncByteStream):
-    """DecodingError for whoever reads it, in place of `inner` (closed with it): a status and headers
-    may still be used, as a webhook's delivery is, without the body."""
+class _Withheld(httpx.AsyncByteStream):
+    """No body in place of `inner`'s (which is closed with it): empty, or DecodingError(`refusal`) for
+    whoever reads it, so that a status and headers may still be used without the body."""
 
-    def __init__(self, inner: httpx.AsyncByteStream, reason: str) -> None:
+    def __init__(self, inner: httpx.AsyncByteStream, refusal: str | None = None) -> None:
         self._inner = inner
-        self._reason = reason
+        self._refusal = refusal
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        raise httpx.DecodingError(self._reason)
-        yield b""
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-
-class _Dropped(httpx.AsyncByteStream):
-    """No body in place of `inner`'s, which is closed with it."""
-
-    def __init__(self, inner: httpx.AsyncByteStream) -> None:
-        self._inner = inner
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
+        if self._refusal is not None:
+            raise httpx.DecodingError(self._refusal)
         return
         yield b""
 
@@ -161,10 +149,10 @@ def _inflated_here(response: httpx.Response, limit: int) -> None:
         for depth, name in enumerate(reversed(encodings), 1):  # the last coding applied is the first undone
             stream = _Inflated(stream, name, limit if depth == len(encodings) else slack)
         response.stream = stream
-    elif response.status_code >= 300:
-        response.stream = _Dropped(stream)
-    else:
-        response.stream = _Refused(
+    elif response.status_code >= 300:  # an error's status and headers say what happened
+        response.stream = _Withheld(stream)
+    else:  # a webhook's delivery still reads its status
+        response.stream = _Withheld(
             stream, f"the answer is encoded as {', '.join(encodings)!r}, not {ACCEPTED_ENCODINGS}"
         )
 
@@ -185,27 +173,10 @@ class AcyclicClient(httpx.AsyncClient):
         assert isinstance(response.stream, httpx.AsyncByteStream)
         response.stream = _LetGoOnClose(response.stream, self.max_answer_bytes)
         if self.max_answer_bytes is not None:
-            try:
-                _inflated_here(response, self.max_answer_bytes)
-            except BaseException:
-                await response.aclose()
-                raise
+            _inflated_here(response, self.max_answer_bytes)
         if not stream:
             try:
-                await self._read(response)
+                await response.aread()  # bounded by the streams above, as sent and as inflated
             finally:
                 await response.aclose()
         return response
-
-    async def _read(self, response: httpx.Response) -> None:
-        """`response.aread()`, stopped once the decoded body passes `max_answer_bytes`."""
-        if self.max_answer_bytes is None:
-            await response.aread()
-            return
-        parts, size = [], 0
-        async for part in response.aiter_bytes():
-            size += len(part)
-            if size > self.max_answer_bytes:
-                raise AnswerTooLarge(f"the answer decodes to more than {self.max_answer_bytes:,} bytes")
-            parts.append(part)
-        response._content = b"".join(parts)  # what aread() leaves: the body it read, for .content

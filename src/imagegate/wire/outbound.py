@@ -19,7 +19,7 @@ import pybase64
 
 from imagegate.config import ChannelSettings
 from imagegate.core.job import Source
-from imagegate.core.upstream import InputHost, valid_utf8
+from imagegate.core.upstream import InputHost
 from imagegate.core.validation import MAX_PROMPT_CHARS
 from imagegate.errors import BadRequest, EngineError, ImagegateError
 from imagegate.net.acyclic_client import AcyclicClient
@@ -167,9 +167,10 @@ def decode_b64(text: str | memoryview) -> bytes:
 
 
 def revised_prompt(item: object) -> str:
-    """An answer item's `revised_prompt` when the provider gave text (cut to MAX_PROMPT_CHARS), else ''."""
+    """An answer item's `revised_prompt` when the provider gave text (cut to MAX_PROMPT_CHARS), else ''.
+    (Lone surrogates in it are the upstream engine's `scrub` to mend, as in all a provider says.)"""
     value = item.get("revised_prompt") if isinstance(item, dict) else None
-    return valid_utf8(value[:MAX_PROMPT_CHARS]) if isinstance(value, str) else ""
+    return value[:MAX_PROMPT_CHARS] if isinstance(value, str) else ""
 
 
 def error_parts(body: Any) -> tuple[str | None, str | None, str | None]:
