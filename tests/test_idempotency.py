@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from starlette.requests import ClientDisconnect
 
 from imagegate import idempotency
-from imagegate.asgi import Message, Receive, Scope, Send
+from imagegate.asgi import ASGIApp, Message, Receive, Scope, Send
 from imagegate.core.job import PartialSink
 from imagegate.errors import EngineError
 from imagegate.service.records import Outcome
@@ -137,6 +137,25 @@ async def test_a_new_keys_secret_is_never_kept_for_a_replay(api: Api) -> None:
     assert all(made.json()["webhook_secret"] not in (headers or "") for _, headers in stored)
 
 
+async def through_middleware(api: Api, app: ASGIApp, key: bytes, send: Send) -> None:
+    """One POST with Idempotency-Key `key` and a `{}` body, through the middleware in front of `app`,
+    on the runtime of `api`, its answer to `send`."""
+    middleware = idempotency.IdempotencyMiddleware(app, lambda exc, scope: Response(status_code=exc.status))
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/v1/images/edits",
+        "query_string": b"",
+        "headers": [(b"authorization", f"Bearer {api.key}".encode()), (b"idempotency-key", key)],
+        "app": api.client._transport.app,  # type: ignore[attr-defined]
+    }
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    await middleware(scope, receive, send)
+
+
 @pytest.mark.parametrize(
     ("settled", "disconnect"),
     [(False, False), (True, False), (True, True)],
@@ -145,7 +164,6 @@ async def test_a_new_keys_secret_is_never_kept_for_a_replay(api: Api) -> None:
 async def test_a_stream_cut_off_before_its_end_is_not_replayed(api: Api, settled: bool, disconnect: bool) -> None:
     """A client that leaves a stream before its end gets nothing to replay: its retry runs, unless
     the task was already settled (charged), when the repeat gets a 409 instead of a second charge."""
-    app = api.client._transport.app  # type: ignore[attr-defined]
     runs: list[int] = []
 
     async def cut_off(scope: Scope, receive: Receive, send: Send) -> None:
@@ -157,26 +175,14 @@ async def test_a_stream_cut_off_before_its_end_is_not_replayed(api: Api, settled
         if disconnect:  # how Starlette reports the client gone under ASGI 2.4
             raise ClientDisconnect()
 
-    middleware = idempotency.IdempotencyMiddleware(cut_off, lambda exc, scope: Response(status_code=exc.status))
-    scope = {
-        "type": "http",
-        "method": "POST",
-        "path": "/v1/images/edits",
-        "query_string": b"",
-        "headers": [(b"authorization", f"Bearer {api.key}".encode()), (b"idempotency-key", b"cut")],
-        "app": app,
-    }
     sent: list[Message] = []
-
-    async def receive() -> Message:
-        return {"type": "http.request", "body": b"{}", "more_body": False}
 
     async def send(message: Message) -> None:
         sent.append(message)
 
     for _ in range(2):
         with suppress(ClientDisconnect):
-            await middleware(dict(scope), receive, send)
+            await through_middleware(api, cut_off, b"cut", send)
     assert len(runs) == (1 if settled else 2)
     assert [m["status"] for m in sent if m["type"] == "http.response.start"] == [200, 409 if settled else 200]
     assert not any((b"idempotent-replayed", b"true") in m.get("headers", []) for m in sent)
@@ -206,7 +212,6 @@ async def test_a_stream_that_ends_in_an_error_is_not_kept(api: Api, monkeypatch:
 async def test_an_answer_handed_over_whole_is_kept_though_its_sending_failed(api: Api) -> None:
     """Under ASGI 2.4 a server raises from `send` once its client has gone (the client timed out
     and will retry): the answer, all of it captured, is still the one to replay."""
-    app = api.client._transport.app  # type: ignore[attr-defined]
     runs: list[int] = []
 
     async def answers(scope: Scope, receive: Receive, send: Send) -> None:
@@ -214,19 +219,7 @@ async def test_an_answer_handed_over_whole_is_kept_though_its_sending_failed(api
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
         await send({"type": "http.response.body", "body": b'{"ok": true}', "more_body": False})
 
-    middleware = idempotency.IdempotencyMiddleware(answers, lambda exc, scope: Response(status_code=exc.status))
-    scope = {
-        "type": "http",
-        "method": "POST",
-        "path": "/v1/images/edits",
-        "query_string": b"",
-        "headers": [(b"authorization", f"Bearer {api.key}".encode()), (b"idempotency-key", b"gone")],
-        "app": app,
-    }
     replayed: list[Message] = []
-
-    async def receive() -> Message:
-        return {"type": "http.request", "body": b"{}", "more_body": False}
 
     async def gone(message: Message) -> None:
         if message["type"] == "http.response.body":
@@ -236,7 +229,7 @@ async def test_an_answer_handed_over_whole_is_kept_though_its_sending_failed(api
         replayed.append(message)
 
     with pytest.raises(OSError):
-        await middleware(dict(scope), receive, gone)
-    await middleware(dict(scope), receive, send)
+        await through_middleware(api, answers, b"gone", gone)
+    await through_middleware(api, answers, b"gone", send)
     assert len(runs) == 1 and (b"idempotent-replayed", b"true") in replayed[0]["headers"]
     assert replayed[1]["body"] == b'{"ok": true}'
